@@ -1,0 +1,37 @@
+# alexnet_mp: `make train` runs the main job on the built-in data, `make test` runs the tests.
+# Each target installs what it needs into .venv first (once; later runs skip it).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH := torch==2.14.1 torchvision==0.29.1
+ARGS ?=
+
+.PHONY: help install test test-fast train bench-1gpu-vs-2gpu clean
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with torch and the package (editable)
+
+test: $(STAMP)  ## run the whole test suite (two-process gloo tests included)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## skip the slow multi-process training tests
+	$(PY) -m pytest -q -m "not slow"
+
+train: $(STAMP)  ## train the two-tower net, one tower per process, on the built-in synthetic data
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 launch/train.py $(ARGS)
+
+bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error
+	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(ARGS)
+
+clean:  ## remove the virtualenv and run outputs
+	rm -rf $(VENV) outputs .pytest_cache

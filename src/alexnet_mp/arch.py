@@ -1,0 +1,153 @@
+"""AlexNet's architecture, written once, as data.
+
+Every network in this project -- the paper's two-tower net in one process, one
+tower of it on one device, and the paper's one-GPU "half" net -- is built from
+the tables below. Widths are totals over both towers; a tower holds half of
+every layer (Krizhevsky et al. 2012, sec. 3.2 and Figure 2).
+
+Which layers *cross* towers is data too: conv3, fc6, fc7 and fc8 read both
+towers' outputs; conv2, conv4 and conv5 read only their own tower's (sec. 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from alexnet_mp.errors import UserError
+
+__all__ = [
+    "Layer",
+    "NetSpec",
+    "GEOMETRIES",
+    "LRN_OPTIONS",
+    "MIN_INPUT_SIZE",
+    "full_spec",
+    "half_spec",
+    "spec_for",
+    "conv1_padding",
+    "feature_map_sizes",
+    "split_sizes",
+]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the net, widths summed over all towers."""
+
+    name: str
+    kind: str  # "conv" or "fc"
+    width: int  # output channels (conv) or features (fc)
+    kernel: int = 0
+    stride: int = 1
+    padding: int = 0
+    crosses: bool = True  # input gathered from every tower (the paper's cross-GPU edges)
+    relu: bool = True
+    lrn: bool = False  # after ReLU (sec. 3.3)
+    pool: bool = False  # overlapping max-pool, 3x3 stride 2 (sec. 3.4)
+    dropout: bool = False  # p=0.5 on the outputs (sec. 4.2)
+    bias_init: float = 0.0  # sec. 5: 1 in conv2, conv4, conv5, fc6, fc7; else 0
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    name: str
+    towers: int  # 2 for the paper's net, 1 for the half net
+    layers: tuple[Layer, ...]
+
+    @property
+    def convs(self) -> tuple[Layer, ...]:
+        return tuple(l for l in self.layers if l.kind == "conv")
+
+    @property
+    def fcs(self) -> tuple[Layer, ...]:
+        return tuple(l for l in self.layers if l.kind == "fc")
+
+
+POOL_KERNEL, POOL_STRIDE = 3, 2  # overlapping pooling, sec. 3.4
+DROPOUT_P = 0.5  # sec. 4.2
+WEIGHT_STD = 0.01  # sec. 5
+# The printed LRN formula (sec. 3.3): k=2, n=5, alpha=1e-4, beta=0.75. PyTorch divides
+# alpha by n, so the printed formula is alpha=5e-4 there; Krizhevsky's cuda-convnet
+# configuration (scale=0.0001) is alpha=1e-4 in PyTorch's convention.
+LRN_OPTIONS = {
+    "paper": dict(size=5, alpha=5e-4, beta=0.75, k=2.0),
+    "cuda-convnet": dict(size=5, alpha=1e-4, beta=0.75, k=2.0),
+}
+# conv1 geometry: "224" reads pixels past the bottom/right edge as zero, as cuda-convnet
+# does, giving 55x55 from a 224 crop; "227" is Caffe's unpadded 227 crop.
+GEOMETRIES = ("224", "227")
+MIN_INPUT_SIZE = 67  # the smallest input that leaves a 1x1 map after pool5
+
+
+def _convs(widths: tuple[int, ...], towers: int) -> tuple[Layer, ...]:
+    w1, w2, w3, w4, w5 = widths
+    own = towers == 1  # in the half net every layer is dense
+    return (
+        Layer("conv1", "conv", w1, kernel=11, stride=4, lrn=True, pool=True),
+        Layer("conv2", "conv", w2, kernel=5, padding=2, crosses=own, lrn=True, pool=True, bias_init=1.0),
+        Layer("conv3", "conv", w3, kernel=3, padding=1),
+        Layer("conv4", "conv", w4, kernel=3, padding=1, crosses=own, bias_init=1.0),
+        Layer("conv5", "conv", w5, kernel=3, padding=1, crosses=own, pool=True, bias_init=1.0),
+    )
+
+
+def _fcs(num_classes: int) -> tuple[Layer, ...]:
+    return (
+        Layer("fc6", "fc", 4096, dropout=True, bias_init=1.0),
+        Layer("fc7", "fc", 4096, dropout=True, bias_init=1.0),
+        Layer("fc8", "fc", num_classes, relu=False),
+    )
+
+
+def full_spec(num_classes: int = 1000) -> NetSpec:
+    """The paper's two-GPU net: conv 96-256-384-384-256, fc 4096-4096-classes."""
+    return NetSpec("full", 2, _convs((96, 256, 384, 384, 256), 2) + _fcs(num_classes))
+
+
+def half_spec(num_classes: int = 1000) -> NetSpec:
+    """The one-GPU comparison net (sec. 6.1, footnote): half the kernels in conv1-conv4,
+    conv5 and the fully-connected layers not halved, everything dense."""
+    return NetSpec("half", 1, _convs((48, 128, 192, 192, 256), 1) + _fcs(num_classes))
+
+
+def spec_for(name: str, num_classes: int) -> NetSpec:
+    builders = {"full": full_spec, "half": half_spec}
+    if name not in builders:
+        raise UserError(f"unknown model {name!r}: choose one of {sorted(builders)}")
+    if num_classes < 2:
+        raise UserError(f"num_classes must be at least 2, got {num_classes}")
+    return builders[name](num_classes)
+
+
+def conv1_padding(input_size: int, geometry: str) -> int:
+    """Zero rows/columns added at the bottom and right of the image before conv1."""
+    if geometry not in GEOMETRIES:
+        raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
+    if input_size < MIN_INPUT_SIZE:
+        raise UserError(f"input_size {input_size} is too small: AlexNet needs at least {MIN_INPUT_SIZE} px")
+    if geometry == "227":
+        return 0
+    outputs = math.ceil((input_size - 11) / 4) + 1
+    return (outputs - 1) * 4 + 11 - input_size
+
+
+def _pooled(n: int) -> int:
+    return (n - POOL_KERNEL) // POOL_STRIDE + 1
+
+
+def feature_map_sizes(input_size: int, geometry: str) -> dict[str, int]:
+    """Side of each conv layer's output map (after its pool, if any)."""
+    side = (input_size + conv1_padding(input_size, geometry) - 11) // 4 + 1
+    sizes = {}
+    for name, pooled in (("conv1", True), ("conv2", True), ("conv3", False), ("conv4", False), ("conv5", True)):
+        # conv2..conv5 keep the side (padding = kernel // 2, stride 1)
+        side = _pooled(side) if pooled else side
+        sizes[name] = side
+    return sizes
+
+
+def split_sizes(total: int, parts: int) -> list[int]:
+    """How a layer of `total` units is shared among `parts` towers (first towers get the extra)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]

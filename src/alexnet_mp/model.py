@@ -1,0 +1,206 @@
+"""AlexNet built from the architecture table in :mod:`alexnet_mp.arch`.
+
+One class serves every network here. Built with ``tower=None`` it is the whole net
+in one process: layers that do not cross towers (conv2, conv4, conv5) are
+``groups=2`` convolutions and LRN runs per tower, so it computes exactly the
+two-GPU function of Krizhevsky et al. (2012), sec. 3.2. Built with
+``tower=(index, count)`` it is one tower: every layer keeps that tower's share of
+the units, and the inputs of crossing layers arrive through an ``exchange``.
+The model knows nothing of ``torch.distributed``; :mod:`alexnet_mp.parallel`
+supplies the exchange that talks to the other device.
+
+    >>> from alexnet_mp import build_model
+    >>> net = build_model("full", num_classes=1000)        # 60,965,224 parameters
+    >>> half = build_model("half", num_classes=1000)       # the one-GPU comparison net
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alexnet_mp.arch import (
+    DROPOUT_P,
+    GEOMETRIES,
+    LRN_OPTIONS,
+    POOL_KERNEL,
+    POOL_STRIDE,
+    WEIGHT_STD,
+    Layer,
+    NetSpec,
+    conv1_padding,
+    feature_map_sizes,
+    spec_for,
+    split_sizes,
+)
+from alexnet_mp.errors import UserError
+
+__all__ = ["AlexNet", "Exchange", "build_model", "count_parameters"]
+
+
+class Exchange:
+    """How a crossing layer gets its input. In one process every tower's output is
+    already here, so both moves are the identity."""
+
+    def gather(self, x: Tensor, layer: str, sizes: list[int]) -> Tensor:  # noqa: ARG002
+        """Input of crossing ``layer``; ``sizes`` are each tower's share of its channels."""
+        return x
+
+    def gather_logits(self, x: Tensor, sizes: list[int]) -> Tensor:  # noqa: ARG002
+        return x
+
+
+class SharedMaskDropout(nn.Module):
+    """Dropout whose mask is drawn for the *whole* layer and sliced to this tower.
+
+    Each tower draws the full ``[batch, width]`` mask from an identically seeded
+    generator and keeps its own columns, so the two towers together apply exactly
+    the mask the one-process net draws (sec. 4.2; pitfall in the spec, sec. 7).
+    """
+
+    def __init__(self, p: float, width: int, offset: int):
+        super().__init__()
+        self.p, self.width, self.offset = p, width, offset
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0], self.width), device=x.device, dtype=x.dtype).bernoulli_(keep)
+        mask = mask[:, self.offset : self.offset + x.shape[1]]
+        # Inverted dropout: the paper halves outputs at test time instead; same expectation.
+        return x * mask / keep
+
+
+class AlexNet(nn.Module):
+    """The whole net (``tower=None``) or one tower of it (``tower=(index, count)``)."""
+
+    def __init__(
+        self,
+        spec: NetSpec,
+        *,
+        input_size: int = 224,
+        geometry: str = "224",
+        lrn: str = "paper",
+        tower: tuple[int, int] | None = None,
+        exchange: Exchange | None = None,
+        init: bool = True,
+    ):
+        super().__init__()
+        if lrn not in LRN_OPTIONS:
+            raise UserError(f"unknown lrn option {lrn!r}: choose one of {sorted(LRN_OPTIONS)}")
+        if tower is not None and tower[1] != spec.towers:
+            raise UserError(f"the {spec.name} net has {spec.towers} tower(s), not {tower[1]}")
+        self.spec, self.input_size, self.geometry, self.lrn_option = spec, input_size, geometry, lrn
+        self.tower = tower
+        self.exchange = exchange or Exchange()
+        self.pad = conv1_padding(input_size, geometry)
+        self.lrn_params = LRN_OPTIONS[lrn]
+        # Per-tower groups when the whole net lives here; a tower is dense within itself.
+        self.groups_here = spec.towers if tower is None else 1
+        conv5_side = feature_map_sizes(input_size, geometry)["conv5"]
+
+        previous: Layer | None = None
+        for layer in spec.layers:
+            out_units = self.local_width(layer)
+            in_units = self._in_units(layer, previous, conv5_side)
+            if layer.kind == "conv":
+                groups = 1 if layer.crosses else self.groups_here
+                module: nn.Module = nn.Conv2d(in_units, out_units, layer.kernel, layer.stride, layer.padding, groups=groups)
+            else:
+                module = nn.Linear(in_units, out_units)
+            self.add_module(layer.name, module)
+            if layer.dropout:
+                self.add_module(f"{layer.name}_dropout", SharedMaskDropout(DROPOUT_P, layer.width, self.local_offset(layer)))
+            previous = layer
+        if init:
+            self.reset_parameters()
+
+    # -- the shares -----------------------------------------------------------------------
+    def local_width(self, layer: Layer) -> int:
+        if self.tower is None:
+            return layer.width
+        return split_sizes(layer.width, self.tower[1])[self.tower[0]]
+
+    def shares(self, layer: Layer) -> list[int]:
+        """Each tower's share of ``layer``'s units, as the exchange moves them."""
+        return [layer.width] if self.tower is None else split_sizes(layer.width, self.tower[1])
+
+    def local_offset(self, layer: Layer) -> int:
+        if self.tower is None:
+            return 0
+        return sum(split_sizes(layer.width, self.tower[1])[: self.tower[0]])
+
+    def _in_units(self, layer: Layer, previous: Layer | None, conv5_side: int) -> int:
+        if previous is None:
+            return 3  # conv1 reads the image; both towers see the same one
+        # A crossing layer reads every tower's units, the others only their own tower's.
+        units = previous.width if layer.crosses else self.local_width(previous)
+        if layer.kind == "fc" and previous.kind == "conv":
+            units *= conv5_side * conv5_side  # fc6's fan-in follows the input size
+        return units
+
+    def reset_parameters(self) -> None:
+        """Sec. 5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+        for layer in self.spec.layers:
+            module = getattr(self, layer.name)
+            nn.init.normal_(module.weight, 0.0, WEIGHT_STD)
+            nn.init.constant_(module.bias, layer.bias_init)
+
+    # -- forward --------------------------------------------------------------------------
+    def _lrn(self, x: Tensor) -> Tensor:
+        # The 5-channel window never crosses a tower boundary (cuda-convnet's norm layers
+        # have 48 and 128 channels), so in one process normalise each tower's channels alone.
+        chunks = x.chunk(self.groups_here, dim=1) if self.groups_here > 1 else (x,)
+        out = [F.local_response_norm(c, **self.lrn_params) for c in chunks]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size or x.shape[3] != self.input_size:
+            raise UserError(
+                f"expected images of shape [batch, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}"
+            )
+        if self.pad:
+            x = F.pad(x, (0, self.pad, 0, self.pad))
+        previous: Layer | None = None
+        for layer in self.spec.layers:
+            if layer.crosses and previous is not None:
+                # Gathered along channels, so fc6 sees pool5 flattened in the one-process order.
+                x = self.exchange.gather(x, layer.name, self.shares(previous))
+            if layer.kind == "fc" and x.dim() == 4:
+                x = torch.flatten(x, 1)
+            x = getattr(self, layer.name)(x)
+            if layer.relu:
+                x = F.relu(x)
+            if layer.lrn:
+                x = self._lrn(x)
+            if layer.pool:
+                x = F.max_pool2d(x, POOL_KERNEL, POOL_STRIDE)
+            if layer.dropout:
+                x = getattr(self, f"{layer.name}_dropout")(x)
+            previous = layer
+        return self.exchange.gather_logits(x, self.shares(self.spec.layers[-1]))
+
+
+def build_model(
+    name: str = "full",
+    *,
+    num_classes: int = 1000,
+    input_size: int | None = None,
+    geometry: str = "224",
+    lrn: str = "paper",
+) -> AlexNet:
+    """The paper's two-tower net (``"full"``) or the one-GPU half net (``"half"``), in one process.
+
+    ``input_size`` defaults to the geometry's crop (224 or 227); any size from 67 px up works.
+    ``lrn`` is ``"paper"`` (the printed formula) or ``"cuda-convnet"`` (Krizhevsky's config).
+    """
+    if geometry not in GEOMETRIES:
+        raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
+    spec = spec_for(name, num_classes)
+    return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,113 @@
+"""Turn the one-process net into the tower for this device, and back.
+
+``parallelize(full_model, group)`` keeps this rank's share of every layer of the
+paper's two-tower net (Krizhevsky et al. 2012, sec. 3.2), copying the weights
+from ``full_model``, and wires the crossing layers to :mod:`alexnet_mp.comm`.
+``full_state_dict(tower)`` puts the shares back together into a state dict that
+``build_model("full")`` loads.
+
+    torchrun --nproc_per_node=2 launch/train.py        # one tower per process
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from alexnet_mp.comm import TowerExchange, gather_shards
+from alexnet_mp.errors import UserError
+from alexnet_mp.model import AlexNet
+
+__all__ = ["Towers", "init_towers", "parallelize", "full_state_dict", "shard_state_dict"]
+
+
+@dataclass(frozen=True)
+class Towers:
+    """Where this process runs: its tower index, the tower count, device and backend."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+
+
+def init_towers(*, towers: int = 2, threads: int | None = None, init_method: str | None = None) -> Towers:
+    """Join the process group torchrun set up: NCCL with rank r on ``cuda:r`` when this
+    machine shows at least ``towers`` GPUs, gloo on the CPU otherwise.
+
+    On the CPU each rank uses ``threads`` threads (default 1), so two ranks on a
+    two-core machine do not fight over cores.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != towers:
+        raise UserError(
+            f"the two-tower net needs exactly {towers} processes, one per tower; got WORLD_SIZE={world} "
+            f"(launch with torchrun --nproc_per_node={towers})"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= towers:
+        backend, device = "nccl", torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        backend, device = "gloo", torch.device("cpu")
+        torch.set_num_threads(threads or 1)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method=init_method)
+    return Towers(dist.get_rank(), dist.get_world_size(), device, backend)
+
+
+def _check_parallelizable(full_model: AlexNet, world: int) -> None:
+    if full_model.tower is not None:
+        raise UserError("parallelize() takes the one-process net, not a tower")
+    if full_model.spec.towers != world:
+        raise UserError(
+            f"the {full_model.spec.name} net has {full_model.spec.towers} tower(s) but the group has {world} "
+            f"process(es); only the full net splits, one tower per process"
+        )
+
+
+def shard_state_dict(full_state: dict[str, torch.Tensor], tower: AlexNet) -> dict[str, torch.Tensor]:
+    """This tower's share of a one-process state dict: every weight and bias is split on
+    its output units (dim 0), which is exactly how the towers divide each layer."""
+    out = {}
+    for layer in tower.spec.layers:
+        start, size = tower.local_offset(layer), tower.local_width(layer)
+        for kind in ("weight", "bias"):
+            out[f"{layer.name}.{kind}"] = full_state[f"{layer.name}.{kind}"].narrow(0, start, size).clone()
+    return out
+
+
+def parallelize(full_model: AlexNet, group=None, device: torch.device | str | None = None) -> AlexNet:
+    """The tower for this rank, holding its share of ``full_model``'s weights.
+
+    Its ``forward(x)`` takes the whole batch (both towers see the same images) and
+    returns the full logits on every rank.
+    """
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    _check_parallelizable(full_model, world)
+    tower = AlexNet(
+        full_model.spec,
+        input_size=full_model.input_size,
+        geometry=full_model.geometry,
+        lrn=full_model.lrn_option,
+        tower=(rank, world),
+        exchange=TowerExchange(group),
+        init=False,
+    )
+    tower.load_state_dict(shard_state_dict(full_model.state_dict(), tower))
+    tower.train(full_model.training)
+    return tower.to(device) if device is not None else tower
+
+
+def full_state_dict(tower: AlexNet) -> dict[str, torch.Tensor]:
+    """The one-process state dict assembled from every tower (a collective: call on all ranks)."""
+    state = {}
+    for layer in tower.spec.layers:
+        sizes = tower.shares(layer)
+        for kind in ("weight", "bias"):
+            local = getattr(getattr(tower, layer.name), kind)
+            state[f"{layer.name}.{kind}"] = gather_shards(local, sizes, tower.exchange.group).cpu()
+    return state
