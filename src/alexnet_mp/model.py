@@ -36,7 +36,10 @@ from alexnet_mp.arch import (
 )
 from alexnet_mp.errors import UserError
 
-__all__ = ["AlexNet", "Exchange", "build_model", "count_parameters"]
+__all__ = ["AlexNet", "Exchange", "INITS", "build_model", "count_parameters"]
+
+INITS = ("paper", "he")
+PIXEL_STD = 60.0  # natural images, 0..255 scale (ImageNet's RGB std is about 0.23 x 255)
 
 
 class Exchange:
@@ -85,7 +88,7 @@ class AlexNet(nn.Module):
         lrn: str = "paper",
         tower: tuple[int, int] | None = None,
         exchange: Exchange | None = None,
-        init: bool = True,
+        init: str | None = "paper",
     ):
         super().__init__()
         if lrn not in LRN_OPTIONS:
@@ -114,8 +117,8 @@ class AlexNet(nn.Module):
             if layer.dropout:
                 self.add_module(f"{layer.name}_dropout", SharedMaskDropout(DROPOUT_P, layer.width, self.local_offset(layer)))
             previous = layer
-        if init:
-            self.reset_parameters()
+        if init is not None:
+            self.reset_parameters(init)
 
     # -- the shares -----------------------------------------------------------------------
     def local_width(self, layer: Layer) -> int:
@@ -141,12 +144,26 @@ class AlexNet(nn.Module):
             units *= conv5_side * conv5_side  # fc6's fan-in follows the input size
         return units
 
-    def reset_parameters(self) -> None:
-        """Sec. 5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+    def reset_parameters(self, init: str = "paper") -> None:
+        """``"paper"`` (sec. 5): weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+
+        ``"he"``: weights ~ N(0, 2 / fan-in) (He et al. 2015), biases 0, and conv1's weights
+        divided by 60, the pixel standard deviation of natural images on the 0..255 scale the
+        paper trains on, so every layer starts with unit-scale activations. Not the paper's;
+        it starts learning within a few hundred steps, which the paper's does not (README).
+        """
+        if init not in INITS:
+            raise UserError(f"unknown init {init!r}: choose one of {list(INITS)}")
         for layer in self.spec.layers:
             module = getattr(self, layer.name)
-            nn.init.normal_(module.weight, 0.0, WEIGHT_STD)
-            nn.init.constant_(module.bias, layer.bias_init)
+            if init == "paper":
+                nn.init.normal_(module.weight, 0.0, WEIGHT_STD)
+                nn.init.constant_(module.bias, layer.bias_init)
+            else:
+                fan_in = module.weight[0].numel()
+                std = (2.0 / fan_in) ** 0.5 / (PIXEL_STD if layer.name == "conv1" else 1.0)
+                nn.init.normal_(module.weight, 0.0, std)
+                nn.init.zeros_(module.bias)
 
     # -- forward --------------------------------------------------------------------------
     def _lrn(self, x: Tensor) -> Tensor:
@@ -190,16 +207,18 @@ def build_model(
     input_size: int | None = None,
     geometry: str = "224",
     lrn: str = "paper",
+    init: str = "paper",
 ) -> AlexNet:
     """The paper's two-tower net (``"full"``) or the one-GPU half net (``"half"``), in one process.
 
     ``input_size`` defaults to the geometry's crop (224 or 227); any size from 67 px up works.
     ``lrn`` is ``"paper"`` (the printed formula) or ``"cuda-convnet"`` (Krizhevsky's config).
+    ``init`` is ``"paper"`` (sec. 5) or ``"he"`` (see :meth:`AlexNet.reset_parameters`).
     """
     if geometry not in GEOMETRIES:
         raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
     spec = spec_for(name, num_classes)
-    return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn)
+    return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,7 +21,7 @@ from alexnet_mp.comm import TowerExchange, gather_shards
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import AlexNet
 
-__all__ = ["Towers", "init_towers", "parallelize", "full_state_dict", "shard_state_dict"]
+__all__ = ["Towers", "init_towers", "join_process_group", "parallelize", "full_state_dict", "shard_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -34,29 +34,40 @@ class Towers:
     backend: str
 
 
-def init_towers(*, towers: int = 2, threads: int | None = None, init_method: str | None = None) -> Towers:
+def join_process_group(*, threads: int | None = None, device: str = "auto", init_method: str | None = None) -> Towers:
     """Join the process group torchrun set up: NCCL with rank r on ``cuda:r`` when this
-    machine shows at least ``towers`` GPUs, gloo on the CPU otherwise.
+    machine shows a GPU for every local process, gloo on the CPU otherwise.
 
     On the CPU each rank uses ``threads`` threads (default 1), so two ranks on a
     two-core machine do not fight over cores.
     """
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+    if device == "cuda" and not enough_gpus:
+        raise UserError(f"device=cuda needs {local_world} GPUs on this machine (NCCL cannot put two ranks "
+                        f"on one GPU); {torch.cuda.device_count()} visible")
+    if device != "cpu" and enough_gpus:
+        backend, dev = "nccl", torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    else:
+        backend, dev = "gloo", torch.device("cpu")
+        torch.set_num_threads(threads or 1)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method=init_method)
+    return Towers(dist.get_rank(), dist.get_world_size(), dev, backend)
+
+
+def init_towers(*, towers: int = 2, threads: int | None = None, device: str = "auto",
+                init_method: str | None = None) -> Towers:
+    """:func:`join_process_group`, after checking there is exactly one process per tower."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != towers:
         raise UserError(
             f"the two-tower net needs exactly {towers} processes, one per tower; got WORLD_SIZE={world} "
             f"(launch with torchrun --nproc_per_node={towers})"
         )
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
-    if torch.cuda.is_available() and torch.cuda.device_count() >= towers:
-        backend, device = "nccl", torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        backend, device = "gloo", torch.device("cpu")
-        torch.set_num_threads(threads or 1)
-    if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=init_method)
-    return Towers(dist.get_rank(), dist.get_world_size(), device, backend)
+    return join_process_group(threads=threads, device=device, init_method=init_method)
 
 
 def _check_parallelizable(full_model: AlexNet, world: int) -> None:
@@ -95,7 +106,7 @@ def parallelize(full_model: AlexNet, group=None, device: torch.device | str | No
         lrn=full_model.lrn_option,
         tower=(rank, world),
         exchange=TowerExchange(group),
-        init=False,
+        init=None,
     )
     tower.load_state_dict(shard_state_dict(full_model.state_dict(), tower))
     tower.train(full_model.training)

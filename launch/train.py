@@ -1,0 +1,20 @@
+"""Train AlexNet. One tower per process under torchrun; the whole net under plain python.
+
+    torchrun --nproc_per_node=2 launch/train.py [hydra overrides]
+    python launch/train.py model=half
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from alexnet_mp.cli import hydra_run_dir, run_entry_point
+from alexnet_mp.train import train
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: train(cfg, hydra_run_dir()))
+
+
+if __name__ == "__main__":
+    main()

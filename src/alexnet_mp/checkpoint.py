@@ -1,0 +1,112 @@
+"""Checkpoints that survive a crash at any moment.
+
+Each tower writes its own shard into ``checkpoints/step-NNNNNNNN/``; only when every
+shard is on disk does rank 0 atomically point ``checkpoints/latest`` at that folder.
+A run killed while saving therefore resumes from the previous complete checkpoint.
+Every file is written to a temporary name and renamed, and loaded with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexnet_mp.comm import barrier
+from alexnet_mp.errors import UserError
+
+__all__ = ["atomic_save", "atomic_write_text", "CheckpointStore", "load_file"]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_file(path: Path) -> dict:
+    """Load a file this project wrote, with ``weights_only=True``; one-line errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+class CheckpointStore:
+    """The checkpoints of one run directory, shared by every rank."""
+
+    def __init__(self, run_dir: Path, rank: int, world_size: int, keep: int = 2):
+        self.root = Path(run_dir) / "checkpoints"
+        self.rank, self.world_size, self.keep = rank, world_size, max(1, keep)
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        if not pointer.is_file():
+            return None
+        folder = self.root / pointer.read_text().strip()
+        return folder if (folder / "meta.json").is_file() else None
+
+    def save(self, step: int, shard: dict, meta: dict) -> Path:
+        """Collective: every rank writes its shard, then rank 0 publishes the checkpoint."""
+        folder = self.root / f"step-{step:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_save(shard, folder / f"tower{self.rank}.pt")
+        barrier()
+        if self.rank == 0:
+            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
+            atomic_write_text(self.root / "latest", folder.name)
+            self._prune(keep_also=folder)
+        barrier()
+        return folder
+
+    def _prune(self, keep_also: Path) -> None:
+        folders = sorted(p for p in self.root.glob("step-*") if p.is_dir())
+        for old in folders[: -self.keep]:
+            if old != keep_also:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, folder: Path, expect: dict) -> tuple[dict, dict]:
+        """This rank's shard and the checkpoint's metadata, after checking it fits this run."""
+        meta = json.loads((folder / "meta.json").read_text())
+        written_for = meta.get("model", {})
+        if written_for != expect:
+            diffs = ", ".join(f"{k}={written_for.get(k)!r} here {expect.get(k)!r}" for k in sorted(set(written_for) | set(expect))
+                              if written_for.get(k) != expect.get(k))
+            raise UserError(f"checkpoint {folder} was written for another configuration ({diffs})")
+        return load_file(folder / f"tower{self.rank}.pt"), meta

@@ -1,0 +1,92 @@
+"""Centre-crop and ten-crop error of a trained net (Krizhevsky et al. 2012, sec. 5, "Test").
+
+Ten-crop: the four corner patches and the centre patch, and their horizontal
+reflections; the softmax outputs of the ten are averaged.
+
+    python launch/evaluate.py checkpoint=RUN_DIR/model_final.pt [data=imagefolder data.root=PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from alexnet_mp import data
+from alexnet_mp.checkpoint import atomic_write_text, load_file
+from alexnet_mp.errors import UserError
+from alexnet_mp.model import build_model
+from alexnet_mp.train import _base_datasets, topk_errors
+
+__all__ = ["evaluate_checkpoint", "load_trained_model"]
+
+log = logging.getLogger("alexnet_mp")
+
+
+def load_trained_model(path: Path):
+    """(model, saved blob) from ``model_final.pt`` or a run directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model_final.pt"
+    blob = load_file(path)
+    if not {"model", "state_dict", "stats", "data"} <= set(blob):
+        raise UserError(f"{path} is not a model file written by alexnet_mp training (no model/state_dict/stats)")
+    m = blob["model"]
+    model = build_model(m["name"], num_classes=m["num_classes"], input_size=m["input_size"],
+                        geometry=m["geometry"], lrn=m["lrn"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob
+
+
+@torch.no_grad()
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    torch.set_num_threads(int(cfg.threads))
+    model, blob = load_trained_model(Path(str(cfg.checkpoint)))
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if int(cfg.data.image_size) != blob["data"]["image_size"]:
+        raise UserError(f"data.image_size={cfg.data.image_size} but the model was trained on "
+                        f"{blob['data']['image_size']}px images")
+    train_base, val_base, _ = _base_datasets(cfg.data, int(cfg.seed))
+    base = val_base if cfg.split == "val" else train_base
+    if len(base.classes) != blob["model"]["num_classes"]:
+        raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
+                        f"{blob['model']['num_classes']}")
+    stats = data.DatasetStats(**blob["stats"])
+    transform = data.PaperTransform(stats, crop=blob["data"]["crop"], train=False)
+    centre = data.TransformedDataset(base, transform)
+    ten = data.TransformedDataset(base, transform, ten_crop=True)
+    counts = {"center": [0, 0], "ten_crop": [0, 0]}
+    seen = skipped = 0
+    loaders = zip(data.make_loader(centre, int(cfg.batch_size), shuffle=False, seed=0, epoch=0, workers=0, drop_last=False),
+                  data.make_loader(ten, int(cfg.batch_size), shuffle=False, seed=0, epoch=0, workers=0, drop_last=False))
+    total = -(-len(base) // int(cfg.batch_size))
+    for (images, labels, n_skipped), (patches, _, _) in tqdm(loaders, total=total, desc="evaluate", disable=not cfg.progress):
+        skipped += n_skipped
+        if not len(labels):
+            continue
+        labels = labels.to(device)
+        w1, w5 = topk_errors(model(images.to(device)), labels)
+        counts["center"][0] += w1
+        counts["center"][1] += w5
+        b, n = patches.shape[:2]
+        probs = model(patches.flatten(0, 1).to(device)).softmax(1).view(b, n, -1).mean(1)
+        w1, w5 = topk_errors(probs, labels)
+        counts["ten_crop"][0] += w1
+        counts["ten_crop"][1] += w5
+        seen += len(labels)
+    result = {k: {"top1_err": v[0] / max(seen, 1), "top5_err": v[1] / max(seen, 1)} for k, v in counts.items()}
+    result.update(images=seen, skipped_images=skipped, checkpoint=str(cfg.checkpoint), split=str(cfg.split),
+                  data=str(cfg.data.name))
+    ckpt = Path(str(cfg.checkpoint))
+    out = Path(str(cfg.output)) if cfg.output else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{cfg.data.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    log.info("centre crop: top-1 %.2f%%, top-5 %.2f%%; ten-crop: top-1 %.2f%%, top-5 %.2f%% (%d images) -> %s",
+             100 * result["center"]["top1_err"], 100 * result["center"]["top5_err"],
+             100 * result["ten_crop"]["top1_err"], 100 * result["ten_crop"]["top5_err"], seen, out)
+    return result

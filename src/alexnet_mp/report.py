@@ -1,0 +1,82 @@
+"""What a run writes for people: metrics.jsonl, TensorBoard events and a learning-curve plot.
+
+Only rank 0 writes (``enabled``); other ranks keep the history in memory so every
+rank can build the same summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["MetricsLog", "plot_learning_curves"]
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, *, enabled: bool, last_epoch: int = 0):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self._rows: list[dict] = []
+        if self.path.is_file():
+            # On resume keep the epochs the checkpoint had finished; later ones are re-run.
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self._rows = [r for r in rows if r["epoch"] <= last_epoch]
+            if enabled:
+                self.path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+        self._writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                self._writer = None
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(name, value, step)
+
+    def epoch(self, row: dict) -> None:
+        self._rows.append(row)
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        for key in ("train_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s"):
+            self.scalar(f"epoch/{key}", row[key], row["epoch"])
+        if self._writer is not None:
+            self._writer.flush()
+        plot_learning_curves(self._rows, self.run_dir / "learning_curves.png")
+
+    def history(self) -> list[dict]:
+        return list(self._rows)
+
+    def close(self, plot: bool = True) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if plot and self.enabled and self._rows:
+            plot_learning_curves(self._rows, self.run_dir / "learning_curves.png")
+
+
+def plot_learning_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in rows], marker="o")
+    left.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    right.plot(epochs, [100 * r["val_top1_err"] for r in rows], marker="o", label="top-1")
+    right.plot(epochs, [100 * r["val_top5_err"] for r in rows], marker="o", label="top-5")
+    right.set(xlabel="epoch", ylabel="validation error (%)", title="Validation error (centre crop)")
+    right.legend()
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,335 @@
+"""Train AlexNet with the paper's recipe (Krizhevsky et al. 2012, sec. 5), one tower per process.
+
+    torchrun --nproc_per_node=2 launch/train.py                       # the two-tower net, synthetic data
+    torchrun --nproc_per_node=2 launch/train.py data=imagefolder data.root=PATH
+    python launch/train.py model=half                                 # the one-GPU half net
+    torchrun --nproc_per_node=2 launch/train.py hydra.run.dir=DIR resume=true
+
+Two processes train the full net as two towers; one process trains either net
+whole. Every rank computes the same loss and metrics (the logits are gathered on
+every device); only rank 0 prints and writes shared files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from alexnet_mp import comm, data
+from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
+from alexnet_mp.errors import UserError
+from alexnet_mp.model import AlexNet, build_model
+from alexnet_mp.optim import PlateauSchedule, build_optimizer
+from alexnet_mp.parallel import full_state_dict, join_process_group, parallelize
+from alexnet_mp.report import MetricsLog
+
+__all__ = ["train", "Data", "build_data", "topk_errors"]
+
+log = logging.getLogger("alexnet_mp")
+
+
+# -- processes and devices -----------------------------------------------------------------------
+
+def _processes(cfg: DictConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) after checking the model can use this many processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 2 and cfg.model.name != "full":
+        raise UserError(f"model={cfg.model.name} runs in one process; launch it with --nproc_per_node=1 "
+                        f"(only the full net splits into two towers)")
+    if world not in (1, 2):
+        raise UserError(f"the two-tower net runs on exactly 2 processes (one per tower) or 1 (the whole net); "
+                        f"got WORLD_SIZE={world}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
+    if world == 2:
+        towers = join_process_group(threads=cfg.threads, device=cfg.device)
+        return towers.rank, 2, towers.device
+    torch.set_num_threads(int(cfg.threads))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no GPU is visible")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return 0, 1, torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    train: data.TransformedDataset
+    val: data.TransformedDataset
+    stats: data.DatasetStats
+    num_classes: int
+    image_size: int
+    crop: int
+
+
+def _base_datasets(dcfg: DictConfig, seed: int):
+    if dcfg.name == "synthetic":
+        make = lambda split, n: data.SyntheticImages(split, int(dcfg.num_classes), int(n), int(dcfg.image_size), seed)  # noqa: E731
+        return make("train", dcfg.train_size), make("val", dcfg.val_size), None
+    if dcfg.name == "imagefolder":
+        if OmegaConf.is_missing(dcfg, "root") or dcfg.root in (None, ""):
+            raise UserError("data=imagefolder needs data.root=PATH (a folder with train/ and val/)")
+        root = Path(str(dcfg.root)).expanduser()
+        train = data.ImageFolderImages(root, "train", int(dcfg.image_size))
+        val = data.ImageFolderImages(root, "val", int(dcfg.image_size))
+        data.check_same_classes(train, val)
+        return train, val, root
+    raise UserError(f"unknown data {dcfg.name!r}: choose synthetic or imagefolder")
+
+
+def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
+    """Both splits with the paper's transforms; the statistics come from rank 0's cache."""
+    dcfg = cfg.data
+    train_base, val_base, root = _base_datasets(dcfg, int(cfg.seed))
+    crop = data.crop_size_for(int(dcfg.image_size), str(cfg.model.geometry))
+    stats = None
+    if rank == 0:
+        # Cached beside the data when it is writable (reused by later runs), else in the run.
+        cache = run_dir / "dataset-stats.pt"
+        if root is not None and os.access(root, os.W_OK):
+            cache = root / f".alexnet_mp-stats-{dcfg.image_size}px.pt"
+        stats = data.load_or_compute_stats(train_base, cache, int(dcfg.stats_samples), int(cfg.seed),
+                                           progress=bool(cfg.progress))
+    stats = comm.broadcast_object(stats)
+    mean = stats if dcfg.mean_subtraction else data.DatasetStats(torch.zeros_like(stats.mean_image),
+                                                                 stats.eigvals, stats.eigvecs)
+    common = dict(crop=crop, flip=bool(dcfg.flip), pca_sigma=float(dcfg.pca_sigma),
+                  pca_scale=str(dcfg.pca_scale), seed=int(cfg.seed))
+    train = data.TransformedDataset(train_base, data.PaperTransform(mean, train=True, **common))
+    val = data.TransformedDataset(val_base, data.PaperTransform(mean, train=False, **common))
+    return Data(train, val, mean, len(train_base.classes), int(dcfg.image_size), crop)
+
+
+def _workers(dcfg: DictConfig) -> int:
+    return data.default_workers() if str(dcfg.workers) == "auto" else int(dcfg.workers)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Number of top-1 and top-5 mistakes in a batch (top-k capped at the class count)."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == labels[:, None]
+    return int((~hit[:, 0]).sum()), int((~hit.any(1)).sum())
+
+
+@torch.no_grad()
+def evaluate(model: AlexNet, dataset: data.TransformedDataset, cfg: DictConfig, device: torch.device) -> dict:
+    """Centre-crop top-1 and top-5 error over the whole validation set."""
+    model.eval()
+    wrong1 = wrong5 = seen = 0
+    loader = data.make_loader(dataset, int(cfg.batch_size), shuffle=False, seed=int(cfg.seed), epoch=0,
+                              workers=_workers(cfg.data), drop_last=False)
+    for images, labels, _ in loader:
+        if not len(labels):
+            continue
+        w1, w5 = topk_errors(model(images.to(device)), labels.to(device))
+        wrong1, wrong5, seen = wrong1 + w1, wrong5 + w5, seen + len(labels)
+    model.train()
+    return {"val_top1_err": wrong1 / max(seen, 1), "val_top5_err": wrong5 / max(seen, 1), "val_images": seen}
+
+
+# -- the run directory ------------------------------------------------------------------------
+
+def _model_signature(cfg: DictConfig, num_classes: int, crop: int, world: int) -> dict:
+    return {"name": str(cfg.model.name), "num_classes": num_classes, "input_size": crop,
+            "geometry": str(cfg.model.geometry), "lrn": str(cfg.model.lrn), "towers": world}
+
+
+def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
+    finished = (run_dir / "summary.json").is_file()
+    if resume:
+        if finished:
+            raise UserError(f"the run in {run_dir} has already finished (summary.json); nothing to resume")
+        return
+    if finished or store.latest() is not None:
+        raise UserError(f"{run_dir} already holds a run; pass resume=true to continue it, "
+                        f"or choose another hydra.run.dir")
+
+
+def _agree_on_run_dir(mine: Path) -> Path:
+    """Rank 0's run directory on every rank: Hydra's timestamped default can differ by a
+    second between processes, so the others follow rank 0 and drop their empty folder."""
+    agreed = Path(comm.broadcast_object(str(mine)))
+    if agreed.resolve() != mine.resolve() and mine.is_dir() and not any(mine.iterdir()):
+        mine.rmdir()
+    agreed.mkdir(parents=True, exist_ok=True)
+    return agreed
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run (or resume) one training run in ``run_dir``; return the summary (every rank)."""
+    rank, world, device = _processes(cfg)
+    main = rank == 0
+    run_dir = _agree_on_run_dir(run_dir)
+    store = CheckpointStore(run_dir, rank, world, keep=int(cfg.checkpoint.keep))
+    _check_run_dir(run_dir, store, bool(cfg.resume))
+    comm.barrier()
+
+    d = build_data(cfg, run_dir, rank)
+    if str(cfg.model.num_classes) not in ("auto", str(d.num_classes)):
+        raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {d.num_classes} classes")
+    signature = _model_signature(cfg, d.num_classes, d.crop, world)
+
+    torch.manual_seed(int(cfg.seed))  # the same weights on every rank; a tower keeps its share
+    model = build_model(cfg.model.name, num_classes=d.num_classes, input_size=d.crop,
+                        geometry=str(cfg.model.geometry), lrn=str(cfg.model.lrn), init=str(cfg.model.init))
+    model = parallelize(model, device=device) if world == 2 else model.to(device)
+    optimizer = build_optimizer(model.parameters(), lr=float(cfg.optim.lr), momentum=float(cfg.optim.momentum),
+                                weight_decay=float(cfg.optim.weight_decay), rule=str(cfg.optim.rule))
+    schedule = PlateauSchedule(optimizer, **{k: cfg.schedule[k] for k in
+                                             ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
+
+    epoch, batch_in_epoch, step = 0, 0, 0
+    epoch_loss, epoch_images, epoch_seconds, skipped = 0.0, 0, 0.0, 0
+    torch.manual_seed(int(cfg.seed) + 1)  # dropout's stream, restored on resume
+    latest = store.latest() if cfg.resume else None
+    if latest is not None:
+        shard, meta = store.load(latest, signature)
+        model.load_state_dict(shard["model"])
+        optimizer.load_state_dict(shard["optimizer"])
+        schedule.load_state_dict(shard["schedule"])
+        _set_rng_state(shard["rng"], device)
+        p = shard["position"]
+        epoch, batch_in_epoch, step = p["epoch"], p["batch_in_epoch"], p["step"]
+        epoch_loss, epoch_images, epoch_seconds, skipped = p["epoch_loss"], p["epoch_images"], p["epoch_seconds"], p["skipped"]
+        if main:
+            log.info("resuming from %s (epoch %d, batch %d, step %d)", latest, epoch, batch_in_epoch, step)
+    elif cfg.resume and main:
+        log.info("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
+
+    metrics = MetricsLog(run_dir, enabled=main, last_epoch=epoch)
+    if main:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        where = f"{world} towers, {device.type}" if world == 2 else f"1 process, {device}"
+        log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, run dir %s",
+                 cfg.model.name, where, len(d.train), len(d.val), d.num_classes, d.crop, run_dir)
+
+    def save(reason: str) -> None:
+        shard = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "rng": _rng_state(device),
+                 "position": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+                              "epoch_loss": epoch_loss, "epoch_images": epoch_images,
+                              "epoch_seconds": epoch_seconds, "skipped": skipped}}
+        store.save(step, shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                 "step": step, "reason": reason, "config": OmegaConf.to_container(cfg, resolve=True)})
+
+    max_steps = int(cfg.debug.max_steps)
+    every = int(cfg.checkpoint.every_steps)
+    run_start = time.perf_counter()
+    stopped_early = False
+    model.train()
+    while epoch < int(cfg.epochs) and not stopped_early:
+        loader = data.make_loader(d.train, int(cfg.batch_size), shuffle=True, seed=int(cfg.seed), epoch=epoch,
+                                  start_batch=batch_in_epoch, workers=_workers(cfg.data), drop_last=True)
+        bar = tqdm(total=batch_in_epoch + len(loader), initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (main and cfg.progress), unit="batch", dynamic_ncols=True, leave=False)
+        tick = time.perf_counter()
+        for images, labels, n_skipped in loader:
+            skipped += n_skipped
+            if not len(labels):
+                batch_in_epoch += 1
+                continue
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if cfg.debug.check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)])):
+                raise RuntimeError("the towers received different batches")
+            loss = F.cross_entropy(model(images), labels)
+            if not torch.isfinite(loss):
+                last = store.latest()
+                raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                                f"Last good checkpoint: {last or 'none'} (try a lower optim.lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            schedule.begin_step(step + 1)
+            optimizer.step()
+            now = time.perf_counter()
+            epoch_seconds += now - tick
+            tick = now
+            step, batch_in_epoch = step + 1, batch_in_epoch + 1
+            epoch_loss += loss.item() * len(labels)
+            epoch_images += len(labels)
+            bar.update(1)
+            if step % int(cfg.log_every_steps) == 0 or step == 1:
+                speed = epoch_images / max(epoch_seconds, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.lr:.2g}", img_s=f"{speed:.0f}")
+                metrics.scalar("train/loss", loss.item(), step)
+            if every and step % every == 0:
+                save("every_steps")
+            if int(cfg.debug.kill_at_step) == step:
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash without warning, for the tests
+            if max_steps and step >= max_steps:
+                stopped_early = True
+                break
+            tick = time.perf_counter()
+        bar.close()
+        if stopped_early:
+            break
+        result = evaluate(model, d.val, cfg, device)
+        row = {"epoch": epoch + 1, "train_loss": epoch_loss / max(epoch_images, 1), **result,
+               "lr": schedule.lr, "images_per_s": epoch_images / max(epoch_seconds, 1e-9),
+               "seconds": epoch_seconds, "step": step}
+        dropped = schedule.step(result["val_top1_err"])
+        metrics.epoch(row)
+        if main:
+            log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%%, top-5 %.2f%%, %.0f images/s%s",
+                     epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
+                     row["images_per_s"], f"; learning rate now {schedule.lr:.2g}" if dropped else "")
+        epoch, batch_in_epoch = epoch + 1, 0
+        epoch_loss, epoch_images, epoch_seconds = 0.0, 0, 0.0
+        save("epoch")
+
+    state = full_state_dict(model) if world == 2 else {k: v.cpu() for k, v in model.state_dict().items()}
+    final = run_dir / "model_final.pt"
+    history = metrics.history()
+    summary = {
+        "model": str(cfg.model.name), "towers": world, "device": device.type, "epochs": epoch, "steps": step,
+        "val_top1_err": history[-1]["val_top1_err"] if history else None,
+        "val_top5_err": history[-1]["val_top5_err"] if history else None,
+        "best_val_top1_err": min((h["val_top1_err"] for h in history), default=None),
+        "chance_top1_err": 1 - 1 / d.num_classes,
+        "images_per_s": (sum(h["images_per_s"] * h["seconds"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
+        "seconds": time.perf_counter() - run_start,
+        "skipped_images": skipped,
+        "final_model": str(final.resolve()),
+        "stopped_early": stopped_early,
+    }
+    if main:
+        atomic_save({"model": signature, "state_dict": state,
+                     "data": {"name": str(cfg.data.name), "image_size": d.image_size, "crop": d.crop},
+                     "stats": {"mean_image": d.stats.mean_image, "eigvals": d.stats.eigvals,
+                               "eigvecs": d.stats.eigvecs}}, final)
+        if not stopped_early:
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+        metrics.close(plot=True)
+        log.info("done: %s", json.dumps({k: summary[k] for k in ("val_top1_err", "val_top5_err", "seconds")}))
+    comm.barrier()
+    return summary

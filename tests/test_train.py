@@ -1,0 +1,203 @@
+"""launch/train.py end to end: real torchrun launches with two gloo processes where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet_mp import build_model, comm, data
+from conftest import SHARED_DATA
+from distributed import run_ranks
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["experiment=smoke", "progress=false"]  # 128 train / 64 val synthetic images, batch 16, 2 epochs
+
+pytestmark = pytest.mark.slow
+
+
+def launch(args: list[str], nproc: int = 2, script: str = "launch/train.py", timeout: int = 240):
+    if nproc == 0:  # plain python, no torchrun
+        cmd = [sys.executable, script, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def error_line(proc) -> str:
+    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("alexnet_mp: error: ")]
+    assert proc.returncode != 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return lines[0]
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "model_final.pt", weights_only=True)["state_dict"]
+
+
+# -- both towers see the same batches -----------------------------------------------------------
+
+def _batches_on_both_towers(rank: int) -> list[bool]:
+    ds = data.SyntheticImages("train", 10, 48, 77, seed=0)
+    stats = data.compute_stats(ds, 48, 0, progress=False)
+    tf = data.PaperTransform(stats, 67, train=True, pca_sigma=0.1, seed=0)
+    same = []
+    for epoch in (0, 1):
+        for images, labels, _ in data.make_loader(data.TransformedDataset(ds, tf), 16, shuffle=True, seed=0,
+                                                  epoch=epoch, workers=1 if rank else 0, drop_last=True):
+            same.append(comm.all_equal(images) and comm.all_equal(labels))
+    # and a different epoch must give different batches (augmentation is on)
+    a = next(iter(data.make_loader(data.TransformedDataset(ds, tf), 16, shuffle=True, seed=0, epoch=0, workers=0, drop_last=True)))[0]
+    b = next(iter(data.make_loader(data.TransformedDataset(ds, tf), 16, shuffle=True, seed=0, epoch=1, workers=0, drop_last=True)))[0]
+    return same + [not torch.equal(a, b)]
+
+
+def test_both_towers_get_identical_augmented_batches():
+    # Rank 1 even loads with a worker process and rank 0 without: the batches must still match.
+    for result in run_ranks(_batches_on_both_towers):
+        assert len(result) == 7 and all(result)
+
+
+# -- the two-tower run trains the same net as one process ---------------------------------------
+
+def test_two_tower_training_equals_one_process_training(tmp_path):
+    # A rate at which training is not chaotic: at the default rate the first steps blow up
+    # and amplify float rounding (1e-7) to percent-level differences within a few steps.
+    args = [*TINY, "epochs=1", "debug.check_batches=true", "optim.lr=0.0005"]
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'two'}"], nproc=2))
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'one'}"], nproc=0))
+    two, one = final_state(tmp_path / "two"), final_state(tmp_path / "one")
+    assert torch.load(tmp_path / "two" / "model_final.pt", weights_only=True)["model"]["towers"] == 2
+    torch.manual_seed(0)
+    initial = build_model("full", num_classes=10, input_size=67, init="he").state_dict()
+    for name, ref in one.items():
+        scale = ref.abs().max().item()
+        assert (two[name] - ref).abs().max().item() / scale < 1e-5, name
+    moved = max((one[n] - initial[n]).abs().max().item() / one[n].abs().max().item() for n in one)
+    assert moved > 1e-2  # the weights really changed, far beyond the tolerance
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1["steps"] == s2["steps"] == 8
+    assert abs(s1["val_top1_err"] - s2["val_top1_err"]) <= 1 / 64  # at most one image flips
+
+
+# -- a crash at any moment loses nothing -------------------------------------------------------
+
+def test_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path):
+    args = [*TINY, "checkpoint.every_steps=3"]
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'straight'}"]))
+    crashed = launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "debug.kill_at_step=11"])
+    assert crashed.returncode != 0
+    assert (tmp_path / "crash" / "checkpoints" / "latest").read_text() == "step-00000009"
+    assert not (tmp_path / "crash" / "summary.json").exists()
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "resume=true"]))
+    straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "crash")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+                      for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert rows(tmp_path / "straight") == rows(tmp_path / "crash") and len(rows(tmp_path / "crash")) == 2
+    for f in ("config.yaml", "learning_curves.png", "summary.json"):
+        assert (tmp_path / "crash" / f).is_file(), f
+    assert list((tmp_path / "crash" / "tensorboard").iterdir())
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    ok(launch([*TINY, "epochs=1", f"hydra.run.dir={run}"], nproc=0))
+    before = (run / "model_final.pt").read_bytes()
+    line = error_line(launch([*TINY, "epochs=1", f"hydra.run.dir={run}"], nproc=0))
+    assert "already holds a run" in line
+    assert (run / "model_final.pt").read_bytes() == before
+    # and a checkpoint from another configuration is refused on resume
+    (run / "summary.json").unlink()
+    line = error_line(launch([*TINY, "epochs=2", "model=half", f"hydra.run.dir={run}", "resume=true"], nproc=0))
+    assert "written for another configuration" in line and "name='full' here 'half'" in line
+    line = error_line(launch([*TINY, "epochs=2", "data.num_classes=5", f"hydra.run.dir={run}", "resume=true"], nproc=0))
+    assert "num_classes=10 here 5" in line
+
+
+# -- bad input: one line, exit status 1 ---------------------------------------------------------
+
+def _folder(root: Path, classes_by_split: dict[str, list[str]], per_class: int = 3) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for split, classes in classes_by_split.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (40, 50, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "mismatch", "no_root"])
+def test_bad_data_root_is_a_one_line_error(tmp_path, case):
+    root = tmp_path / "data"
+    if case == "empty":
+        root.mkdir()
+    if case == "mismatch":
+        _folder(root, {"train": ["cat", "dog"], "val": ["cat", "emu"]})
+    extra = [] if case == "no_root" else [f"data.root={root}"]
+    proc = launch(["data=imagefolder", *extra, "progress=false", f"hydra.run.dir={tmp_path / 'run'}"], nproc=0)
+    line = error_line(proc)
+    assert proc.returncode == 1
+    expected = {"missing": str(root), "empty": str(root), "mismatch": "emu", "no_root": "data.root"}[case]
+    assert expected in line
+
+
+def test_wrong_process_counts_are_one_line_errors(tmp_path):
+    assert "got WORLD_SIZE=3" in error_line(launch([*TINY, f"hydra.run.dir={tmp_path}/a"], nproc=3))
+    assert "model=half runs in one process" in error_line(launch([*TINY, "model=half", f"hydra.run.dir={tmp_path}/b"], nproc=2))
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    line = error_line(launch([*TINY, "optim.lr=1e9", "schedule.warmup_steps=0", "checkpoint.every_steps=1",
+                              f"hydra.run.dir={run}"], nproc=0))
+    assert "the loss became" in line and "Last good checkpoint" in line
+    latest = (run / "checkpoints" / "latest").read_text()
+    shard = torch.load(run / "checkpoints" / latest / "tower0.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in shard["model"].values())
+
+
+def test_corrupt_images_are_skipped_counted_and_evaluated(tmp_path):
+    root = _folder(tmp_path / "data", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=8)
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    Image.new("L", (60, 40), 128).save(root / "train" / "b" / "grey.jpg")  # greyscale is converted
+    Image.new("CMYK", (60, 40), (0, 50, 90, 10)).save(root / "val" / "b" / "cmyk.jpg")
+    run = tmp_path / "run"
+    args = ["data=imagefolder", f"data.root={root}", "data.image_size=77", "batch_size=4", "epochs=1",
+            "progress=false", "data.workers=0"]
+    proc = launch([*args, f"hydra.run.dir={run}"], nproc=2)
+    ok(proc)
+    assert "broken.jpg" in proc.stdout + proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_images"] == 1 and summary["towers"] == 2
+    proc = launch([f"checkpoint={run}", "data=imagefolder", f"data.root={root}", "data.image_size=77",
+                   f"output={tmp_path / 'eval.json'}", "progress=false"], nproc=0, script="launch/evaluate.py")
+    ok(proc)
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["images"] == 17
+    for kind in ("center", "ten_crop"):
+        assert 0.0 <= result[kind]["top5_err"] <= result[kind]["top1_err"] <= 1.0
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10").is_dir(), reason="../shared/data/cifar10 is not here")
+def test_trains_on_real_photographs(tmp_path):
+    # A few steps on CIFAR-10 photographs through the ImageFolder pipeline, two towers.
+    proc = launch(["data=imagefolder", f"data.root={SHARED_DATA / 'cifar10'}", "data.image_size=77",
+                   "data.stats_samples=200", "batch_size=16", "debug.max_steps=3", "progress=false",
+                   f"hydra.run.dir={tmp_path / 'run'}"])
+    ok(proc)
+    blob = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)
+    assert blob["model"]["num_classes"] == 10 and blob["data"]["crop"] == 67
