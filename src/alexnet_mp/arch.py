@@ -106,7 +106,7 @@ def full_spec(num_classes: int = 1000) -> NetSpec:
 
 
 def half_spec(num_classes: int = 1000) -> NetSpec:
-    """The one-GPU comparison net (sec. 6.1, footnote): half the kernels in conv1-conv4,
+    """The one-GPU comparison net (sec. 3.2, footnote 2): half the kernels in conv1-conv4,
     conv5 and the fully-connected layers not halved, everything dense."""
     return NetSpec("half", 1, _convs((48, 128, 192, 192, 256), 1) + _fcs(num_classes))
 
