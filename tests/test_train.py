@@ -188,6 +188,9 @@ def test_corrupt_images_are_skipped_counted_and_evaluated(tmp_path):
     ok(proc)
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 17
+    # The centre patch of the ten is the crop that validation during training used.
+    assert result["center"]["top1_err"] == pytest.approx(summary["val_top1_err"])
+    assert result["center"]["top5_err"] == pytest.approx(summary["val_top5_err"])
     for kind in ("center", "ten_crop"):
         assert 0.0 <= result[kind]["top5_err"] <= result[kind]["top1_err"] <= 1.0
 

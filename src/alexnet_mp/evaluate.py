@@ -25,6 +25,7 @@ from alexnet_mp.train import _base_datasets, topk_errors
 __all__ = ["evaluate_checkpoint", "load_trained_model"]
 
 log = logging.getLogger("alexnet_mp")
+CENTRE = 4  # index of the centre patch in data.ten_crop's order
 
 
 def load_trained_model(path: Path):
@@ -58,26 +59,22 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                         f"{blob['model']['num_classes']}")
     stats = data.DatasetStats(**blob["stats"])
     transform = data.PaperTransform(stats, crop=blob["data"]["crop"], train=False)
-    centre = data.TransformedDataset(base, transform)
     ten = data.TransformedDataset(base, transform, ten_crop=True)
     counts = {"center": [0, 0], "ten_crop": [0, 0]}
     seen = skipped = 0
-    loaders = zip(data.make_loader(centre, int(cfg.batch_size), shuffle=False, seed=0, epoch=0, workers=0, drop_last=False),
-                  data.make_loader(ten, int(cfg.batch_size), shuffle=False, seed=0, epoch=0, workers=0, drop_last=False))
-    total = -(-len(base) // int(cfg.batch_size))
-    for (images, labels, n_skipped), (patches, _, _) in tqdm(loaders, total=total, desc="evaluate", disable=not cfg.progress):
+    loader = data.make_loader(ten, int(cfg.batch_size), shuffle=False, seed=0, epoch=0, workers=0, drop_last=False)
+    for patches, labels, n_skipped in tqdm(loader, desc="evaluate", disable=not cfg.progress):
         skipped += n_skipped
         if not len(labels):
             continue
         labels = labels.to(device)
-        w1, w5 = topk_errors(model(images.to(device)), labels)
-        counts["center"][0] += w1
-        counts["center"][1] += w5
         b, n = patches.shape[:2]
-        probs = model(patches.flatten(0, 1).to(device)).softmax(1).view(b, n, -1).mean(1)
-        w1, w5 = topk_errors(probs, labels)
-        counts["ten_crop"][0] += w1
-        counts["ten_crop"][1] += w5
+        logits = model(patches.flatten(0, 1).to(device)).view(b, n, -1)
+        # Patch 4 is the centre crop (corners first, then the centre, then the reflections).
+        for kind, scores in (("center", logits[:, CENTRE]), ("ten_crop", logits.softmax(2).mean(1))):
+            w1, w5 = topk_errors(scores, labels)
+            counts[kind][0] += w1
+            counts[kind][1] += w5
         seen += len(labels)
     result = {k: {"top1_err": v[0] / max(seen, 1), "top5_err": v[1] / max(seen, 1)} for k, v in counts.items()}
     result.update(images=seen, skipped_images=skipped, checkpoint=str(cfg.checkpoint), split=str(cfg.split),
