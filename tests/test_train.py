@@ -199,7 +199,7 @@ def test_corrupt_images_are_skipped_counted_and_evaluated(tmp_path):
 def test_trains_on_real_photographs(tmp_path):
     # A few steps on CIFAR-10 photographs through the ImageFolder pipeline, two towers.
     proc = launch(["data=imagefolder", f"data.root={SHARED_DATA / 'cifar10'}", "data.image_size=77",
-                   "data.stats_samples=200", "batch_size=16", "debug.max_steps=3", "progress=false",
+                   "data.stats_samples=200", "data.stats_cache=run", "batch_size=16", "debug.max_steps=3", "progress=false",
                    f"hydra.run.dir={tmp_path / 'run'}"])
     ok(proc)
     blob = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)

@@ -99,7 +99,7 @@ def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
     if rank == 0:
         # Cached beside the data when it is writable (reused by later runs), else in the run.
         cache = run_dir / "dataset-stats.pt"
-        if root is not None and os.access(root, os.W_OK):
+        if root is not None and str(dcfg.stats_cache) == "data" and _writable(root):
             cache = root / f".alexnet_mp-stats-{dcfg.image_size}px.pt"
         stats = data.load_or_compute_stats(train_base, cache, int(dcfg.stats_samples), int(cfg.seed),
                                            progress=bool(cfg.progress))
@@ -111,6 +111,12 @@ def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
     train = data.TransformedDataset(train_base, data.PaperTransform(mean, train=True, **common))
     val = data.TransformedDataset(val_base, data.PaperTransform(mean, train=False, **common))
     return Data(train, val, mean, len(train_base.classes), int(dcfg.image_size), crop)
+
+
+def _writable(folder: Path) -> bool:
+    # os.access says yes to root even for a folder without write bits (a read-only
+    # dataset mount, shared data); respect the bits too.
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def _workers(dcfg: DictConfig) -> int:
