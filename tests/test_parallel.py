@@ -141,3 +141,28 @@ def test_wrong_process_count_is_one_line_error(monkeypatch, world):
     with pytest.raises(UserError) as err:
         init_towers()
     assert "exactly 2 processes" in str(err.value) and "\n" not in str(err.value)
+
+
+def _gradients_both_ways(rank: int) -> dict:
+    from alexnet_mp import comm
+
+    torch.manual_seed(0)
+    full = build_model("full", num_classes=CLASSES, input_size=SIZE).eval()
+    x, y = _batch(5)
+    F.cross_entropy(full(x), y).backward()
+    ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, parallelize(full))
+    diffs = {}
+    for way, works in (("reduce-scatter", True), ("all-reduce fallback", False)):
+        comm._REDUCE_SCATTER_WORKS["gloo"] = works
+        comm.STATS.reset()
+        tower = parallelize(full).eval()
+        F.cross_entropy(tower(x), y).backward()
+        diffs[way] = max(rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters())
+        diffs[f"{way} bytes"] = comm.STATS.bytes[("fc6", "backward")]
+    return diffs
+
+
+def test_backward_fallback_without_reduce_scatter_gives_the_same_gradients():
+    for result in run_ranks(_gradients_both_ways):
+        assert result["reduce-scatter"] < TOL and result["all-reduce fallback"] < TOL
+        assert result["all-reduce fallback bytes"] == 2 * result["reduce-scatter bytes"]
