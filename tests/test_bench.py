@@ -1,0 +1,183 @@
+"""FLOP counts against the specification, and the 1-GPU-vs-2-GPU benchmark's result files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from alexnet_mp import build_model
+from alexnet_mp.arch import full_spec
+from alexnet_mp.errors import UserError
+from alexnet_mp.flops import forward_flops, forward_macs, layer_macs, train_flops
+from alexnet_mp.model import AlexNet
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # spawned timing processes inherit sys.path
+import bench_1gpu_vs_2gpu as bench  # noqa: E402
+
+
+def _tower(index: int, **kw) -> AlexNet:
+    return AlexNet(full_spec(kw.pop("num_classes", 1000)), tower=(index, 2), init=None, **kw)
+
+
+# -- FLOPs ------------------------------------------------------------------------------------------
+
+def test_forward_macs_match_the_specification_at_224():
+    full, half = build_model("full"), build_model("half")
+    # Spec sec. 1 and 2: about 724M (full), 362M (a tower), 391M (the half net).
+    assert forward_macs(full) == pytest.approx(724.3e6, rel=1e-3)
+    assert forward_macs(half) == pytest.approx(391e6, rel=2e-3)
+    for index in (0, 1):
+        assert forward_macs(_tower(index)) == pytest.approx(362e6, rel=2e-3)
+    # The towers split every layer's work, conv1 included (each its 48 kernels of the same image).
+    assert forward_macs(_tower(0)) + forward_macs(_tower(1)) == forward_macs(full)
+    # Layer by layer from the spec's table: output map x kernels x kernel volume; fc in x out.
+    assert layer_macs(full) == {
+        "conv1": 55 * 55 * 96 * 11 * 11 * 3, "conv2": 27 * 27 * 256 * 5 * 5 * 48,
+        "conv3": 13 * 13 * 384 * 3 * 3 * 256, "conv4": 13 * 13 * 384 * 3 * 3 * 192,
+        "conv5": 13 * 13 * 256 * 3 * 3 * 192, "fc6": 9216 * 4096, "fc7": 4096 * 4096, "fc8": 4096 * 1000}
+    assert layer_macs(build_model("full", input_size=227, geometry="227")) == layer_macs(full)
+    assert forward_flops(full) == 2 * forward_macs(full) and train_flops(full) == 3 * forward_flops(full)
+
+
+@pytest.mark.parametrize("name, size, geometry", [("full", 67, "224"), ("half", 67, "224"), ("full", 96, "227"),
+                                                  ("half", 100, "224")])
+def test_forward_macs_equal_what_the_layers_compute(name, size, geometry):
+    """Counted from shapes, checked against the output shapes an actual forward pass produces."""
+    net = build_model(name, num_classes=10, input_size=size, geometry=geometry).eval()
+    seen = {}
+
+    def hook(module, _inputs, out):
+        if isinstance(module, torch.nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            seen[module] = out[0].numel() * per_output
+        else:
+            seen[module] = module.in_features * module.out_features
+
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    assert forward_macs(net) == sum(seen.values())
+
+
+# -- the benchmark's results ------------------------------------------------------------------------
+
+def _cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("bench", overrides=[f"output_dir={tmp_path / 'results'}", *overrides])
+
+
+def _fake_run(errors: dict[str, tuple[float, float, float, float]]):
+    """A stand-in for training + evaluation that writes the files the real entry points write."""
+
+    def run(name: str, seed: int, cfg, run_dir: Path) -> dict:
+        c1, c5, t1, t5 = errors[name]
+        c1 += 0.01 * seed
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({
+            "val_top1_err": c1, "val_top5_err": c5, "images_per_s": 100.0 if name == "half-1dev" else 120.0,
+            "seconds": 9.0, "final_model": str(run_dir / "model_final.pt")}))
+        (run_dir / "eval.json").write_text(json.dumps({
+            "center": {"top1_err": c1, "top5_err": c5}, "ten_crop": {"top1_err": t1, "top5_err": t5}, "images": 50}))
+        return bench.read_run(run_dir)
+
+    return run
+
+
+def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "train_and_evaluate",
+                        _fake_run({"half-1dev": (0.40, 0.20, 0.38, 0.19), "full-2dev": (0.37, 0.18, 0.36, 0.17)}))
+    cfg = _cfg(tmp_path, "device=cpu", "input_size=67", "batch=2", "warmup_steps=1", "timed_steps=1",
+               "peak_matmul_size=64", "peak_matmul_seconds=0.01", "seeds=[0,1]")
+    results, paths = bench.run_benchmark(cfg, tmp_path / "runs")
+
+    assert {p.name for p in paths.values()} == {f"{bench.NAME}.{e}" for e in ("json", "md", "png")}
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads(paths["json"].read_text())
+    assert on_disk["configurations"].keys() == set(bench.CONFIGS)
+    assert on_disk["environment"]["batch"] == 2 and on_disk["environment"]["torch"] == torch.__version__
+    for key in ("device_names", "threads_per_device", "git_commit", "device_kind"):
+        assert key in on_disk["environment"]
+    assert on_disk["environment"]["device_kind"] == "cpu" and on_disk["environment"]["threads_per_device"] == 1
+
+    for name, c in on_disk["configurations"].items():
+        t = c["time"]
+        assert t["batch"] == 2 and t["input_size"] == 67 and len(t["per_device"]) == bench.DEVICES_OF[name]
+        st = t["step_seconds"]
+        assert 0 < st["min"] <= st["median"] <= st["max"]
+        assert t["images_per_s"] == pytest.approx(2 / st["median"])
+        assert 0 <= t["other_processes_cpu_share"] <= 1
+        for d in t["per_device"]:
+            assert d["peak_memory_bytes"] > 0 and d["peak_flops_per_s"] > 0 and 0 < d["mfu"]
+            assert 0 < d["on_cpu_share"] <= 1.1  # one thread per device
+            assert d["train_flops_per_image"] == 6 * d["forward_macs_per_image"]
+            assert d["achieved_flops_per_s"] == pytest.approx(d["train_flops_per_image"] * 2 / st["median"])
+    # The per-device work and parameters are the model's own.
+    half, full2, full1 = (on_disk["configurations"][n]["time"] for n in bench.CONFIGS)
+    assert half["per_device"][0]["forward_macs_per_image"] == forward_macs(build_model("half", num_classes=1000,
+                                                                                       input_size=67))
+    assert sum(d["parameters"] for d in full2["per_device"]) == full1["per_device"][0]["parameters"]
+    assert [d["device"] for d in full2["per_device"]] != [full2["per_device"][0]["device"]] * 2  # own cores
+    # Only the two-device run talks, and what it sends is counted by comm.STATS.
+    assert half["comm"] is None and full1["comm"] is None
+    assert full2["comm"]["bytes_per_image_per_device"] > 0 and 0 <= full2["comm"]["share_of_step"] < 1
+    assert {"conv3.forward", "fc6.forward", "fc7.forward", "fc8.forward", "logits.forward",
+            "conv3.backward"} <= full2["per_device"][0]["comm_by_layer"].keys()
+
+    r = on_disk["ratios"]
+    assert r["full-2dev/half-1dev"]["step_time"] == pytest.approx(full2["step_seconds"]["median"]
+                                                                  / half["step_seconds"]["median"])
+    assert r["full-2dev/full-1dev"]["images_per_s"] == pytest.approx(full2["images_per_s"] / full1["images_per_s"])
+    assert r["full-2dev/half-1dev"]["train_images_per_s"] == pytest.approx(1.2)
+    assert [t["limit"] for t in on_disk["targets"]] == [0.95, 0.55, 0.05]
+    assert all(isinstance(t["met"], bool) and t["value"] is not None for t in on_disk["targets"])
+
+    e = on_disk["configurations"]["half-1dev"]["error"]
+    assert e["seeds"] == [0, 1] and e["center"]["top1_err"]["mean"] == pytest.approx(0.405)
+    assert e["center"]["top1_err"]["std"] == pytest.approx(0.00707, rel=1e-2)
+    d = on_disk["error_differences"]
+    assert d["center"]["top1_err"]["per_seed"] == pytest.approx([-0.03, -0.03])
+    assert d["ten_crop"]["top5_err"]["mean"] == pytest.approx(-0.02)
+    assert d["paper"] == {"top1_err": -0.017, "top5_err": -0.012}
+
+    md = paths["md"].read_text()
+    for text in (*bench.CONFIGS, "full-2dev/half-1dev", "full-2dev/full-1dev", "-3.00", "paper"):
+        assert text in md
+
+
+def test_skipped_parts_are_written_as_skipped(tmp_path):
+    results, paths = bench.run_benchmark(_cfg(tmp_path, "skip_time=true", "skip_error=true"), tmp_path / "runs")
+    assert all(c["time"] == {"skipped": "skip_time=true"} for c in results["configurations"].values())
+    assert results["configurations"]["full-2dev"]["error"] == {"skipped": "skip_error=true"}
+    assert results["ratios"]["full-2dev/half-1dev"] is None and results["error_differences"] is None
+    assert all(t["met"] is None for t in results["targets"])
+    assert all(p.is_file() for p in paths.values())
+
+
+def test_read_run_rejects_incomplete_or_impossible_results(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"val_top1_err": 0.5}))
+    with pytest.raises(UserError, match="lacks"):
+        bench.read_run(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps(dict.fromkeys(bench.SUMMARY_KEYS, 1.0)))
+    (tmp_path / "eval.json").write_text(json.dumps({"center": {"top1_err": 42.0, "top5_err": 0.1},
+                                                    "ten_crop": {"top1_err": 0.1, "top5_err": 0.1}, "images": 3}))
+    with pytest.raises(UserError, match="fraction"):
+        bench.read_run(tmp_path)
+
+
+def test_the_trainer_gets_the_benchmarks_data_and_budget(tmp_path):
+    cfg = _cfg(tmp_path, "data=imagefolder", "data.root=/data/my images", "epochs=3", "threads=1")
+    cmd = bench.train_command("full-2dev", 5, 3, tmp_path / "run", cfg)
+    assert "--nproc_per_node=2" in cmd and "model=full" in cmd and "seed=5" in cmd and "epochs=3" in cmd
+    assert "data=imagefolder" in cmd and "data.root='/data/my images'" in cmd and "progress=false" in cmd
+    assert "--nproc_per_node=1" in bench.train_command("half-1dev", 5, 3, tmp_path, cfg)
+    assert "model=half" in bench.train_command("half-1dev", 5, 3, tmp_path, cfg)
+    with pytest.raises(UserError, match="data.root"):
+        bench.data_overrides(_cfg(tmp_path, "data=imagefolder").data)
