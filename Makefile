@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: help install test test-fast train bench-1gpu-vs-2gpu clean
+.PHONY: help install test train bench-1gpu-vs-2gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,9 +23,6 @@ install: $(STAMP)  ## create .venv with torch and the package (editable)
 
 test: $(STAMP)  ## run the whole test suite (two-process gloo tests included)
 	$(PY) -m pytest -q
-
-test-fast: $(STAMP)  ## skip the slow multi-process training tests
-	$(PY) -m pytest -q -m "not slow"
 
 train: $(STAMP)  ## train the two-tower net, one tower per process, on the built-in synthetic data
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 launch/train.py $(ARGS)

@@ -152,8 +152,8 @@ def _gradients_both_ways(rank: int) -> dict:
     F.cross_entropy(full(x), y).backward()
     ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, parallelize(full))
     diffs = {}
-    for way, works in (("reduce-scatter", True), ("all-reduce fallback", False)):
-        comm._REDUCE_SCATTER_WORKS["gloo"] = works
+    for way, backends in (("reduce-scatter", {"gloo"}), ("all-reduce fallback", set())):
+        comm.REDUCE_SCATTER_BACKENDS = backends  # gloo can run both paths; NCCL uses the first
         comm.STATS.reset()
         tower = parallelize(full).eval()
         F.cross_entropy(tower(x), y).backward()
@@ -162,7 +162,7 @@ def _gradients_both_ways(rank: int) -> dict:
     return diffs
 
 
-def test_backward_fallback_without_reduce_scatter_gives_the_same_gradients():
+def test_backward_by_reduce_scatter_and_by_all_reduce_give_the_same_gradients():
     for result in run_ranks(_gradients_both_ways):
         assert result["reduce-scatter"] < TOL and result["all-reduce fallback"] < TOL
         assert result["all-reduce fallback bytes"] == 2 * result["reduce-scatter bytes"]

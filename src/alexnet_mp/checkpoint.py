@@ -82,9 +82,15 @@ class CheckpointStore:
         folder = self.root / pointer.read_text().strip()
         return folder if (folder / "meta.json").is_file() else None
 
-    def save(self, step: int, shard: dict, meta: dict) -> Path:
-        """Collective: every rank writes its shard, then rank 0 publishes the checkpoint."""
-        folder = self.root / f"step-{step:08d}"
+    def save(self, name: str, shard: dict, meta: dict) -> Path:
+        """Collective: every rank writes its shard, then rank 0 publishes the checkpoint.
+
+        ``name`` must sort after every earlier checkpoint's and name a new position: a
+        published checkpoint is never written into again.
+        """
+        folder = self.root / name
+        if folder == self.latest():
+            raise RuntimeError(f"refusing to overwrite the published checkpoint {folder}")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_save(shard, folder / f"tower{self.rank}.pt")
         barrier()

@@ -23,7 +23,11 @@ def hydra_run_dir() -> Path:
 
 def _fail(message: str) -> None:
     print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    sys.stdout.flush()
+    # Leave at once, without tearing down the process group: another rank may still be
+    # inside a collective, and destroying an NCCL group then can block. torchrun stops the
+    # other ranks when this one exits.
+    os._exit(1)
 
 
 def run_entry_point(fn: Callable[[], object]) -> None:
@@ -37,8 +41,7 @@ def run_entry_point(fn: Callable[[], object]) -> None:
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
         _fail(f"no value for {key}: set it on the command line ({key}=...)")
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()

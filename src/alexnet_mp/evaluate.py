@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from alexnet_mp import data
@@ -34,25 +34,36 @@ def load_trained_model(path: Path):
     if path.is_dir():
         path = path / "model_final.pt"
     blob = load_file(path)
-    if not {"model", "state_dict", "stats", "data"} <= set(blob):
+    if not {"model", "state_dict", "stats", "data"} <= set(blob) or "config" not in blob["data"]:
         raise UserError(f"{path} is not a model file written by alexnet_mp training (no model/state_dict/stats)")
     m = blob["model"]
     model = build_model(m["name"], num_classes=m["num_classes"], input_size=m["input_size"],
                         geometry=m["geometry"], lrn=m["lrn"])
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"{path}: its weights do not fit the {m['name']} net it names ({str(err).splitlines()[0]})") from None
     return model.eval(), blob
 
 
 @torch.no_grad()
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.threads))
+    if cfg.split not in ("val", "train"):
+        raise UserError(f"split must be val or train, not {cfg.split!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no GPU is visible")
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device)
-    if int(cfg.data.image_size) != blob["data"]["image_size"]:
-        raise UserError(f"data.image_size={cfg.data.image_size} but the model was trained on "
+    # Without data=..., evaluate on the data the net was trained on.
+    dcfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(blob["data"]["config"])
+    if int(dcfg.image_size) != blob["data"]["image_size"]:
+        raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
                         f"{blob['data']['image_size']}px images")
-    train_base, val_base, _ = _base_datasets(cfg.data, int(cfg.seed))
+    train_base, val_base, _ = _base_datasets(dcfg)
     base = val_base if cfg.split == "val" else train_base
     if len(base.classes) != blob["model"]["num_classes"]:
         raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
@@ -78,9 +89,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         seen += len(labels)
     result = {k: {"top1_err": v[0] / max(seen, 1), "top5_err": v[1] / max(seen, 1)} for k, v in counts.items()}
     result.update(images=seen, skipped_images=skipped, checkpoint=str(cfg.checkpoint), split=str(cfg.split),
-                  data=str(cfg.data.name))
+                  data=str(dcfg.name))
     ckpt = Path(str(cfg.checkpoint))
-    out = Path(str(cfg.output)) if cfg.output else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{cfg.data.name}.json"
+    out = Path(str(cfg.output)) if cfg.output else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{dcfg.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1))
     log.info("centre crop: top-1 %.2f%%, top-5 %.2f%%; ten-crop: top-1 %.2f%%, top-5 %.2f%% (%d images) -> %s",

@@ -9,20 +9,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alexnet_mp import comm
+from alexnet_mp.checkpoint import atomic_write_text
+
 __all__ = ["MetricsLog", "plot_learning_curves"]
+
+
+def _read_rows(path: Path, last_epoch: int) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a crash mid-append
+                continue
+            if row.get("epoch", last_epoch + 1) <= last_epoch:
+                rows.append(row)
+    return rows
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, *, enabled: bool, last_epoch: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.run_dir, self.enabled = Path(run_dir), enabled
-        self._rows: list[dict] = []
-        if self.path.is_file():
-            # On resume keep the epochs the checkpoint had finished; later ones are re-run.
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self._rows = [r for r in rows if r["epoch"] <= last_epoch]
-            if enabled:
-                self.path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+        # On resume keep the epochs the checkpoint had finished; later ones are re-run. Rank 0
+        # reads and rewrites the file and hands the rows to the others, who never touch it.
+        rows = _read_rows(self.path, last_epoch) if enabled else None
+        self._rows: list[dict] = comm.broadcast_object(rows) or []
+        if enabled and self.path.is_file():
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
         self._writer = None
         if enabled:
             try:

@@ -32,12 +32,43 @@ from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_tex
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import AlexNet, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
-from alexnet_mp.parallel import full_state_dict, join_process_group, parallelize
+from alexnet_mp.parallel import full_state_dict, init_towers, parallelize
 from alexnet_mp.report import MetricsLog
 
 __all__ = ["train", "Data", "build_data", "topk_errors"]
 
 log = logging.getLogger("alexnet_mp")
+
+
+# -- the configuration ----------------------------------------------------------------------
+
+_CHECKS = (  # (keys, what they must be, test)
+    (("epochs", "batch_size", "threads", "log_every_steps", "data.image_size", "data.stats_samples"),
+     "a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    (("seed", "data.seed", "checkpoint.every_steps", "checkpoint.keep", "debug.kill_at_step", "debug.max_steps",
+      "schedule.patience", "schedule.max_drops", "schedule.warmup_steps"),
+     "a non-negative integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    (("optim.lr",), "a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+    (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
+     "a non-negative number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0),
+    (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches"),
+     "true or false", lambda v: isinstance(v, bool)),
+    (("data.pca_scale",), "sqrt or eigenvalue", lambda v: v in ("sqrt", "eigenvalue")),
+    (("data.workers",), "auto or a non-negative integer",
+     lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)),
+)
+_SYNTHETIC_CHECKS = ((("data.num_classes", "data.train_size", "data.val_size"), "a positive integer",
+                      lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """One-line errors for values of the wrong type or range, before any work starts."""
+    checks = _CHECKS + (_SYNTHETIC_CHECKS if cfg.data.name == "synthetic" else ())
+    for keys, meaning, ok in checks:
+        for key in keys:
+            value = OmegaConf.select(cfg, key, default=None)
+            if not ok(value):
+                raise UserError(f"{key} must be {meaning}, not {value!r}")
 
 
 # -- processes and devices -----------------------------------------------------------------------
@@ -54,7 +85,7 @@ def _processes(cfg: DictConfig) -> tuple[int, int, torch.device]:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
     if world == 2:
-        towers = join_process_group(threads=cfg.threads, device=cfg.device)
+        towers = init_towers(towers=2, threads=int(cfg.threads), device=str(cfg.device))
         return towers.rank, 2, towers.device
     torch.set_num_threads(int(cfg.threads))
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -75,9 +106,10 @@ class Data:
     crop: int
 
 
-def _base_datasets(dcfg: DictConfig, seed: int):
+def _base_datasets(dcfg: DictConfig):
     if dcfg.name == "synthetic":
-        make = lambda split, n: data.SyntheticImages(split, int(dcfg.num_classes), int(n), int(dcfg.image_size), seed)  # noqa: E731
+        make = lambda split, n: data.SyntheticImages(split, int(dcfg.num_classes), int(n), int(dcfg.image_size),  # noqa: E731
+                                                     int(dcfg.seed))
         return make("train", dcfg.train_size), make("val", dcfg.val_size), None
     if dcfg.name == "imagefolder":
         if OmegaConf.is_missing(dcfg, "root") or dcfg.root in (None, ""):
@@ -93,17 +125,24 @@ def _base_datasets(dcfg: DictConfig, seed: int):
 def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
     """Both splits with the paper's transforms; the statistics come from rank 0's cache."""
     dcfg = cfg.data
-    train_base, val_base, root = _base_datasets(dcfg, int(cfg.seed))
+    train_base, val_base, root = _base_datasets(dcfg)
     crop = data.crop_size_for(int(dcfg.image_size), str(cfg.model.geometry))
-    stats = None
+    outcome = None
     if rank == 0:
         # Cached beside the data when it is writable (reused by later runs), else in the run.
         cache = run_dir / "dataset-stats.pt"
         if root is not None and str(dcfg.stats_cache) == "data" and _writable(root):
             cache = root / f".alexnet_mp-stats-{dcfg.image_size}px.pt"
-        stats = data.load_or_compute_stats(train_base, cache, int(dcfg.stats_samples), int(cfg.seed),
-                                           progress=bool(cfg.progress))
-    stats = comm.broadcast_object(stats)
+        try:
+            outcome = data.load_or_compute_stats(train_base, cache, int(dcfg.stats_samples), int(dcfg.seed),
+                                                 progress=bool(cfg.progress))
+        except UserError as err:
+            outcome = err
+    # Every rank gets the statistics, or the same error, so none waits for a rank that failed.
+    outcome = comm.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
+    if not isinstance(outcome, data.DatasetStats):
+        raise UserError(outcome)
+    stats = outcome
     mean = stats if dcfg.mean_subtraction else data.DatasetStats(torch.zeros_like(stats.mean_image),
                                                                  stats.eigvals, stats.eigvecs)
     common = dict(crop=crop, flip=bool(dcfg.flip), pca_sigma=float(dcfg.pca_sigma),
@@ -137,16 +176,18 @@ def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
 def evaluate(model: AlexNet, dataset: data.TransformedDataset, cfg: DictConfig, device: torch.device) -> dict:
     """Centre-crop top-1 and top-5 error over the whole validation set."""
     model.eval()
-    wrong1 = wrong5 = seen = 0
+    wrong1 = wrong5 = seen = skipped = 0
     loader = data.make_loader(dataset, int(cfg.batch_size), shuffle=False, seed=int(cfg.seed), epoch=0,
                               workers=_workers(cfg.data), drop_last=False)
-    for images, labels, _ in loader:
+    for images, labels, n_skipped in loader:
+        skipped += n_skipped
         if not len(labels):
             continue
         w1, w5 = topk_errors(model(images.to(device)), labels.to(device))
         wrong1, wrong5, seen = wrong1 + w1, wrong5 + w5, seen + len(labels)
     model.train()
-    return {"val_top1_err": wrong1 / max(seen, 1), "val_top5_err": wrong5 / max(seen, 1), "val_images": seen}
+    return {"val_top1_err": wrong1 / max(seen, 1), "val_top5_err": wrong5 / max(seen, 1), "val_images": seen,
+            "val_skipped": skipped}
 
 
 # -- the run directory ------------------------------------------------------------------------
@@ -165,6 +206,31 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
     if finished or store.latest() is not None:
         raise UserError(f"{run_dir} already holds a run; pass resume=true to continue it, "
                         f"or choose another hydra.run.dir")
+
+
+# What may differ between a run and its resumption: how long it runs and how it reports.
+_RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "log_every_steps", "checkpoint.", "debug.", "threads",
+                      "device", "data.workers", "data.root", "data.stats_cache")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resumable(saved: dict, now: dict, folder: Path) -> None:
+    before, after = _flatten(saved), _flatten(now)
+    changed = sorted(k for k in set(before) | set(after)
+                     if before.get(k) != after.get(k) and not k.startswith(_RESUME_MAY_CHANGE))
+    if changed:
+        listed = ", ".join(f"{k}={before.get(k)!r} here {after.get(k)!r}" for k in changed[:6])
+        raise UserError(f"checkpoint {folder} was written with another configuration ({listed}); "
+                        f"resume with the same settings or start a new run directory")
 
 
 def _agree_on_run_dir(mine: Path) -> Path:
@@ -194,6 +260,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) one training run in ``run_dir``; return the summary (every rank)."""
+    validate_config(cfg)
     rank, world, device = _processes(cfg)
     main = rank == 0
     run_dir = _agree_on_run_dir(run_dir)
@@ -204,6 +271,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     d = build_data(cfg, run_dir, rank)
     if str(cfg.model.num_classes) not in ("auto", str(d.num_classes)):
         raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {d.num_classes} classes")
+    if len(d.train) < int(cfg.batch_size):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(d.train)} training images; "
+                        f"an epoch would have no step")
     signature = _model_signature(cfg, d.num_classes, d.crop, world)
 
     torch.manual_seed(int(cfg.seed))  # the same weights on every rank; a tower keeps its share
@@ -221,6 +291,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     latest = store.latest() if cfg.resume else None
     if latest is not None:
         shard, meta = store.load(latest, signature)
+        _check_resumable(meta.get("config", {}), OmegaConf.to_container(cfg, resolve=True), latest)
         model.load_state_dict(shard["model"])
         optimizer.load_state_dict(shard["optimizer"])
         schedule.load_state_dict(shard["schedule"])
@@ -246,7 +317,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                  "position": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
                               "epoch_loss": epoch_loss, "epoch_images": epoch_images,
                               "epoch_seconds": epoch_seconds, "skipped": skipped}}
-        store.save(step, shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        if not comm.all_ranks(finite):
+            raise UserError(f"the weights became non-finite at epoch {epoch + 1}, step {step}; stopped. "
+                            f"Last good checkpoint: {store.latest() or 'none'} (try a lower optim.lr)")
+        store.save(f"step-{step:08d}-epoch-{epoch:04d}-batch-{batch_in_epoch:07d}", shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                                  "step": step, "reason": reason, "config": OmegaConf.to_container(cfg, resolve=True)})
 
     max_steps = int(cfg.debug.max_steps)
@@ -301,6 +376,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             break
         result = evaluate(model, d.val, cfg, device)
         row = {"epoch": epoch + 1, "train_loss": epoch_loss / max(epoch_images, 1), **result,
+               "train_skipped": skipped,
                "lr": schedule.lr, "images_per_s": epoch_images / max(epoch_seconds, 1e-9),
                "seconds": epoch_seconds, "step": step}
         dropped = schedule.step(result["val_top1_err"])
@@ -310,7 +386,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                      epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
                      row["images_per_s"], f"; learning rate now {schedule.lr:.2g}" if dropped else "")
         epoch, batch_in_epoch = epoch + 1, 0
-        epoch_loss, epoch_images, epoch_seconds = 0.0, 0, 0.0
+        epoch_loss, epoch_images, epoch_seconds, skipped = 0.0, 0, 0.0, 0
         save("epoch")
 
     state = full_state_dict(model) if world == 2 else {k: v.cpu() for k, v in model.state_dict().items()}
@@ -324,13 +400,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "chance_top1_err": 1 - 1 / d.num_classes,
         "images_per_s": (sum(h["images_per_s"] * h["seconds"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
         "seconds": time.perf_counter() - run_start,
-        "skipped_images": skipped,
+        # Every epoch skips the same unreadable files: count them once, train and val.
+        "skipped_images": max((h.get("train_skipped", 0) for h in history), default=skipped)
+                          + (history[-1].get("val_skipped", 0) if history else 0),
         "final_model": str(final.resolve()),
         "stopped_early": stopped_early,
     }
     if main:
         atomic_save({"model": signature, "state_dict": state,
-                     "data": {"name": str(cfg.data.name), "image_size": d.image_size, "crop": d.crop},
+                     "data": {"name": str(cfg.data.name), "image_size": d.image_size, "crop": d.crop,
+                              "config": OmegaConf.to_container(cfg.data, resolve=True)},
                      "stats": {"mean_image": d.stats.mean_image, "eigvals": d.stats.eigvals,
                                "eigvecs": d.stats.eigvecs}}, final)
         if not stopped_early:
