@@ -426,9 +426,9 @@ def train_command(name: str, seed: int, epochs: int, run_dir: Path, cfg: DictCon
             *data_overrides(cfg.data), *map(str, cfg.train_overrides)]
 
 
-def evaluate_command(checkpoint: str, seed: int, run_dir: Path, cfg: DictConfig) -> list[str]:
+def evaluate_command(checkpoint: str, run_dir: Path, cfg: DictConfig) -> list[str]:
     return [sys.executable, str(REPO / "launch" / "evaluate.py"), f"checkpoint={_override_value(checkpoint)}",
-            f"output={_override_value(str(run_dir / 'eval.json'))}", f"seed={seed}", f"device={cfg.device}",
+            f"output={_override_value(str(run_dir / 'eval.json'))}", f"device={cfg.device}",
             *data_overrides(cfg.data), *map(str, cfg.eval_overrides)]
 
 
@@ -478,7 +478,7 @@ def train_and_evaluate(name: str, seed: int, cfg: DictConfig, run_dir: Path) -> 
     logs = run_dir.parent
     _stream(train_command(name, seed, int(cfg.epochs), run_dir, cfg), logs / f"{run_dir.name}.train.log", prefix)
     summary = json.loads((run_dir / "summary.json").read_text())
-    _stream(evaluate_command(summary["final_model"], seed, run_dir, cfg), logs / f"{run_dir.name}.eval.log", prefix)
+    _stream(evaluate_command(summary["final_model"], run_dir, cfg), logs / f"{run_dir.name}.eval.log", prefix)
     return read_run(run_dir)
 
 

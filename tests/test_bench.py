@@ -181,3 +181,21 @@ def test_the_trainer_gets_the_benchmarks_data_and_budget(tmp_path):
     assert "model=half" in bench.train_command("half-1dev", 5, 3, tmp_path, cfg)
     with pytest.raises(UserError, match="data.root"):
         bench.data_overrides(_cfg(tmp_path, "data=imagefolder").data)
+
+
+@pytest.mark.parametrize("data_args", [(), ("data=imagefolder", "data.root=/data/my images", "data.image_size=77")])
+def test_the_trainer_and_evaluator_commands_compose_against_their_configs(tmp_path, data_args):
+    from hydra import compose, initialize_config_dir
+
+    cfg = _cfg(tmp_path, *data_args, "epochs=3")
+    train = bench.train_command("full-2dev", 5, 3, tmp_path / "run", cfg)
+    evaluate = bench.evaluate_command(str(tmp_path / "run" / "model_final.pt"), tmp_path / "run", cfg)
+    script_at = lambda cmd, name: next(i for i, a in enumerate(cmd) if a.endswith(name))  # noqa: E731
+    train_args = [a for a in train[script_at(train, "train.py") + 1:] if not a.startswith("hydra.")]
+    eval_args = evaluate[script_at(evaluate, "evaluate.py") + 1:]
+    with initialize_config_dir(config_dir=str(bench.REPO / "conf"), version_base="1.3"):
+        trained = compose(config_name="config", overrides=train_args)
+        evaluated = compose(config_name="evaluate", overrides=eval_args)
+    assert trained.model.name == "full" and trained.seed == 5 and trained.epochs == 3
+    assert evaluated.checkpoint.endswith("model_final.pt")
+    assert evaluated.data.name == trained.data.name == cfg.data.name
