@@ -93,15 +93,16 @@ def test_two_tower_training_equals_one_process_training(tmp_path):
 
 # -- a crash at any moment loses nothing -------------------------------------------------------
 
-@pytest.mark.parametrize("every, kill, latest", [
-    (3, 11, "step-00000009-epoch-0001-batch-0000001"),  # mid-epoch, two steps after a checkpoint
-    (8, 8, "step-00000008-epoch-0000-batch-0000008"),   # after the last step of epoch 1, before its evaluation
+@pytest.mark.parametrize("every, stop, latest", [
+    (3, "debug.kill_at_step=11", "step-00000009-epoch-0001-batch-0000001"),  # killed two steps after a checkpoint
+    (8, "debug.kill_at_step=8", "step-00000008-epoch-0000-batch-0000008"),   # killed before epoch 1's evaluation
+    (3, "debug.max_steps=6", "step-00000006-epoch-0000-batch-0000006"),      # a clean stop on a checkpoint step
 ])
-def test_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, every, kill, latest):
+def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, every, stop, latest):
     args = [*TINY, f"checkpoint.every_steps={every}"]
     ok(launch([*args, f"hydra.run.dir={tmp_path / 'straight'}"]))
-    crashed = launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", f"debug.kill_at_step={kill}"])
-    assert crashed.returncode != 0
+    stopped = launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", stop])
+    assert (stopped.returncode == 0) == stop.startswith("debug.max_steps")
     assert (tmp_path / "crash" / "checkpoints" / "latest").read_text() == latest
     assert not (tmp_path / "crash" / "summary.json").exists()
     ok(launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "resume=true"]))

@@ -319,7 +319,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if not comm.all_ranks(finite):
             raise UserError(f"the weights became non-finite at epoch {epoch + 1}, step {step}; stopped. "
                             f"Last good checkpoint: {store.latest() or 'none'} (try a lower optim.lr)")
-        store.save(f"step-{step:08d}-epoch-{epoch:04d}-batch-{batch_in_epoch:07d}", shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        name = f"step-{step:08d}-epoch-{epoch:04d}-batch-{batch_in_epoch:07d}"
+        latest = store.latest()
+        if latest is not None and latest.name == name:
+            return  # this position is saved already (every_steps fell on the same step)
+        store.save(name, shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                                  "step": step, "reason": reason, "config": OmegaConf.to_container(cfg, resolve=True)})
 
     max_steps = int(cfg.debug.max_steps)
@@ -371,6 +375,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             tick = time.perf_counter()
         bar.close()
         if stopped_early:
+            save("max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on from here
             break
         result = evaluate(model, d.val, cfg, device)
         row = {"epoch": epoch + 1, "train_loss": epoch_loss / max(epoch_images, 1), **result,
