@@ -40,23 +40,29 @@ log = logging.getLogger("alexnet_mp")
 
 # -- the configuration ----------------------------------------------------------------------
 
+def _integer(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(positive: bool):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if positive else v >= 0)
+
+
 _CHECKS = (  # (keys, what they must be, test)
     (("epochs", "batch_size", "threads", "log_every_steps", "data.image_size", "data.stats_samples"),
-     "a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+     "a positive integer", _integer(1)),
     (("seed", "data.seed", "checkpoint.every_steps", "checkpoint.keep", "debug.kill_at_step", "debug.max_steps",
-      "schedule.patience", "schedule.max_drops", "schedule.warmup_steps"),
-     "a non-negative integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-    (("optim.lr",), "a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+      "schedule.patience", "schedule.max_drops", "schedule.warmup_steps"), "a non-negative integer", _integer(0)),
+    (("optim.lr",), "a positive number", _number(positive=True)),
     (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
-     "a non-negative number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0),
+     "a non-negative number", _number(positive=False)),
     (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches"),
      "true or false", lambda v: isinstance(v, bool)),
+    (("device",), "auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
     (("data.pca_scale",), "sqrt or eigenvalue", lambda v: v in ("sqrt", "eigenvalue")),
-    (("data.workers",), "auto or a non-negative integer",
-     lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)),
+    (("data.workers",), "auto or a non-negative integer", lambda v: v == "auto" or _integer(0)(v)),
 )
-_SYNTHETIC_CHECKS = ((("data.num_classes", "data.train_size", "data.val_size"), "a positive integer",
-                      lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),)
+_SYNTHETIC_CHECKS = ((("data.num_classes", "data.train_size", "data.val_size"), "a positive integer", _integer(1)),)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -80,8 +86,6 @@ def _processes(cfg: DictConfig) -> tuple[int, int, torch.device]:
     if world not in (1, 2):
         raise UserError(f"the two-tower net runs on exactly 2 processes (one per tower) or 1 (the whole net); "
                         f"got WORLD_SIZE={world}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
     if world == 2:
         towers = init_towers(towers=2, threads=int(cfg.threads), device=str(cfg.device))
         return towers.rank, 2, towers.device
@@ -254,6 +258,12 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _throughput(history: list[dict]) -> float | None:
+    """Training images per second over every finished epoch."""
+    seconds = sum(h["seconds"] for h in history)
+    return sum(h["images_per_s"] * h["seconds"] for h in history) / seconds if seconds else None
+
+
 # -- training ---------------------------------------------------------------------------------
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -309,6 +319,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, run dir %s",
                  cfg.model.name, where, len(d.train), len(d.val), d.num_classes, d.crop, run_dir)
 
+    def diverged(what: str, at_step: int) -> None:
+        raise UserError(f"{what} at epoch {epoch + 1}, step {at_step}; stopped. "
+                        f"Last good checkpoint: {store.latest() or 'none'} (try a lower optim.lr)")
+
     def save(reason: str) -> None:
         shard = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "rng": _rng_state(device),
@@ -317,8 +331,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                               "epoch_seconds": epoch_seconds, "skipped": skipped}}
         finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
         if not comm.all_ranks(finite):
-            raise UserError(f"the weights became non-finite at epoch {epoch + 1}, step {step}; stopped. "
-                            f"Last good checkpoint: {store.latest() or 'none'} (try a lower optim.lr)")
+            diverged("the weights became non-finite", step)
         name = f"step-{step:08d}-epoch-{epoch:04d}-batch-{batch_in_epoch:07d}"
         latest = store.latest()
         if latest is not None and latest.name == name:
@@ -326,12 +339,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         store.save(name, shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                                  "step": step, "reason": reason, "config": OmegaConf.to_container(cfg, resolve=True)})
 
-    max_steps = int(cfg.debug.max_steps)
-    every = int(cfg.checkpoint.every_steps)
+    max_steps, kill_at = int(cfg.debug.max_steps), int(cfg.debug.kill_at_step)
+    every, log_every = int(cfg.checkpoint.every_steps), int(cfg.log_every_steps)
+    check_batches = bool(cfg.debug.check_batches)
     run_start = time.perf_counter()
     stopped_early = False
     model.train()
-    while epoch < int(cfg.epochs) and not stopped_early:
+    while epoch < int(cfg.epochs):
         loader = data.make_loader(d.train, int(cfg.batch_size), shuffle=True, seed=int(cfg.seed), epoch=epoch,
                                   start_batch=batch_in_epoch, workers=_workers(cfg.data), drop_last=True)
         bar = tqdm(total=batch_in_epoch + len(loader), initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -343,13 +357,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 batch_in_epoch += 1
                 continue
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if cfg.debug.check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)])):
+            if check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)])):
                 raise RuntimeError("the towers received different batches")
             loss = F.cross_entropy(model(images), labels)
             if not torch.isfinite(loss):
-                last = store.latest()
-                raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                                f"Last good checkpoint: {last or 'none'} (try a lower optim.lr)")
+                diverged(f"the loss became {loss.item()}", step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             schedule.begin_step(step + 1)
@@ -361,13 +373,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             epoch_loss += loss.item() * len(labels)
             epoch_images += len(labels)
             bar.update(1)
-            if step % int(cfg.log_every_steps) == 0 or step == 1:
+            if step % log_every == 0 or step == 1:
                 speed = epoch_images / max(epoch_seconds, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.lr:.2g}", img_s=f"{speed:.0f}")
                 metrics.scalar("train/loss", loss.item(), step)
             if every and step % every == 0:
                 save("every_steps")
-            if int(cfg.debug.kill_at_step) == step:
+            if kill_at == step:
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash without warning, for the tests
             if max_steps and step >= max_steps:
                 stopped_early = True
@@ -401,7 +413,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "val_top5_err": history[-1]["val_top5_err"] if history else None,
         "best_val_top1_err": min((h["val_top1_err"] for h in history), default=None),
         "chance_top1_err": 1 - 1 / d.num_classes,
-        "images_per_s": (sum(h["images_per_s"] * h["seconds"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9)) if history else None,
+        "images_per_s": _throughput(history),
         "seconds": time.perf_counter() - run_start,
         # Every epoch skips the same unreadable files: count them once, train and val.
         "skipped_images": max((h.get("train_skipped", 0) for h in history), default=skipped)
