@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: help install test train bench-1gpu-vs-2gpu clean
+.PHONY: help install test train bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,9 @@ train: $(STAMP)  ## train the two-tower net, one tower per process, on the built
 
 bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error
 	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(ARGS)
+
+bench-data:  $(STAMP)  ## images/s per core of each data path, and the data wait of a training step
+	$(PY) benchmarks/bench_data.py $(ARGS)
 
 clean:  ## remove the virtualenv and run outputs
 	rm -rf $(VENV) outputs .pytest_cache

@@ -43,14 +43,13 @@ import hydra
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import build_model, count_parameters
+from alexnet_mp import count_parameters
 from alexnet_mp.comm import STATS
 from alexnet_mp.errors import UserError
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
-from alexnet_mp.parallel import parallelize
+from alexnet_mp.train import build_run_state, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-1gpu-vs-2gpu"
@@ -218,16 +217,14 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         _log = (lambda msg: print(f"[{job['name']}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
         peak_alone, peak_together = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"])
 
-        torch.manual_seed(job["seed"])  # the same weights on every rank; a tower keeps its share
-        net = build_model(job["model"], num_classes=job["num_classes"], input_size=job["input_size"],
-                          geometry=job["geometry"])
-        net = parallelize(net, device=device) if world > 1 else net.to(device)
-        net.train()
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)  # sec. 5
+        # The product's own run state and step (alexnet_mp.train), so what is timed is what users run.
+        state = build_run_state({**job["model_cfg"], "name": job["model"]}, job["optim_cfg"], job["schedule_cfg"],
+                                num_classes=job["num_classes"], input_size=job["input_size"], seed=job["seed"],
+                                device=device, world=world)
+        net = state.model
         gen = torch.Generator().manual_seed(job["seed"])  # identical images on every rank
         images = torch.randn(job["batch"], 3, job["input_size"], job["input_size"], generator=gen).to(device)
         labels = torch.randint(0, job["num_classes"], (job["batch"],), generator=gen).to(device)
-        torch.manual_seed(job["seed"] + 1)  # dropout masks: one stream, the same on every rank
 
         gc.collect()
         if cuda:
@@ -250,9 +247,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             comm_before = STATS.total_seconds()
             _sync(device)
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(net(images), labels).backward()
-            optimizer.step()
+            train_step(state, images, labels)
             _sync(device)
             seconds = time.perf_counter() - start
             phase = "warm-up" if i < job["warmup"] else "timed"
@@ -302,6 +297,10 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             dist.destroy_process_group()
 
 
+def _conf_group(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / f"{name}.yaml"), resolve=True)
+
+
 def time_configuration(name: str, cfg: DictConfig, plan: dict) -> list[dict]:
     """Run one configuration's timing processes; return each rank's raw measurements."""
     world = DEVICES_OF[name]
@@ -312,7 +311,10 @@ def time_configuration(name: str, cfg: DictConfig, plan: dict) -> list[dict]:
            "cores": plan["cores"], "threads": int(cfg.threads), "seed": int(cfg.seeds[0]),
            "batch": int(cfg.batch), "input_size": int(cfg.input_size), "geometry": str(cfg.geometry),
            "num_classes": int(cfg.num_classes), "warmup": int(cfg.warmup_steps), "timed": int(cfg.timed_steps),
-           "matmul_size": int(size), "matmul_seconds": float(cfg.peak_matmul_seconds)}
+           "matmul_size": int(size), "matmul_seconds": float(cfg.peak_matmul_seconds),
+           # The paper's net and recipe (sec. 5): conf/model, conf/optim and conf/schedule as shipped.
+           "model_cfg": {"geometry": str(cfg.geometry), "lrn": "paper", "init": "paper"},
+           "optim_cfg": _conf_group("optim/sgd"), "schedule_cfg": _conf_group("schedule/plateau")}
     print(f"[{name}] timing {job['model']} net on {world} device(s), batch {job['batch']}, "
           f"{job['input_size']}px: {job['warmup']} warm-up + {job['timed']} timed steps", flush=True)
     with tempfile.TemporaryDirectory() as out_dir:

@@ -14,16 +14,15 @@ from PIL import Image
 from alexnet_mp import data
 from alexnet_mp.data import (
     ImageFolderImages,
+    BatchLoader,
     PaperTransform,
     SyntheticImages,
-    TransformedDataset,
     check_same_classes,
-    collate_skip_corrupt,
     compute_stats,
     crop_size_for,
     default_workers,
     load_or_compute_stats,
-    make_loader,
+    read_images,
     ten_crop,
 )
 from alexnet_mp.errors import UserError
@@ -200,13 +199,15 @@ def test_corrupt_files_give_none_with_a_warning_and_are_dropped(folder):
     good = [i for i in range(len(ds)) if ds.samples[i][0].name != "truncated.jpg"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        images, labels, n_skipped = collate_skip_corrupt([ds[i] for i in good])
-    assert n_skipped == 1
+        images, labels, read = read_images(ds, good)
+    assert len(read) == len(good) - 1 and bad["bad.jpg"] not in read
     assert images.shape == (len(good) - 1, 3, 20, 20) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
     assert labels.tolist() == [ds.samples[i][1] for i in good if ds.samples[i][0].name != "bad.jpg"]
-    images, labels, n_skipped = collate_skip_corrupt([None, None])
-    assert n_skipped == 2 and labels.numel() == 0 and images.shape[0] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images, labels, read = read_images(ds, [bad["bad.jpg"], bad["truncated.jpg"]])
+    assert read == [] and labels.numel() == 0 and images.shape == (0, 3, 20, 20)
 
 
 def test_image_folder_user_errors(folder, tmp_path):
@@ -441,6 +442,7 @@ class _Indexed(torch.utils.data.Dataset):
     """Label = index; counts reads."""
 
     classes = ["x"]
+    image_size = 4
 
     def __init__(self, n: int):
         self.n, self.read = n, []
@@ -453,71 +455,70 @@ class _Indexed(torch.utils.data.Dataset):
         return torch.full((3, 4, 4), i % 256, dtype=torch.uint8), i
 
 
-def _labels(loader) -> list[list[int]]:
-    return [labels.tolist() for _, labels, _ in loader]
+def _labels(batches) -> list[list[int]]:
+    return [b.labels.tolist() for b in batches]
 
 
 def test_loader_order_is_deterministic_and_resumable():
-    ds = TransformedDataset(_Indexed(23), PaperTransform(None, 4, train=False))
+    base = _Indexed(23)
     kw = dict(shuffle=True, seed=5, workers=0, drop_last=False)
-    full = _labels(make_loader(ds, 5, epoch=2, **kw))
+    loader = BatchLoader(base, 5, **kw)
+    full = _labels(loader.epoch(2))
     assert [len(b) for b in full] == [5, 5, 5, 5, 3]
     assert sorted(sum(full, [])) == list(range(23))
-    assert full == _labels(make_loader(ds, 5, epoch=2, **kw))
-    assert full != _labels(make_loader(ds, 5, epoch=3, **kw))
-    assert full != _labels(make_loader(ds, 5, epoch=2, **{**kw, "seed": 6}))
+    assert full == _labels(loader.epoch(2))
+    assert full != _labels(loader.epoch(3))
+    assert full != _labels(BatchLoader(base, 5, **{**kw, "seed": 6}).epoch(2))
     assert sum(full, []) == data.epoch_order(23, shuffle=True, seed=5, epoch=2).tolist()
     for k in range(6):
-        ds.base.read.clear()
-        loader = make_loader(ds, 5, epoch=2, start_batch=k, **kw)
-        assert len(loader) == 5 - k
-        assert _labels(loader) == full[k:]
-        assert sorted(ds.base.read) == sorted(sum(full[k:], []))  # skipped batches unread
-    dropped = _labels(make_loader(ds, 5, epoch=2, **{**kw, "drop_last": True}))
-    assert dropped == full[:4]
-    seq = _labels(make_loader(ds, 5, epoch=2, **{**kw, "shuffle": False}))
+        base.read.clear()
+        batches = loader.epoch(2, start_batch=k)
+        assert len(batches) == 5 - k
+        assert _labels(batches) == full[k:]
+        assert sorted(base.read) == sorted(sum(full[k:], []))  # skipped batches unread
+    assert _labels(BatchLoader(base, 5, **{**kw, "drop_last": True}).epoch(2)) == full[:4]
+    seq = _labels(BatchLoader(base, 5, **{**kw, "shuffle": False}).epoch(2))
     assert sum(seq, []) == list(range(23))
-    assert ds.epoch == 2
+    batch = next(iter(loader.epoch(4)))
+    assert batch.epoch == 4 and batch.indices.tolist() == batch.labels.tolist()
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (5, 3, 4, 4)
 
 
 def test_loader_leaves_global_rng_alone():
-    ds = TransformedDataset(_Indexed(8), PaperTransform(None, 4, train=False))
     state = torch.get_rng_state()
-    list(make_loader(ds, 3, shuffle=True, seed=0, epoch=0, workers=0, drop_last=False))
+    for workers in (0, 1):
+        list(BatchLoader(_Indexed(8), 3, shuffle=True, seed=0, workers=workers, drop_last=False).epoch(0))
     assert torch.equal(state, torch.get_rng_state())
 
 
-def test_loader_batches_identical_with_and_without_workers(synth):
+def test_loader_batches_identical_with_and_without_workers_and_workers_persist(synth):
     base, stats = synth
-    ds = TransformedDataset(base, PaperTransform(stats, CROP, train=True, seed=2))
-    kw = dict(shuffle=True, seed=9, epoch=1, drop_last=False)
-    serial = list(make_loader(ds, 8, workers=0, **kw))
-    parallel = list(make_loader(ds, 8, workers=2, **kw))
-    assert len(serial) == len(parallel) == 5
-    for (xa, ya, na), (xb, yb, nb) in zip(serial, parallel):
-        assert xa.dtype == torch.float32 and xa.shape[1:] == (3, CROP, CROP)
-        assert torch.equal(xa, xb) and torch.equal(ya, yb) and na == nb == 0
-    resumed = list(make_loader(ds, 8, workers=2, start_batch=3, **kw))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(serial[3:], resumed))
-    # Another "process": a fresh dataset and transform built from the same arguments.
-    other = TransformedDataset(SyntheticImages("train", num_classes=4, size=40, image_size=S, seed=1),
-                               PaperTransform(stats, CROP, train=True, seed=2))
-    assert torch.equal(next(iter(make_loader(other, 8, workers=0, **kw)))[0], serial[0][0])
+    kw = dict(shuffle=True, seed=9, drop_last=False)
+    serial = BatchLoader(base, 8, workers=0, **kw)
+    parallel = BatchLoader(base, 8, workers=2, **kw)
+    for epoch in (1, 2):
+        a, b = list(serial.epoch(epoch)), list(parallel.epoch(epoch))
+        assert len(a) == len(b) == 5
+        for x, y in zip(a, b):
+            assert x.images.dtype == torch.uint8 and x.images.shape[1:] == (3, S, S)
+            assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels)
+            assert torch.equal(x.indices, y.indices) and x.epoch == y.epoch == epoch and x.skipped == y.skipped == 0
+        if epoch == 1:
+            workers = parallel.loader._iterator._workers  # the same worker processes serve every epoch
+        assert parallel.loader._iterator._workers is workers and all(w.is_alive() for w in workers)
+    resumed = list(parallel.epoch(1, start_batch=3))
+    assert all(torch.equal(x.images, y.images) for x, y in zip(list(serial.epoch(1))[3:], resumed))
 
 
 def test_loader_reports_skipped_corrupt_images(folder):
     base = ImageFolderImages(folder, "train", 20)
-    t = PaperTransform(None, 16, train=True, pca_sigma=0)
-    ten = TransformedDataset(base, PaperTransform(None, 16, train=False), ten_crop=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        batches = list(make_loader(TransformedDataset(base, t), 3, shuffle=True, seed=0, epoch=0,
-                                   workers=0, drop_last=False))
-        images = next(iter(make_loader(ten, 2, shuffle=False, seed=0, epoch=0, workers=0,
-                                       drop_last=False)))[0]
-    assert sum(n for _, _, n in batches) == 2  # bad.jpg and truncated.jpg
-    assert sum(len(y) for _, y, _ in batches) == len(base) - 2
-    assert images.shape[1:] == (10, 3, 16, 16)
+        batches = list(BatchLoader(base, 3, shuffle=True, seed=0, workers=0, drop_last=False).epoch(0))
+    assert sum(b.skipped for b in batches) == 2  # bad.jpg and truncated.jpg
+    assert sum(len(b) for b in batches) == len(base) - 2
+    for b in batches:
+        assert b.images.shape == (len(b), 3, 20, 20) and len(b.indices) == len(b)
 
 
 def test_default_workers(monkeypatch):

@@ -48,22 +48,25 @@ def final_state(run_dir: Path) -> dict:
 # -- both towers see the same batches -----------------------------------------------------------
 
 def _batches_on_both_towers(rank: int) -> list[bool]:
+    from alexnet_mp.augment import BatchAugment
+
     ds = data.SyntheticImages("train", 10, 48, 77, seed=0)
     stats = data.compute_stats(ds, 48, 0, progress=False)
-    tf = data.PaperTransform(stats, 67, train=True, pca_sigma=0.1, seed=0)
-    same = []
+    augment = BatchAugment(stats, 67, seed=0, pca_sigma=0.1)
+    # Rank 1 loads with a worker process and rank 0 without: the batches must still match.
+    loader = data.BatchLoader(ds, 16, shuffle=True, seed=0, workers=1 if rank else 0, drop_last=True)
+    same, first = [], []
     for epoch in (0, 1):
-        for images, labels, _ in data.make_loader(data.TransformedDataset(ds, tf), 16, shuffle=True, seed=0,
-                                                  epoch=epoch, workers=1 if rank else 0, drop_last=True):
-            same.append(comm.all_equal(images) and comm.all_equal(labels))
+        for batch in loader.epoch(epoch):
+            images = augment.train(batch.images, batch.indices, batch.epoch)
+            same.append(comm.all_equal(images) and comm.all_equal(batch.labels))
+            first = first or [images]
+        first.append(images)
     # and a different epoch must give different batches (augmentation is on)
-    a = next(iter(data.make_loader(data.TransformedDataset(ds, tf), 16, shuffle=True, seed=0, epoch=0, workers=0, drop_last=True)))[0]
-    b = next(iter(data.make_loader(data.TransformedDataset(ds, tf), 16, shuffle=True, seed=0, epoch=1, workers=0, drop_last=True)))[0]
-    return same + [not torch.equal(a, b)]
+    return same + [not torch.equal(first[1], first[2])]
 
 
 def test_both_towers_get_identical_augmented_batches():
-    # Rank 1 even loads with a worker process and rank 0 without: the batches must still match.
     for result in run_ranks(_batches_on_both_towers):
         assert len(result) == 7 and all(result)
 
@@ -72,8 +75,9 @@ def test_both_towers_get_identical_augmented_batches():
 
 def test_two_tower_training_equals_one_process_training(tmp_path):
     # A rate at which training is not chaotic: at the default rate the first steps blow up
-    # and amplify float rounding (1e-7) to percent-level differences within a few steps.
-    args = [*TINY, "epochs=1", "debug.check_batches=true", "optim.lr=0.0005"]
+    # and amplify float rounding (1e-7) to percent-level differences within a few steps;
+    # at 5e-4 that happened on some data orders (0.25% on conv1 with 0 loader workers).
+    args = [*TINY, "epochs=1", "debug.check_batches=true", "optim.lr=0.0001"]
     ok(launch([*args, f"hydra.run.dir={tmp_path / 'two'}"], nproc=2))
     ok(launch([*args, f"hydra.run.dir={tmp_path / 'one'}"], nproc=0))
     two, one = final_state(tmp_path / "two"), final_state(tmp_path / "one")
@@ -109,7 +113,7 @@ def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, every, st
     straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "crash")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s", "data_wait_share")}  # noqa: E731
                       for l in (d / "metrics.jsonl").read_text().splitlines()]
     assert rows(tmp_path / "straight") == rows(tmp_path / "crash") and len(rows(tmp_path / "crash")) == 2
     for f in ("config.yaml", "learning_curves.png", "summary.json"):

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from alexnet_mp import data
+from alexnet_mp.augment import BatchAugment
 from alexnet_mp.checkpoint import atomic_write_text, load_file
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import build_model
-from alexnet_mp.train import _base_datasets, topk_errors
+from alexnet_mp.progress import Progress
+from alexnet_mp.train import _base_datasets, topk_wrong
 
 __all__ = ["evaluate_checkpoint", "load_trained_model"]
 
@@ -63,30 +64,35 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if int(dcfg.image_size) != blob["data"]["image_size"]:
         raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
                         f"{blob['data']['image_size']}px images")
-    train_base, val_base, _ = _base_datasets(dcfg)
+    train_base, val_base, _, _ = _base_datasets(dcfg)
     base = val_base if cfg.split == "val" else train_base
     if len(base.classes) != blob["model"]["num_classes"]:
         raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
                         f"{blob['model']['num_classes']}")
-    stats = data.DatasetStats(**blob["stats"])
-    transform = data.PaperTransform(stats, crop=blob["data"]["crop"], train=False)
-    ten = data.TransformedDataset(base, transform, ten_crop=True)
-    counts = {"center": [0, 0], "ten_crop": [0, 0]}
+    # The training run's statistics: the mean image it subtracted.
+    augment = BatchAugment(data.DatasetStats(**blob["stats"]), blob["data"]["crop"], seed=0, device=device,
+                           mean_subtraction=bool(blob["data"]["config"].get("mean_subtraction", True)))
+    wrong = torch.zeros(2, 2, dtype=torch.int64, device=device)  # (centre, ten-crop) x (top-1, top-5)
     seen = skipped = 0
-    loader = data.make_loader(ten, int(cfg.batch_size), shuffle=False, seed=0, epoch=0, workers=0, drop_last=False)
-    for patches, labels, n_skipped in tqdm(loader, desc="evaluate", disable=not cfg.progress):
-        skipped += n_skipped
-        if not len(labels):
-            continue
-        labels = labels.to(device)
-        b, n = patches.shape[:2]
-        logits = model(patches.flatten(0, 1).to(device)).view(b, n, -1)
-        # Patch 4 is the centre crop (corners first, then the centre, then the reflections).
-        for kind, scores in (("center", logits[:, CENTRE]), ("ten_crop", logits.softmax(2).mean(1))):
-            w1, w5 = topk_errors(scores, labels)
-            counts[kind][0] += w1
-            counts[kind][1] += w5
-        seen += len(labels)
+    loader = data.BatchLoader(base, int(cfg.batch_size), shuffle=False, seed=0, drop_last=False,
+                              workers=data.default_workers() if str(cfg.workers) == "auto" else int(cfg.workers),
+                              pin_memory=device.type == "cuda")
+    with Progress(len(loader), "evaluate", unit="batch", enabled=bool(cfg.progress), scale=int(cfg.batch_size),
+                  scale_unit="images") as bar:
+        for batch in loader.epoch(0):
+            skipped += batch.skipped
+            bar.update(1)
+            if not len(batch):
+                continue
+            labels = batch.labels.to(device, non_blocking=True)
+            patches = augment.ten_crop(batch.images.to(device, non_blocking=True))  # on the device
+            b, n = patches.shape[:2]
+            logits = model(patches.flatten(0, 1)).view(b, n, -1)
+            # Patch 4 is the centre crop (corners first, then the centre, then the reflections).
+            wrong[0] += topk_wrong(logits[:, CENTRE], labels)
+            wrong[1] += topk_wrong(logits.softmax(2).mean(1), labels)
+            seen += len(batch)
+    counts = dict(zip(("center", "ten_crop"), wrong.tolist()))
     result = {k: {"top1_err": v[0] / max(seen, 1), "top5_err": v[1] / max(seen, 1)} for k, v in counts.items()}
     result.update(images=seen, skipped_images=skipped, checkpoint=str(cfg.checkpoint), split=str(cfg.split),
                   data=str(dcfg.name))

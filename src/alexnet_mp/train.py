@@ -14,26 +14,30 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from alexnet_mp import comm, data
+from alexnet_mp.augment import BatchAugment
 from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import AlexNet, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
 from alexnet_mp.parallel import full_state_dict, init_towers, parallelize
+from alexnet_mp.progress import Progress
 from alexnet_mp.report import MetricsLog
 
-__all__ = ["train", "Data", "build_data", "topk_errors"]
+__all__ = ["train", "train_step", "train_epoch", "build_run_state", "RunState", "Position", "Checkpoints",
+           "Data", "Inputs", "build_data", "build_augment", "evaluate", "topk_errors", "topk_wrong"]
 
 log = logging.getLogger("alexnet_mp")
 
@@ -49,7 +53,7 @@ def _number(positive: bool):
 
 
 _CHECKS = (  # (keys, what they must be, test)
-    (("epochs", "batch_size", "threads", "log_every_steps", "data.image_size", "data.stats_samples"),
+    (("epochs", "batch_size", "threads", "log_every_steps", "data.image_size"),
      "a positive integer", _integer(1)),
     (("seed", "data.seed", "checkpoint.every_steps", "checkpoint.keep", "debug.kill_at_step", "debug.max_steps",
       "schedule.patience", "schedule.max_drops", "schedule.warmup_steps"), "a non-negative integer", _integer(0)),
@@ -61,13 +65,16 @@ _CHECKS = (  # (keys, what they must be, test)
     (("device",), "auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
     (("data.pca_scale",), "sqrt or eigenvalue", lambda v: v in ("sqrt", "eigenvalue")),
     (("data.workers",), "auto or a non-negative integer", lambda v: v == "auto" or _integer(0)(v)),
+    (("data.augment",), "device or workers", lambda v: v in ("device", "workers")),
 )
+_SAMPLED_STATS_CHECKS = ((("data.stats_samples",), "a positive integer", _integer(1)),)
 _SYNTHETIC_CHECKS = ((("data.num_classes", "data.train_size", "data.val_size"), "a positive integer", _integer(1)),)
 
 
 def validate_config(cfg: DictConfig) -> None:
     """One-line errors for values of the wrong type or range, before any work starts."""
-    checks = _CHECKS + (_SYNTHETIC_CHECKS if cfg.data.name == "synthetic" else ())
+    checks = _CHECKS + (_SYNTHETIC_CHECKS if cfg.data.name == "synthetic" else ()) \
+        + (_SAMPLED_STATS_CHECKS if cfg.data.name != "prepared" else ())
     for keys, meaning, ok in checks:
         for key in keys:
             value = OmegaConf.select(cfg, key, default=None)
@@ -100,8 +107,10 @@ def _processes(cfg: DictConfig) -> tuple[int, int, torch.device]:
 
 @dataclass
 class Data:
-    train: data.TransformedDataset
-    val: data.TransformedDataset
+    """Both splits as stored uint8 images, the training-set statistics and the crop size."""
+
+    train: Any
+    val: Any
     stats: data.DatasetStats
     num_classes: int
     image_size: int
@@ -109,49 +118,98 @@ class Data:
 
 
 def _base_datasets(dcfg: DictConfig):
+    """(train, val, folder for a statistics cache or None, statistics when the data has them)."""
     if dcfg.name == "synthetic":
         make = lambda split, n: data.SyntheticImages(split, int(dcfg.num_classes), int(n), int(dcfg.image_size),  # noqa: E731
                                                      int(dcfg.seed))
-        return make("train", dcfg.train_size), make("val", dcfg.val_size), None
-    if dcfg.name == "imagefolder":
+        return make("train", dcfg.train_size), make("val", dcfg.val_size), None, None
+    if dcfg.name in ("imagefolder", "prepared"):
         if OmegaConf.is_missing(dcfg, "root") or dcfg.root in (None, ""):
-            raise UserError("data=imagefolder needs data.root=PATH (a folder with train/ and val/)")
+            what = "a folder with train/ and val/" if dcfg.name == "imagefolder" else "a folder made by launch/prepare.py"
+            raise UserError(f"data={dcfg.name} needs data.root=PATH ({what})")
         root = Path(str(dcfg.root)).expanduser()
+        if dcfg.name == "prepared":
+            from alexnet_mp.prepared import open_prepared
+
+            train, val = open_prepared(root, int(dcfg.image_size))
+            return train, val, None, train.stats()  # over the whole training set, computed by prepare
         train = data.ImageFolderImages(root, "train", int(dcfg.image_size))
         val = data.ImageFolderImages(root, "val", int(dcfg.image_size))
         data.check_same_classes(train, val)
-        return train, val, root
-    raise UserError(f"unknown data {dcfg.name!r}: choose synthetic or imagefolder")
+        return train, val, root, None
+    raise UserError(f"unknown data {dcfg.name!r}: choose synthetic, imagefolder or prepared")
 
 
 def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
-    """Both splits with the paper's transforms; the statistics come from rank 0's cache."""
+    """Both splits; the statistics come from the prepared dataset or from rank 0's cache."""
     dcfg = cfg.data
-    train_base, val_base, root = _base_datasets(dcfg)
+    train_base, val_base, root, stats = _base_datasets(dcfg)
     crop = data.crop_size_for(int(dcfg.image_size), str(cfg.model.geometry))
-    outcome = None
-    if rank == 0:
-        # Cached beside the data when it is writable (reused by later runs), else in the run.
-        cache = run_dir / "dataset-stats.pt"
-        if root is not None and str(dcfg.stats_cache) == "data" and _writable(root):
-            cache = root / f".alexnet_mp-stats-{dcfg.image_size}px.pt"
-        try:
-            outcome = data.load_or_compute_stats(train_base, cache, int(dcfg.stats_samples), int(dcfg.seed),
-                                                 progress=bool(cfg.progress))
-        except UserError as err:
-            outcome = err
-    # Every rank gets the statistics, or the same error, so none waits for a rank that failed.
-    outcome = comm.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
-    if not isinstance(outcome, data.DatasetStats):
-        raise UserError(outcome)
-    stats = outcome
-    mean = stats if dcfg.mean_subtraction else data.DatasetStats(torch.zeros_like(stats.mean_image),
-                                                                 stats.eigvals, stats.eigvecs)
-    common = dict(crop=crop, flip=bool(dcfg.flip), pca_sigma=float(dcfg.pca_sigma),
-                  pca_scale=str(dcfg.pca_scale), seed=int(cfg.seed))
-    train = data.TransformedDataset(train_base, data.PaperTransform(mean, train=True, **common))
-    val = data.TransformedDataset(val_base, data.PaperTransform(mean, train=False, **common))
-    return Data(train, val, mean, len(train_base.classes), int(dcfg.image_size), crop)
+    if stats is None:
+        outcome = None
+        if rank == 0:
+            # Cached beside the data when it is writable (reused by later runs), else in the run.
+            cache = run_dir / "dataset-stats.pt"
+            if root is not None and str(dcfg.stats_cache) == "data" and _writable(root):
+                cache = root / f".alexnet_mp-stats-{dcfg.image_size}px.pt"
+            try:
+                outcome = data.load_or_compute_stats(train_base, cache, int(dcfg.stats_samples), int(dcfg.seed),
+                                                     progress=bool(cfg.progress))
+            except UserError as err:
+                outcome = err
+        # Every rank gets the statistics, or the same error, so none waits for a rank that failed.
+        outcome = comm.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
+        if not isinstance(outcome, data.DatasetStats):
+            raise UserError(outcome)
+        stats = outcome
+    return Data(train_base, val_base, stats, len(train_base.classes), int(dcfg.image_size), crop)
+
+
+def build_augment(cfg: DictConfig, d: Data, device: torch.device | str) -> BatchAugment:
+    dcfg = cfg.data
+    return BatchAugment(d.stats, d.crop, seed=int(cfg.seed), device=device, flip=bool(dcfg.flip),
+                        pca_sigma=float(dcfg.pca_sigma), pca_scale=str(dcfg.pca_scale),
+                        mean_subtraction=bool(dcfg.mean_subtraction))
+
+
+class _InWorkers:
+    """``data.augment=workers``: the loader workers crop and colour on the CPU (picklable)."""
+
+    def __init__(self, augment: BatchAugment, train: bool):
+        self.augment, self.train = augment, train
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.augment.train(images, indices, epoch) if self.train else self.augment.centre(images)
+
+
+class Inputs:
+    """The training and validation batches as the net's input on ``device``.
+
+    Loaders read stored uint8 batches (persistent workers, prefetch, pinned memory for a
+    GPU); :class:`BatchAugment` turns them into crops on ``device`` (``data.augment=device``,
+    the default) or in the workers (``data.augment=workers``).
+    """
+
+    def __init__(self, cfg: DictConfig, d: Data, device: torch.device, batch_size: int):
+        self.device = device
+        self.augment = build_augment(cfg, d, device)
+        self.in_workers = str(cfg.data.augment) == "workers"
+        cpu_augment = build_augment(cfg, d, "cpu") if self.in_workers else None
+        kw = dict(seed=int(cfg.seed), workers=_workers(cfg.data), pin_memory=device.type == "cuda")
+        self.train = data.BatchLoader(d.train, batch_size, shuffle=True, drop_last=True,
+                                      transform=_InWorkers(cpu_augment, True) if cpu_augment else None, **kw)
+        self.val = data.BatchLoader(d.val, batch_size, shuffle=False, drop_last=False,
+                                    transform=_InWorkers(cpu_augment, False) if cpu_augment else None, **kw)
+
+    def train_input(self, batch: data.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch.images.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        return (images if self.in_workers else self.augment.train(images, batch.indices, batch.epoch)), labels
+
+    def val_input(self, batch: data.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch.images.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        return (images if self.in_workers else self.augment.centre(images)), labels
 
 
 def _writable(folder: Path) -> bool:
@@ -166,28 +224,39 @@ def _workers(dcfg: DictConfig) -> int:
 
 # -- metrics ----------------------------------------------------------------------------------
 
+def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 and top-5 mistakes in a batch as a tensor [2] on the logits' device (no host
+    wait); top-k is capped at the class count."""
+    k = min(5, logits.shape[1])
+    hit = logits.topk(k, dim=1).indices == labels[:, None]
+    return torch.stack([(~hit[:, 0]).sum(), (~hit.any(1)).sum()])
+
+
 def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     """Number of top-1 and top-5 mistakes in a batch (top-k capped at the class count)."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top == labels[:, None]
-    return int((~hit[:, 0]).sum()), int((~hit.any(1)).sum())
+    w1, w5 = topk_wrong(logits, labels).tolist()
+    return int(w1), int(w5)
 
 
 @torch.no_grad()
-def evaluate(model: AlexNet, dataset: data.TransformedDataset, cfg: DictConfig, device: torch.device) -> dict:
+def evaluate(model: AlexNet, inputs: Inputs, *, progress: bool = False) -> dict:
     """Centre-crop top-1 and top-5 error over the whole validation set."""
     model.eval()
-    wrong1 = wrong5 = seen = skipped = 0
-    loader = data.make_loader(dataset, int(cfg.batch_size), shuffle=False, seed=int(cfg.seed), epoch=0,
-                              workers=_workers(cfg.data), drop_last=False)
-    for images, labels, n_skipped in loader:
-        skipped += n_skipped
-        if not len(labels):
-            continue
-        w1, w5 = topk_errors(model(images.to(device)), labels.to(device))
-        wrong1, wrong5, seen = wrong1 + w1, wrong5 + w5, seen + len(labels)
+    wrong = torch.zeros(2, dtype=torch.int64, device=inputs.device)
+    seen = skipped = 0
+    loader = inputs.val.epoch(0)
+    with Progress(len(loader), "validation", unit="batch", enabled=progress, scale=inputs.val.batch_size,
+                  scale_unit="images") as bar:
+        for batch in loader:
+            skipped += batch.skipped
+            bar.update(1)
+            if not len(batch):
+                continue
+            images, labels = inputs.val_input(batch)
+            wrong += topk_wrong(model(images), labels)
+            seen += len(batch)
     model.train()
+    wrong1, wrong5 = wrong.tolist()
     return {"val_top1_err": wrong1 / max(seen, 1), "val_top5_err": wrong5 / max(seen, 1), "val_images": seen,
             "val_skipped": skipped}
 
@@ -212,7 +281,7 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
 
 # What may differ between a run and its resumption: how long it runs and how it reports.
 _RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "log_every_steps", "checkpoint.", "debug.", "threads",
-                      "device", "data.workers", "data.root", "data.stats_cache")
+                      "device", "data.workers", "data.root", "data.stats_cache", "data.augment")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -264,7 +333,202 @@ def _throughput(history: list[dict]) -> float | None:
     return sum(h["images_per_s"] * h["seconds"] for h in history) / seconds if seconds else None
 
 
-# -- training ---------------------------------------------------------------------------------
+# -- the run state: what a checkpoint holds ----------------------------------------------------
+
+@dataclass
+class Position:
+    """Where the run is: epoch, batch within it, optimizer steps, and the epoch's running totals."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    epoch_loss: float = 0.0
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0
+    data_seconds: float = 0.0  # of epoch_seconds, waiting for the loader
+    skipped: int = 0
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch_loss, self.epoch_images, self.epoch_seconds, self.data_seconds, self.skipped = 0.0, 0, 0.0, 0.0, 0
+
+
+class RunState:
+    """The model (a tower or the whole net), its optimizer and schedule, the RNG and the
+    position: everything a checkpoint holds, through ``state_dict`` / ``load_state_dict``.
+
+    The step's loss is summed on the device (``loss_sum``, ``loss_images``) and read only
+    by :meth:`flush_loss`, every ``log_every_steps`` and at checkpoints: reading it every
+    step would make the host wait for the device.
+    """
+
+    def __init__(self, model: AlexNet, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
+                 device: torch.device):
+        self.model, self.optimizer, self.schedule, self.device = model, optimizer, schedule, device
+        self.position = Position()
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_images = 0
+
+    def flush_loss(self) -> float | None:
+        """Move the device's loss sum into the position (one host read); returns the mean
+        loss since the last flush, or None when no step ran since."""
+        if not self.loss_images:
+            return None
+        total = float(self.loss_sum)
+        mean = total / self.loss_images
+        self.position.epoch_loss += total
+        self.loss_sum.zero_()
+        self.loss_images = 0
+        return mean
+
+    def state_dict(self) -> dict:
+        self.flush_loss()
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "rng": _rng_state(self.device),
+                "position": dict(vars(self.position))}
+
+    def load_state_dict(self, shard: dict) -> None:
+        self.model.load_state_dict(shard["model"])
+        self.optimizer.load_state_dict(shard["optimizer"])
+        self.schedule.load_state_dict(shard["schedule"])
+        _set_rng_state(shard["rng"], self.device)
+        self.position = Position(**{"data_seconds": 0.0, **shard["position"]})
+
+
+def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_classes: int, input_size: int,
+                    seed: int, device: torch.device, world: int) -> RunState:
+    """The net from ``seed`` (the same weights on every rank; a tower keeps its share), on
+    ``device``, with the optimizer and schedule of sec. 5. Configs are mappings with the keys
+    of ``conf/model``, ``conf/optim`` and ``conf/schedule``."""
+    torch.manual_seed(seed)
+    model = build_model(str(model_cfg["name"]), num_classes=num_classes, input_size=input_size,
+                        geometry=str(model_cfg["geometry"]), lrn=str(model_cfg["lrn"]), init=str(model_cfg["init"]))
+    model = parallelize(model, device=device) if world == 2 else model.to(device)
+    model.train()
+    optimizer = build_optimizer(model.parameters(), lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
+                                weight_decay=float(optim_cfg["weight_decay"]), rule=str(optim_cfg["rule"]))
+    schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
+                                             ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
+    torch.manual_seed(seed + 1)  # dropout's stream, saved and restored with the checkpoint
+    return RunState(model, optimizer, schedule, device)
+
+
+# -- one step ------------------------------------------------------------------------------------
+
+def train_step(state: RunState, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One SGD step on a batch already on the device; returns the (detached) loss on the device.
+
+    Nothing here waits for the device: the loss is added to ``state.loss_sum``, and a
+    non-finite loss is found when it is read (:meth:`RunState.flush_loss`).
+    """
+    loss = F.cross_entropy(state.model(images), labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.schedule.begin_step(state.position.step + 1)
+    state.optimizer.step()
+    loss = loss.detach()
+    state.loss_sum += loss.double() * len(labels)
+    state.loss_images += len(labels)
+    state.position.step += 1
+    state.position.batch_in_epoch += 1
+    state.position.epoch_images += len(labels)
+    return loss
+
+
+# -- checkpointing -------------------------------------------------------------------------------
+
+class Checkpoints:
+    """Saves and restores the run state through :class:`CheckpointStore` (atomic, per tower)."""
+
+    def __init__(self, store: CheckpointStore, signature: dict, cfg: DictConfig):
+        self.store, self.signature = store, signature
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def diverged(self, what: str, state: RunState) -> UserError:
+        return UserError(f"{what} at epoch {state.position.epoch + 1}, step {state.position.step}; stopped. "
+                         f"Last good checkpoint: {self.store.latest() or 'none'} (try a lower optim.lr)")
+
+    def check_loss(self, state: RunState) -> float | None:
+        """Read the loss summed on the device since the last read; raise on every rank if it is not finite."""
+        loss = state.flush_loss()
+        if not comm.all_ranks(loss is None or math.isfinite(loss)):
+            raise self.diverged(f"the loss became {loss}", state)
+        return loss
+
+    def save(self, state: RunState, reason: str) -> None:
+        self.check_loss(state)
+        finite = all(bool(torch.isfinite(p).all()) for p in state.model.parameters())
+        if not comm.all_ranks(finite):
+            raise self.diverged("the weights became non-finite", state)
+        p = state.position
+        name = f"step-{p.step:08d}-epoch-{p.epoch:04d}-batch-{p.batch_in_epoch:07d}"
+        latest = self.store.latest()
+        if latest is not None and latest.name == name:
+            return  # this position is saved already (every_steps fell on the same step)
+        self.store.save(name, state.state_dict(),
+                        {"model": self.signature, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
+                         "step": p.step, "reason": reason, "config": self.config})
+
+    def resume(self, state: RunState) -> Path | None:
+        latest = self.store.latest()
+        if latest is None:
+            return None
+        shard, meta = self.store.load(latest, self.signature)
+        _check_resumable(meta.get("config", {}), self.config, latest)
+        state.load_state_dict(shard)
+        return latest
+
+
+# -- the epoch loop ------------------------------------------------------------------------------
+
+def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metrics: MetricsLog,
+                cfg: DictConfig, *, main: bool) -> bool:
+    """Train the rest of the current epoch; returns False when ``debug.max_steps`` stopped it."""
+    p = state.position
+    every, log_every = int(cfg.checkpoint.every_steps), int(cfg.log_every_steps)
+    max_steps, kill_at = int(cfg.debug.max_steps), int(cfg.debug.kill_at_step)
+    check_batches = bool(cfg.debug.check_batches)
+    loader = inputs.train.epoch(p.epoch, start_batch=p.batch_in_epoch)
+    with Progress(len(inputs.train), f"epoch {p.epoch + 1}/{cfg.epochs}", unit="batch", initial=p.batch_in_epoch,
+                  enabled=main and bool(cfg.progress), scale=inputs.train.batch_size, scale_unit="images",
+                  every_steps=log_every * 10) as bar:
+        tick = time.perf_counter()
+        batches = iter(loader)
+        while True:
+            wait = time.perf_counter()
+            batch = next(batches, None)  # the time the step waits for the loader
+            p.data_seconds += time.perf_counter() - wait
+            if batch is None:
+                break
+            p.skipped += batch.skipped
+            if not len(batch):
+                p.batch_in_epoch += 1
+                continue
+            images, labels = inputs.train_input(batch)
+            if check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)])):
+                raise RuntimeError("the towers received different batches")
+            train_step(state, images, labels)
+            bar.update(1)
+            if p.step % log_every == 0 or p.step == 1:
+                loss = checkpoints.check_loss(state)
+                now = time.perf_counter()
+                p.epoch_seconds += now - tick
+                tick = now
+                bar.update(0, loss=f"{loss:.3f}", lr=f"{state.schedule.lr:.2g}")
+                metrics.scalar("train/loss", loss, p.step)
+            if every and p.step % every == 0:
+                p.epoch_seconds += time.perf_counter() - tick
+                checkpoints.save(state, "every_steps")
+                tick = time.perf_counter()
+            if kill_at == p.step:
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash without warning, for the tests
+            if max_steps and p.step >= max_steps:
+                p.epoch_seconds += time.perf_counter() - tick
+                return False
+        p.epoch_seconds += time.perf_counter() - tick
+    checkpoints.check_loss(state)
+    return True
+
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) one training run in ``run_dir``; return the summary (every rank)."""
@@ -283,132 +547,52 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(d.train)} training images; "
                         f"an epoch would have no step")
     signature = _model_signature(cfg, d.num_classes, d.crop, world)
-
-    torch.manual_seed(int(cfg.seed))  # the same weights on every rank; a tower keeps its share
-    model = build_model(cfg.model.name, num_classes=d.num_classes, input_size=d.crop,
-                        geometry=str(cfg.model.geometry), lrn=str(cfg.model.lrn), init=str(cfg.model.init))
-    model = parallelize(model, device=device) if world == 2 else model.to(device)
-    optimizer = build_optimizer(model.parameters(), lr=float(cfg.optim.lr), momentum=float(cfg.optim.momentum),
-                                weight_decay=float(cfg.optim.weight_decay), rule=str(cfg.optim.rule))
-    schedule = PlateauSchedule(optimizer, **{k: cfg.schedule[k] for k in
-                                             ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
-
-    epoch, batch_in_epoch, step = 0, 0, 0
-    epoch_loss, epoch_images, epoch_seconds, skipped = 0.0, 0, 0.0, 0
-    torch.manual_seed(int(cfg.seed) + 1)  # dropout's stream, restored on resume
-    latest = store.latest() if cfg.resume else None
-    if latest is not None:
-        shard, meta = store.load(latest, signature)
-        _check_resumable(meta.get("config", {}), OmegaConf.to_container(cfg, resolve=True), latest)
-        model.load_state_dict(shard["model"])
-        optimizer.load_state_dict(shard["optimizer"])
-        schedule.load_state_dict(shard["schedule"])
-        _set_rng_state(shard["rng"], device)
-        p = shard["position"]
-        epoch, batch_in_epoch, step = p["epoch"], p["batch_in_epoch"], p["step"]
-        epoch_loss, epoch_images, epoch_seconds, skipped = p["epoch_loss"], p["epoch_images"], p["epoch_seconds"], p["skipped"]
-        if main:
-            log.info("resuming from %s (epoch %d, batch %d, step %d)", latest, epoch, batch_in_epoch, step)
+    state = build_run_state(cfg.model, cfg.optim, cfg.schedule, num_classes=d.num_classes, input_size=d.crop,
+                            seed=int(cfg.seed), device=device, world=world)
+    checkpoints = Checkpoints(store, signature, cfg)
+    latest = checkpoints.resume(state) if cfg.resume else None
+    p = state.position
+    if latest is not None and main:
+        log.info("resuming from %s (epoch %d, batch %d, step %d)", latest, p.epoch, p.batch_in_epoch, p.step)
     elif cfg.resume and main:
         log.info("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
 
-    metrics = MetricsLog(run_dir, enabled=main, last_epoch=epoch)
+    inputs = Inputs(cfg, d, device, int(cfg.batch_size))
+    metrics = MetricsLog(run_dir, enabled=main, last_epoch=p.epoch)
     if main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         where = f"{world} towers, {device.type}" if world == 2 else f"1 process, {device}"
-        log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, run dir %s",
-                 cfg.model.name, where, len(d.train), len(d.val), d.num_classes, d.crop, run_dir)
+        log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, augmentation on the %s, "
+                 "run dir %s", cfg.model.name, where, len(d.train), len(d.val), d.num_classes, d.crop,
+                 "loader workers" if inputs.in_workers else device.type, run_dir)
 
-    def diverged(what: str, at_step: int) -> None:
-        raise UserError(f"{what} at epoch {epoch + 1}, step {at_step}; stopped. "
-                        f"Last good checkpoint: {store.latest() or 'none'} (try a lower optim.lr)")
-
-    def save(reason: str) -> None:
-        shard = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "rng": _rng_state(device),
-                 "position": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-                              "epoch_loss": epoch_loss, "epoch_images": epoch_images,
-                              "epoch_seconds": epoch_seconds, "skipped": skipped}}
-        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-        if not comm.all_ranks(finite):
-            diverged("the weights became non-finite", step)
-        name = f"step-{step:08d}-epoch-{epoch:04d}-batch-{batch_in_epoch:07d}"
-        latest = store.latest()
-        if latest is not None and latest.name == name:
-            return  # this position is saved already (every_steps fell on the same step)
-        store.save(name, shard, {"model": signature, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                                 "step": step, "reason": reason, "config": OmegaConf.to_container(cfg, resolve=True)})
-
-    max_steps, kill_at = int(cfg.debug.max_steps), int(cfg.debug.kill_at_step)
-    every, log_every = int(cfg.checkpoint.every_steps), int(cfg.log_every_steps)
-    check_batches = bool(cfg.debug.check_batches)
     run_start = time.perf_counter()
     stopped_early = False
-    model.train()
-    while epoch < int(cfg.epochs):
-        loader = data.make_loader(d.train, int(cfg.batch_size), shuffle=True, seed=int(cfg.seed), epoch=epoch,
-                                  start_batch=batch_in_epoch, workers=_workers(cfg.data), drop_last=True)
-        bar = tqdm(total=batch_in_epoch + len(loader), initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (main and cfg.progress), unit="batch", dynamic_ncols=True, leave=False)
-        tick = time.perf_counter()
-        for images, labels, n_skipped in loader:
-            skipped += n_skipped
-            if not len(labels):
-                batch_in_epoch += 1
-                continue
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)])):
-                raise RuntimeError("the towers received different batches")
-            loss = F.cross_entropy(model(images), labels)
-            if not torch.isfinite(loss):
-                diverged(f"the loss became {loss.item()}", step + 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            schedule.begin_step(step + 1)
-            optimizer.step()
-            now = time.perf_counter()
-            epoch_seconds += now - tick
-            tick = now
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            epoch_loss += loss.item() * len(labels)
-            epoch_images += len(labels)
-            bar.update(1)
-            if step % log_every == 0 or step == 1:
-                speed = epoch_images / max(epoch_seconds, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.lr:.2g}", img_s=f"{speed:.0f}")
-                metrics.scalar("train/loss", loss.item(), step)
-            if every and step % every == 0:
-                save("every_steps")
-            if kill_at == step:
-                os.kill(os.getpid(), signal.SIGKILL)  # a crash without warning, for the tests
-            if max_steps and step >= max_steps:
-                stopped_early = True
-                break
-            tick = time.perf_counter()
-        bar.close()
-        if stopped_early:
-            save("max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on from here
+    while p.epoch < int(cfg.epochs):
+        if not train_epoch(state, inputs, checkpoints, metrics, cfg, main=main):
+            stopped_early = True
+            checkpoints.save(state, "max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on
             break
-        result = evaluate(model, d.val, cfg, device)
-        row = {"epoch": epoch + 1, "train_loss": epoch_loss / max(epoch_images, 1), **result,
-               "train_skipped": skipped,
-               "lr": schedule.lr, "images_per_s": epoch_images / max(epoch_seconds, 1e-9),
-               "seconds": epoch_seconds, "step": step}
-        dropped = schedule.step(result["val_top1_err"])
+        result = evaluate(state.model, inputs, progress=main and bool(cfg.progress))
+        row = {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
+               "train_skipped": p.skipped, "lr": state.schedule.lr,
+               "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,
+               "data_wait_share": p.data_seconds / max(p.epoch_seconds, 1e-9), "step": p.step}
+        dropped = state.schedule.step(result["val_top1_err"])
         metrics.epoch(row)
         if main:
             log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%%, top-5 %.2f%%, %.0f images/s%s",
-                     epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
-                     row["images_per_s"], f"; learning rate now {schedule.lr:.2g}" if dropped else "")
-        epoch, batch_in_epoch = epoch + 1, 0
-        epoch_loss, epoch_images, epoch_seconds, skipped = 0.0, 0, 0.0, 0
-        save("epoch")
+                     p.epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
+                     row["images_per_s"], f"; learning rate now {state.schedule.lr:.2g}" if dropped else "")
+        p.next_epoch()
+        checkpoints.save(state, "epoch")
 
-    state = full_state_dict(model) if world == 2 else {k: v.cpu() for k, v in model.state_dict().items()}
+    model = state.model
+    final_state = full_state_dict(model) if world == 2 else {k: v.cpu() for k, v in model.state_dict().items()}
     final = run_dir / "model_final.pt"
     history = metrics.history()
     summary = {
-        "model": str(cfg.model.name), "towers": world, "device": device.type, "epochs": epoch, "steps": step,
+        "model": str(cfg.model.name), "towers": world, "device": device.type, "epochs": p.epoch, "steps": p.step,
         "val_top1_err": history[-1]["val_top1_err"] if history else None,
         "val_top5_err": history[-1]["val_top5_err"] if history else None,
         "best_val_top1_err": min((h["val_top1_err"] for h in history), default=None),
@@ -416,13 +600,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "images_per_s": _throughput(history),
         "seconds": time.perf_counter() - run_start,
         # Every epoch skips the same unreadable files: count them once, train and val.
-        "skipped_images": max((h.get("train_skipped", 0) for h in history), default=skipped)
+        "skipped_images": max((h.get("train_skipped", 0) for h in history), default=p.skipped)
                           + (history[-1].get("val_skipped", 0) if history else 0),
         "final_model": str(final.resolve()),
         "stopped_early": stopped_early,
     }
     if main:
-        atomic_save({"model": signature, "state_dict": state,
+        atomic_save({"model": signature, "state_dict": final_state,
                      "data": {"name": str(cfg.data.name), "image_size": d.image_size, "crop": d.crop,
                               "config": OmegaConf.to_container(cfg.data, resolve=True)},
                      "stats": {"mean_image": d.stats.mean_image, "eigvals": d.stats.eigvals,
