@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: help install test train bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,9 @@ test: $(STAMP)  ## run the whole test suite (two-process gloo tests included)
 
 train: $(STAMP)  ## train the two-tower net, one tower per process, on the built-in synthetic data
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 launch/train.py $(ARGS)
+
+prepare: $(STAMP)  ## preprocess an image folder once for data=prepared: make prepare ARGS='data.root=SRC out=DST'
+	$(PY) launch/prepare.py $(ARGS)
 
 bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error
 	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(ARGS)

@@ -102,7 +102,7 @@ def _measure_paths(src: Path, prepared: dict[str, Path], cfg: DictConfig) -> dic
     size, crop, batch, repeats = int(cfg.image_size), int(cfg.crop), int(cfg.batch), int(cfg.repeats)
     folder = data.ImageFolderImages(src, "train", size)
     stats = PreparedImages(prepared["raw"], "train", size).stats()
-    augment = BatchAugment(stats, crop, seed=0)
+    augment = BatchAugment(stats, crop, seed=0, reuse_output=True)  # as the trainer does
     n = min(len(folder), int(cfg.max_images))
     rows = {}
 

@@ -102,3 +102,15 @@ def test_gpu_augmentation_equals_the_cpu_one(synth):
     idx = torch.arange(N)
     torch.testing.assert_close(gpu.train(images.cuda(), idx, 1).cpu(), cpu.train(images, idx, 1), rtol=0, atol=1e-4)
     assert torch.equal(gpu.ten_crop(images.cuda()).cpu(), cpu.ten_crop(images))
+
+
+def test_reused_output_buffer_gives_the_same_crops(synth):
+    _, stats, images = synth
+    fresh, reused = BatchAugment(stats, CROP, seed=6), BatchAugment(stats, CROP, seed=6, reuse_output=True)
+    idx = torch.arange(N)
+    first = reused.train(images, idx, 0)
+    expected = fresh.train(images, idx, 0)
+    assert torch.equal(first, expected)
+    again = reused.train(images, idx, 1)
+    assert again.data_ptr() == first.data_ptr()  # the same memory, overwritten
+    assert torch.equal(again, fresh.train(images, idx, 1))

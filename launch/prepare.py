@@ -1,0 +1,20 @@
+"""Prepare an image folder once: the paper's preprocessing (sec. 2) into memory-mappable shards.
+
+    python launch/prepare.py data.root=/data/ilsvrc2012 out=/data/ilsvrc2012-256 [format=jpeg] [data.image_size=256]
+    torchrun --nproc_per_node=2 launch/train.py data=prepared data.root=/data/ilsvrc2012-256
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from alexnet_mp.cli import run_entry_point
+from alexnet_mp.prepared import prepare
+
+
+@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: prepare(cfg))
+
+
+if __name__ == "__main__":
+    main()
