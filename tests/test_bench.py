@@ -120,14 +120,16 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
             assert d["train_flops_per_image"] == 6 * d["forward_macs_per_image"]
             assert d["achieved_flops_per_s"] == pytest.approx(d["train_flops_per_image"] * 2 / st["median"])
     # The per-device work and parameters are the model's own.
-    half, full2, full1 = (on_disk["configurations"][n]["time"] for n in bench.CONFIGS)
+    half, neighbour, full2, full1 = (on_disk["configurations"][n]["time"] for n in bench.CONFIGS)
+    assert neighbour["per_device"][0]["parameters"] == half["per_device"][0]["parameters"]
     assert half["per_device"][0]["forward_macs_per_image"] == forward_macs(build_model("half", num_classes=1000,
                                                                                        input_size=67))
     assert sum(d["parameters"] for d in full2["per_device"]) == full1["per_device"][0]["parameters"]
     assert [d["device"] for d in full2["per_device"]] != [full2["per_device"][0]["device"]] * 2  # own cores
     # Only the two-device run talks, and what it sends is counted by comm.STATS.
-    assert half["comm"] is None and full1["comm"] is None
+    assert half["comm"] is None and full1["comm"] is None and neighbour["comm"] is None
     assert full2["comm"]["bytes_per_image_per_device"] > 0 and 0 <= full2["comm"]["share_of_step"] < 1
+    assert 0 <= full2["comm"]["exposed_share_of_step"] <= full2["comm"]["share_of_step"] + 1e-9
     assert {"conv3.forward", "fc6.forward", "fc7.forward", "fc8.forward", "logits.forward",
             "conv3.backward"} <= full2["per_device"][0]["comm_by_layer"].keys()
 
@@ -136,7 +138,9 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
                                                                   / half["step_seconds"]["median"])
     assert r["full-2dev/full-1dev"]["images_per_s"] == pytest.approx(full2["images_per_s"] / full1["images_per_s"])
     assert r["full-2dev/half-1dev"]["train_images_per_s"] == pytest.approx(1.2)
-    assert [t["limit"] for t in on_disk["targets"]] == [0.95, 0.55, 0.05]
+    assert r["full-2dev/half-1dev+neighbour"]["step_time"] == pytest.approx(full2["step_seconds"]["median"]
+                                                                            / neighbour["step_seconds"]["median"])
+    assert [t["limit"] for t in on_disk["targets"]] == [0.95, 0.53, 0.015]
     assert all(isinstance(t["met"], bool) and t["value"] is not None for t in on_disk["targets"])
 
     e = on_disk["configurations"]["half-1dev"]["error"]
@@ -146,6 +150,7 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
     assert d["center"]["top1_err"]["per_seed"] == pytest.approx([-0.03, -0.03])
     assert d["ten_crop"]["top5_err"]["mean"] == pytest.approx(-0.02)
     assert d["paper"] == {"top1_err": -0.017, "top5_err": -0.012}
+    assert on_disk["settings"]["speed"]["precision"] == "fp32" and on_disk["settings"]["overlap"] is True
 
     md = paths["md"].read_text()
     for text in (*bench.CONFIGS, "full-2dev/half-1dev", "full-2dev/full-1dev", "-3.00", "paper"):
@@ -199,3 +204,10 @@ def test_the_trainer_and_evaluator_commands_compose_against_their_configs(tmp_pa
     assert trained.model.name == "full" and trained.seed == 5 and trained.epochs == 3
     assert evaluated.checkpoint.endswith("model_final.pt")
     assert evaluated.data.name == trained.data.name == cfg.data.name
+
+
+def test_one_seed_has_no_spread_and_says_so():
+    one, two = bench._spread([0.25]), bench._spread([0.25, 0.35])
+    assert one["std"] is None and one["n"] == 1 and two["std"] == pytest.approx(0.0707, rel=1e-2)
+    assert bench._spread_text(None) == "n/a" and bench._spread_text(0.0123) == "1.23%"
+    assert bench._spread_text(None, points=True) == "n/a"

@@ -27,11 +27,11 @@ def _batch(seed: int, size: int = SIZE, classes: int = CLASSES):
     return torch.randn(BATCH, 3, size, size, generator=g) * 50, torch.randint(0, classes, (BATCH,), generator=g)
 
 
-def _exactness(rank: int) -> dict:
+def _exactness(rank: int, overlap: bool) -> dict:
     diffs: dict[str, float] = {}
     torch.manual_seed(0)  # the same weights on every process
     full = build_model("full", num_classes=CLASSES, input_size=SIZE, geometry="224")
-    tower = parallelize(full)
+    tower = parallelize(full, overlap=overlap)
     x, y = _batch(1)
 
     full.eval(), tower.eval()
@@ -83,7 +83,7 @@ def _exactness(rank: int) -> dict:
     # An odd class count splits unevenly (4 + 3); the 227 geometry and the other LRN option.
     torch.manual_seed(3)
     odd = build_model("full", num_classes=7, input_size=227, geometry="227", lrn="cuda-convnet").eval()
-    odd_tower = parallelize(odd).eval()
+    odd_tower = parallelize(odd, overlap=overlap).eval()
     x227, _ = _batch(4, size=227, classes=7)
     with torch.no_grad():
         diffs["7 classes, 227 geometry, cuda-convnet LRN: logits"] = rel_diff(odd_tower(x227), odd(x227))
@@ -97,9 +97,10 @@ def _exactness(rank: int) -> dict:
             "local_params": sum(p.numel() for p in tower.parameters())}
 
 
-@pytest.fixture(scope="module")
-def ranks():
-    return run_ranks(_exactness)
+# Every crossing layer overlapped with its own compute (the default) and gather-then-compute.
+@pytest.fixture(scope="module", params=[True, False], ids=["overlap", "no-overlap"])
+def ranks(request):
+    return run_ranks(_exactness, request.param)
 
 
 def test_two_towers_equal_one_process_net(ranks):

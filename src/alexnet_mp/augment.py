@@ -24,6 +24,11 @@ from alexnet_mp.errors import UserError
 __all__ = ["BatchAugment"]
 
 
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    # Pinned first, so the copy is queued on the stream and the host never waits for it.
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 class BatchAugment:
     """Sec. 4.1 on a batch of uint8 [B, 3, S, S] images on ``device`` -> float32 [B, 3, crop, crop].
 
@@ -120,8 +125,7 @@ class BatchAugment:
         # The same float operations in the same order as the CPU path: equal results.
         dev = images.device
         b, s, c = images.shape[0], self.image_size, self.crop
-        # Pinned, so the copies are queued on the stream and the host never waits for them.
-        top, left, flip = (t.pin_memory().to(dev, non_blocking=True) for t in (top, left, flip))
+        top, left, flip = (_to_device(t, dev) for t in (top, left, flip))
         ar = torch.arange(c, device=dev)
         rows = top[:, None] + ar
         cols = torch.where(flip[:, None], left[:, None] + (c - 1) - ar, left[:, None] + ar)
@@ -129,5 +133,5 @@ class BatchAugment:
         x = torch.gather(images.reshape(b, 3, s * s), 2, where).float()
         x = x - torch.gather(self.mean.reshape(1, 3, s * s).expand(b, 3, s * s), 2, where)
         if shift is not None:
-            x = x + shift.pin_memory().to(dev, non_blocking=True)[:, :, None]
+            x = x + _to_device(shift, dev)[:, :, None]
         return x.view(b, 3, c, c)

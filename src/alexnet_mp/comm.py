@@ -2,9 +2,17 @@
 
 The towers of Krizhevsky et al. (2012, sec. 3.2) talk only at the inputs of
 conv3, fc6, fc7 and fc8, and where the logits are put together. Each move is a
-small autograd function whose docstring states both directions. Every
-collective is counted in :data:`STATS` (bytes sent by this process and seconds
-spent, by layer and direction) so benchmarks can report communication.
+small autograd function whose docstring states both directions. A crossing
+layer can hide its move behind its own compute (:func:`crossing_layer`): it
+applies its weight's block for this tower's units while the other tower's units
+are in flight, and in backward sends the input gradient first and computes the
+weight gradient while it travels.
+
+Every collective is counted in :data:`STATS`: bytes sent by this process, and
+seconds, by layer and direction; both the collective's whole time and the part
+the tower waited for it (*exposed*). On a GPU the seconds come from CUDA events
+read only when the stats are read, so counting never makes the host wait;
+:func:`set_profile` times each collective alone on the host instead.
 
 A group of one member bypasses every collective.
 """
@@ -13,54 +21,118 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 __all__ = [
+    "PROFILE",
     "STATS",
     "CommStats",
     "TowerExchange",
+    "crossing_layer",
     "gather_from_towers",
     "gather_logits",
     "gather_shards",
+    "set_profile",
     "all_equal",
     "all_ranks",
     "barrier",
     "broadcast_object",
 ]
 
+# Host timing of every collective, alone (a GPU is synchronised before and after each,
+# which also serialises the overlapped ones): for profiling only. Set with set_profile().
+PROFILE = False
+
+# CUDA event pairs kept unread before the finished ones are read (without waiting).
+_MAX_PENDING = 512
+
+
+def set_profile(on: bool = True) -> None:
+    """Time each collective on the host (synchronising a GPU around it) instead of with CUDA events."""
+    global PROFILE
+    PROFILE = bool(on)
+
 
 @dataclass
 class CommStats:
-    """Bytes this process sent and seconds it spent in collectives, per (layer, direction)."""
+    """Bytes this process sent and seconds it spent in collectives, per (layer, direction).
+
+    ``seconds``: each collective from its launch to its completion. ``exposed_seconds``: the
+    part of that the tower waited for: all of a blocking collective; of an overlapped one,
+    what the tower's own compute did not hide. Never more than ``seconds``. On a GPU both are
+    CUDA event pairs until :meth:`resolve` (called by the readers below) turns them into seconds.
+    """
 
     bytes: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    exposed_seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    _pending: list = field(default_factory=list, repr=False)
 
-    def add(self, layer: str, direction: str, nbytes: int, seconds: float) -> None:
+    def add(self, layer: str, direction: str, nbytes: int, seconds: float, exposed: float | None = None) -> None:
+        """One collective; ``exposed`` defaults to ``seconds`` (the tower waited for all of it)."""
+        self.count(layer, direction, nbytes)
+        self.add_time(layer, direction, seconds, seconds if exposed is None else exposed)
+
+    def count(self, layer: str, direction: str, nbytes: int) -> None:
         key = (layer, direction)
         self.bytes[key] += nbytes
-        self.seconds[key] += seconds
         self.calls[key] += 1
+
+    def add_time(self, layer: str, direction: str, seconds: float, exposed: float) -> None:
+        exposed = max(exposed, 0.0)
+        # Waking up after the collective finished counts as waited; keep exposed <= seconds.
+        self.seconds[(layer, direction)] += max(seconds, exposed)
+        self.exposed_seconds[(layer, direction)] += exposed
+
+    def add_events(self, layer: str, direction: str, span: tuple, waited: tuple) -> None:
+        """One collective's CUDA event pairs (start, end): its whole span and the tower's wait."""
+        self._pending.append((layer, direction, span, waited))
+        if len(self._pending) > _MAX_PENDING:  # nobody reads the stats: keep the list short
+            self.resolve(wait=False)
+
+    def resolve(self, wait: bool = True) -> None:
+        """Turn the recorded CUDA events into seconds; ``wait=False`` reads only finished ones."""
+        unread = []
+        for layer, direction, span, waited in self._pending:
+            if not wait and not (span[1].query() and waited[1].query()):
+                unread.append((layer, direction, span, waited))
+                continue
+            span[1].synchronize()
+            waited[1].synchronize()
+            self.add_time(layer, direction, span[0].elapsed_time(span[1]) / 1e3,
+                          waited[0].elapsed_time(waited[1]) / 1e3)
+        self._pending = unread
 
     def reset(self) -> None:
         self.bytes.clear()
         self.seconds.clear()
+        self.exposed_seconds.clear()
         self.calls.clear()
+        self._pending.clear()
 
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
 
     def total_seconds(self) -> float:
+        self.resolve()
         return sum(self.seconds.values())
 
+    def total_exposed_seconds(self) -> float:
+        self.resolve()
+        return sum(self.exposed_seconds.values())
+
     def as_dict(self) -> dict[str, dict[str, float]]:
+        self.resolve()
         return {
             f"{layer}.{direction}": {"bytes": self.bytes[(layer, direction)], "seconds": self.seconds[(layer, direction)],
+                                     "exposed_seconds": self.exposed_seconds[(layer, direction)],
                                      "calls": self.calls[(layer, direction)]}
             for layer, direction in sorted(self.bytes)
         }
@@ -68,15 +140,90 @@ class CommStats:
 
 STATS = CommStats()
 
-
-def _sync(t: Tensor) -> None:
-    # NCCL returns before the GPU has finished; wait so the seconds mean something.
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
+_SIDE_STREAMS: dict = {}
 
 
-def _all_gather_cat(x: Tensor, dim: int, sizes: list[int], group, layer: str, direction: str) -> Tensor:
-    """All-gather ``x`` from every rank and concatenate along ``dim``; shares may differ in size."""
+def _side_stream(device: torch.device):
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
+def _event():
+    return torch.cuda.Event(enable_timing=True)
+
+
+class _InFlight:
+    """One collective, launched at once and finished by :meth:`wait`, counted in :data:`STATS`.
+
+    ``launch()`` starts it with ``async_op=True``; ``result()`` is what :meth:`wait` returns.
+    On a GPU it is launched from a side stream, so that an event there marks its end, and the
+    compute stream waits for it only in :meth:`wait`: nothing waits on the host. On the CPU the
+    host clock runs from the launch to completion (the work's future), and over the launch and
+    the wait for the exposed part.
+    """
+
+    def __init__(self, launch: Callable, result: Callable[[], object], device: torch.device,
+                 layer: str, direction: str, nbytes: int):
+        self.layer, self.direction, self.result = layer, direction, result
+        self.done_at: float | None = None
+        self.cuda_events = device.type == "cuda" and not PROFILE
+        STATS.count(layer, direction, nbytes)
+        if self.cuda_events:
+            self.main, self.side = torch.cuda.current_stream(device), _side_stream(device)
+            self.side.wait_stream(self.main)  # the inputs are ready
+            self.span = (_event(), _event())
+            with torch.cuda.stream(self.side):
+                self.span[0].record()
+                launch().wait()  # the side stream waits for the collective, not the host
+                self.span[1].record()
+            # The tensors it reads were allocated on the compute stream: keep them until that
+            # stream waits for the collective, or the allocator could hand them out meanwhile.
+            self.work, self.launch = None, launch
+            return
+        if device.type == "cuda":  # PROFILE: the collective alone, on the host clock
+            torch.cuda.synchronize(device)
+        self.start = time.perf_counter()
+        self.work = launch()
+        self.launched = time.perf_counter()
+        if device.type == "cuda":
+            self.work.wait()
+            torch.cuda.synchronize(device)
+            self.work = None
+            seconds = time.perf_counter() - self.start
+            STATS.add_time(layer, direction, seconds, seconds)
+            return
+        try:
+            self.work.get_future().add_done_callback(self._finished)
+        except (RuntimeError, AttributeError):  # a backend without futures: completion = end of the wait
+            pass
+
+    def _finished(self, _future) -> None:
+        self.done_at = time.perf_counter()
+
+    def wait(self):
+        if self.cuda_events:
+            waited = (_event(), _event())
+            waited[0].record(self.main)
+            self.main.wait_stream(self.side)
+            waited[1].record(self.main)
+            STATS.add_events(self.layer, self.direction, self.span, waited)
+            self.launch = None
+        elif self.work is not None:
+            begin = time.perf_counter()
+            self.work.wait()
+            end = time.perf_counter()
+            done = end if self.done_at is None else min(self.done_at, end)
+            # Exposed: the launch and the wait, the host time the tower spent on it.
+            STATS.add_time(self.layer, self.direction, done - self.start, (self.launched - self.start) + (end - begin))
+            self.work = None  # the future's callback holds this object
+        result, self.result = self.result(), None  # release the buffers only now (stream order)
+        return result
+
+
+def _start_all_gather(x: Tensor, dim: int, sizes: list[int], group, layer: str, direction: str) -> _InFlight:
+    """All-gather ``x`` from every rank; ``wait()`` returns each rank's share in rank order.
+    Shares may differ in size along ``dim``: the smaller ones travel padded."""
     x = x.contiguous()
     largest = max(sizes)
     if x.shape[dim] != largest:  # pad the smaller shares so every rank sends the same shape
@@ -84,11 +231,14 @@ def _all_gather_cat(x: Tensor, dim: int, sizes: list[int], group, layer: str, di
         pad_shape[dim] = largest - x.shape[dim]
         x = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
     parts = [torch.empty_like(x) for _ in sizes]
-    start = time.perf_counter()
-    dist.all_gather(parts, x, group=group)
-    _sync(x)
-    STATS.add(layer, direction, x.numel() * x.element_size() * (len(sizes) - 1), time.perf_counter() - start)
-    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)
+    return _InFlight(lambda: dist.all_gather(parts, x, group=group, async_op=True),
+                     lambda: [p.narrow(dim, 0, n) for p, n in zip(parts, sizes)],
+                     x.device, layer, direction, x.numel() * x.element_size() * (len(sizes) - 1))
+
+
+def _all_gather_cat(x: Tensor, dim: int, sizes: list[int], group, layer: str, direction: str) -> Tensor:
+    """All-gather ``x`` from every rank and concatenate along ``dim``; shares may differ in size."""
+    return torch.cat(_start_all_gather(x, dim, sizes, group, layer, direction).wait(), dim=dim)
 
 
 def _offset(sizes: list[int], rank: int) -> int:
@@ -120,8 +270,8 @@ class _GatherFromTowers(torch.autograd.Function):
 REDUCE_SCATTER_BACKENDS = {"nccl"}
 
 
-def _reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer: str) -> Tensor:
-    """Sum ``grad`` over ranks and return this rank's slice along ``dim``.
+def _start_reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer: str) -> _InFlight:
+    """Sum ``grad`` over ranks; ``wait()`` returns this rank's slice along ``dim``.
 
     NCCL's reduce-scatter sends each rank only the slices the others own, (n-1)/n of the
     tensor. Elsewhere (gloo), or when the shares differ in size, an all-reduce followed by
@@ -130,20 +280,102 @@ def _reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer: str)
     """
     rank, n = dist.get_rank(group), len(sizes)
     nbytes = grad.numel() * grad.element_size()
-    start = time.perf_counter()
     if len(set(sizes)) == 1 and str(dist.get_backend(group)) in REDUCE_SCATTER_BACKENDS:
         parts = [p.contiguous() for p in grad.split(sizes, dim=dim)]
         out = torch.empty_like(parts[rank])
-        dist.reduce_scatter(out, parts, op=dist.ReduceOp.SUM, group=group)
-        _sync(out)
-        STATS.add(layer, "backward", nbytes * (n - 1) // n, time.perf_counter() - start)
-        return out
+        return _InFlight(lambda: dist.reduce_scatter(out, parts, op=dist.ReduceOp.SUM, group=group, async_op=True),
+                         lambda: out, grad.device, layer, "backward", nbytes * (n - 1) // n)
     grad = grad.contiguous()
-    dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=group)
-    _sync(grad)
     # A ring all-reduce sends about 2 (n-1)/n of the tensor per rank.
-    STATS.add(layer, "backward", 2 * nbytes * (n - 1) // n, time.perf_counter() - start)
-    return grad.narrow(dim, _offset(sizes, rank), sizes[rank]).contiguous()
+    return _InFlight(lambda: dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=group, async_op=True),
+                     lambda: grad.narrow(dim, _offset(sizes, rank), sizes[rank]).contiguous(),
+                     grad.device, layer, "backward", 2 * nbytes * (n - 1) // n)
+
+
+def _reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer: str) -> Tensor:
+    """Sum ``grad`` over ranks and return this rank's slice along ``dim`` (blocking)."""
+    return _start_reduce_scatter(grad, dim, sizes, group, layer).wait()
+
+
+class _CrossingLayer(torch.autograd.Function):
+    """A crossing layer (conv3, fc6, fc7, fc8) on every tower's units, its weight split by
+    input tower: y = W_own x_own + sum of W_other x_other + b.
+
+    forward: async all-gather of every tower's units, overlapped with this tower's block
+    W_own x_own + b; the other towers' blocks are added when their units have arrived.
+    backward: the gradient of the whole gathered input first, then its async reduce-scatter
+    (sum over towers, keep this tower's slice; an all-reduce and a slice on gloo), overlapped
+    with the weight and bias gradients.
+
+    ``conv`` is (stride, padding, dilation) for a convolution, None for a linear layer;
+    ``sizes`` are each tower's share of the input along dim 1 (for fc6, channels x 6 x 6 of
+    pool5 flattened channel-major, a contiguous block per tower).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv: tuple | None, sizes: list[int],
+                group, layer: str) -> Tensor:
+        rank = dist.get_rank(group)
+        gathering = _start_all_gather(x, 1, sizes, group, layer, "forward")
+        dtype = _compute_dtype(x, weight)  # bf16 under autocast, as the module would compute
+        w = weight.to(dtype)
+
+        def block(units: Tensor, tower: int, b: Tensor | None = None) -> Tensor:
+            w_block = w.narrow(1, _offset(sizes, tower), sizes[tower])
+            if conv is None:
+                return F.linear(units.to(dtype), w_block, b)
+            return F.conv2d(units.to(dtype), w_block, b, *conv)
+
+        y = block(x, rank, None if bias is None else bias.to(dtype))  # while the others' units travel
+        parts = gathering.wait()
+        for tower, units in enumerate(parts):
+            if tower != rank:
+                y.add_(block(units, tower))
+        full = torch.cat([x if tower == rank else units for tower, units in enumerate(parts)], dim=1).to(dtype)
+        ctx.save_for_backward(full, w)
+        ctx.conv, ctx.sizes, ctx.group, ctx.layer = conv, sizes, group, layer
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        full, w = ctx.saved_tensors
+        grad = grad.to(w.dtype)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.has_bias
+        conv = None if ctx.conv is None else [list(v) for v in ctx.conv]
+
+        def conv_backward(mask: list[bool]):
+            return torch.ops.aten.convolution_backward(grad, full, w, [w.shape[0]] if mask[2] else None, *conv,
+                                                       False, [0] * len(conv[0]), 1, mask)
+
+        exchange = None
+        if need_x:  # first, so that its exchange travels while the weight gradient is computed
+            grad_x = grad.mm(w) if conv is None else conv_backward([True, False, False])[0]
+            exchange = _start_reduce_scatter(grad_x.to(ctx.x_dtype), 1, ctx.sizes, ctx.group, ctx.layer)
+        grad_w = grad_b = None
+        if conv is None:
+            grad_w = grad.t().mm(full) if need_w else None
+            grad_b = grad.sum(0) if need_b else None
+        elif need_w or need_b:
+            _, grad_w, grad_b = conv_backward([False, need_w, need_b])
+        grad_x = exchange.wait() if exchange is not None else None
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+
+
+def _conv_args(module: nn.Module) -> tuple | None:
+    if isinstance(module, nn.Linear):
+        return None
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" \
+            and not isinstance(module.padding, str):
+        return module.stride, module.padding, module.dilation
+    raise TypeError(f"a crossing layer is an nn.Linear or a dense, zero-padded nn.Conv2d, not {module!r}")
 
 
 class _GatherLogits(torch.autograd.Function):
@@ -172,6 +404,15 @@ def gather_from_towers(x: Tensor, dim: int, sizes: list[int], group=None, layer:
     return _GatherFromTowers.apply(x, dim, sizes, group, layer)
 
 
+def crossing_layer(x: Tensor, module: nn.Module, sizes: list[int], group=None, layer: str = "?") -> Tensor:
+    """``module`` (conv3, fc6, fc7, fc8) on every tower's units, of which ``x`` holds this tower's, before ReLU.
+    forward: async all-gather overlapped with this tower's block; backward: async reduce-scatter of the
+    input gradient overlapped with the weight gradient."""
+    if len(sizes) == 1:
+        return module(x)
+    return _CrossingLayer.apply(x, module.weight, module.bias, _conv_args(module), sizes, group, layer)
+
+
 def gather_logits(x: Tensor, sizes: list[int], group=None) -> Tensor:
     """fc8's outputs to every device. forward: all-gather; backward: local slice only."""
     if len(sizes) == 1:
@@ -180,16 +421,31 @@ def gather_logits(x: Tensor, sizes: list[int], group=None) -> Tensor:
 
 
 class TowerExchange:
-    """The exchange a tower uses (see :class:`alexnet_mp.model.Exchange`)."""
+    """The exchange a tower uses (see :class:`alexnet_mp.model.Exchange`).
 
-    def __init__(self, group=None):
-        self.group = group
+    With ``overlap`` (the default) a crossing layer computes its own tower's block while the
+    other tower's units are in flight (:func:`crossing_layer`); without it, it gathers every
+    tower's units first and then applies the layer (:func:`gather_from_towers`), for comparison.
+    """
+
+    def __init__(self, group=None, overlap: bool = True):
+        self.group, self.overlap = group, overlap
+        # Under torch.compile each move is one graph break, and the compiler never traces the
+        # collectives, streams and clocks inside (wrapped here, not at import: it loads the compiler).
+        disable = torch.compiler.disable
+        self._crossing, self._gather, self._gather_logits = (
+            disable(crossing_layer), disable(gather_from_towers), disable(gather_logits))
 
     def gather(self, x: Tensor, layer: str, sizes: list[int]) -> Tensor:
-        return gather_from_towers(x, 1, sizes, self.group, layer)
+        return self._gather(x, 1, sizes, self.group, layer)
+
+    def crossing(self, layer: str, module: nn.Module, x: Tensor, sizes: list[int]) -> Tensor:
+        if self.overlap:
+            return self._crossing(x, module, sizes, self.group, layer)
+        return module(self.gather(x, layer, sizes))
 
     def gather_logits(self, x: Tensor, sizes: list[int]) -> Tensor:
-        return gather_logits(x, sizes, self.group)
+        return self._gather_logits(x, sizes, self.group)
 
 
 # -- outside the forward/backward pass ---------------------------------------------------------

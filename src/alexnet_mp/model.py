@@ -50,6 +50,12 @@ class Exchange:
         """Input of crossing ``layer``; ``sizes`` are each tower's share of its channels."""
         return x
 
+    def crossing(self, layer: str, module: nn.Module, x: Tensor, sizes: list[int]) -> Tensor:
+        """Crossing ``layer``'s output before ReLU: ``module`` applied to every tower's units,
+        of which ``x`` holds this tower's (``sizes``: each tower's share along dim 1). An
+        exchange that talks to other devices may overlap the move with the layer's compute."""
+        return module(self.gather(x, layer, sizes))
+
     def gather_logits(self, x: Tensor, sizes: list[int]) -> Tensor:  # noqa: ARG002
         return x
 
@@ -170,7 +176,10 @@ class AlexNet(nn.Module):
         # The 5-channel window never crosses a tower boundary (cuda-convnet's norm layers
         # have 48 and 128 channels), so in one process normalise each tower's channels alone.
         chunks = x.chunk(self.groups_here, dim=1) if self.groups_here > 1 else (x,)
-        out = [F.local_response_norm(c, **self.lrn_params) for c in chunks]
+        # In fp32 under bf16 autocast: the sum of squares over 5 channels and its 0.75 power
+        # lose too much in 8 bits of mantissa (precision=bf16 keeps LRN in fp32).
+        wide = lambda c: c.float() if c.dtype in (torch.bfloat16, torch.float16) else c  # noqa: E731
+        out = [F.local_response_norm(wide(c), **self.lrn_params).to(c.dtype) for c in chunks]
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -182,12 +191,17 @@ class AlexNet(nn.Module):
             x = F.pad(x, (0, self.pad, 0, self.pad))
         previous: Layer | None = None
         for layer in self.spec.layers:
-            if layer.crosses and previous is not None:
-                # Gathered along channels, so fc6 sees pool5 flattened in the one-process order.
-                x = self.exchange.gather(x, layer.name, self.shares(previous))
+            module = getattr(self, layer.name)
+            sizes = self.shares(previous) if previous is not None else []
             if layer.kind == "fc" and x.dim() == 4:
+                # pool5 flattened channel-major: each tower's channels x 6 x 6 are one block of
+                # fc6's columns, and the blocks in tower order are the one-process order.
+                sizes = [n * x.shape[2] * x.shape[3] for n in sizes]
                 x = torch.flatten(x, 1)
-            x = getattr(self, layer.name)(x)
+            if layer.crosses and previous is not None:
+                x = self.exchange.crossing(layer.name, module, x, sizes)
+            else:
+                x = module(x)
             if layer.relu:
                 x = F.relu(x)
             if layer.lrn:

@@ -91,11 +91,15 @@ def shard_state_dict(full_state: dict[str, torch.Tensor], tower: AlexNet) -> dic
     return out
 
 
-def parallelize(full_model: AlexNet, group=None, device: torch.device | str | None = None) -> AlexNet:
+def parallelize(full_model: AlexNet, group=None, device: torch.device | str | None = None,
+                overlap: bool = True) -> AlexNet:
     """The tower for this rank, holding its share of ``full_model``'s weights.
 
     Its ``forward(x)`` takes the whole batch (both towers see the same images) and
-    returns the full logits on every rank.
+    returns the full logits on every rank. With ``overlap`` each crossing layer computes
+    its own tower's block while the other tower's units are in flight, and sends its
+    input gradient while it computes its weight gradient (:func:`alexnet_mp.comm.crossing_layer`);
+    without, it gathers first, then computes (the same numbers up to rounding).
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     _check_parallelizable(full_model, world)
@@ -105,7 +109,7 @@ def parallelize(full_model: AlexNet, group=None, device: torch.device | str | No
         geometry=full_model.geometry,
         lrn=full_model.lrn_option,
         tower=(rank, world),
-        exchange=TowerExchange(group),
+        exchange=TowerExchange(group, overlap=overlap),
         init=None,
     )
     tower.load_state_dict(shard_state_dict(full_model.state_dict(), tower))

@@ -36,7 +36,7 @@ from alexnet_mp.parallel import full_state_dict, init_towers, parallelize
 from alexnet_mp.progress import Progress
 from alexnet_mp.report import MetricsLog
 
-__all__ = ["train", "train_step", "train_epoch", "build_run_state", "RunState", "Position", "Checkpoints",
+__all__ = ["train", "train_step", "train_epoch", "build_run_state", "RunState", "Position", "Speed", "Checkpoints",
            "Data", "Inputs", "build_data", "build_augment", "evaluate", "topk_errors", "topk_wrong"]
 
 log = logging.getLogger("alexnet_mp")
@@ -60,8 +60,9 @@ _CHECKS = (  # (keys, what they must be, test)
     (("optim.lr",), "a positive number", _number(positive=True)),
     (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
      "a non-negative number", _number(positive=False)),
-    (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches"),
-     "true or false", lambda v: isinstance(v, bool)),
+    (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches", "channels_last", "compile",
+      "cudnn_benchmark", "tf32", "profile", "comm.overlap"), "true or false", lambda v: isinstance(v, bool)),
+    (("precision",), "fp32 or bf16", lambda v: v in ("fp32", "bf16")),
     (("device",), "auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
     (("data.pca_scale",), "sqrt or eigenvalue", lambda v: v in ("sqrt", "eigenvalue")),
     (("data.workers",), "auto or a non-negative integer", lambda v: v == "auto" or _integer(0)(v)),
@@ -165,11 +166,11 @@ def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
     return Data(train_base, val_base, stats, len(train_base.classes), int(dcfg.image_size), crop)
 
 
-def build_augment(cfg: DictConfig, d: Data, device: torch.device | str) -> BatchAugment:
+def build_augment(cfg: DictConfig, d: Data, device: torch.device | str, *, reuse_output: bool = False) -> BatchAugment:
     dcfg = cfg.data
     return BatchAugment(d.stats, d.crop, seed=int(cfg.seed), device=device, flip=bool(dcfg.flip),
                         pca_sigma=float(dcfg.pca_sigma), pca_scale=str(dcfg.pca_scale),
-                        mean_subtraction=bool(dcfg.mean_subtraction))
+                        mean_subtraction=bool(dcfg.mean_subtraction), reuse_output=reuse_output)
 
 
 class _InWorkers:
@@ -192,7 +193,8 @@ class Inputs:
 
     def __init__(self, cfg: DictConfig, d: Data, device: torch.device, batch_size: int):
         self.device = device
-        self.augment = build_augment(cfg, d, device)
+        # Each batch is trained on before the next is made: its buffer can be reused.
+        self.augment = build_augment(cfg, d, device, reuse_output=True)
         self.in_workers = str(cfg.data.augment) == "workers"
         cpu_augment = build_augment(cfg, d, "cpu") if self.in_workers else None
         kw = dict(seed=int(cfg.seed), workers=_workers(cfg.data), pin_memory=device.type == "cuda")
@@ -239,8 +241,9 @@ def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: AlexNet, inputs: Inputs, *, progress: bool = False) -> dict:
+def evaluate(state: "RunState", inputs: Inputs, *, progress: bool = False) -> dict:
     """Centre-crop top-1 and top-5 error over the whole validation set."""
+    model = state.model
     model.eval()
     wrong = torch.zeros(2, dtype=torch.int64, device=inputs.device)
     seen = skipped = 0
@@ -253,7 +256,7 @@ def evaluate(model: AlexNet, inputs: Inputs, *, progress: bool = False) -> dict:
             if not len(batch):
                 continue
             images, labels = inputs.val_input(batch)
-            wrong += topk_wrong(model(images), labels)
+            wrong += topk_wrong(state.logits(images), labels)
             seen += len(batch)
     model.train()
     wrong1, wrong5 = wrong.tolist()
@@ -281,7 +284,9 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
 
 # What may differ between a run and its resumption: how long it runs and how it reports.
 _RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "log_every_steps", "checkpoint.", "debug.", "threads",
-                      "device", "data.workers", "data.root", "data.stats_cache", "data.augment")
+                      "device", "data.workers", "data.root", "data.stats_cache", "data.augment",
+                      # how fast, not what: execution options may change between a run and its resumption
+                      "precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "profile", "comm.")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -353,6 +358,40 @@ class Position:
         self.epoch_loss, self.epoch_images, self.epoch_seconds, self.data_seconds, self.skipped = 0.0, 0, 0.0, 0.0, 0
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How the step runs, not what it computes (within float tolerance). Recorded in the run's
+    config and in every benchmark result.
+
+    ``precision``: ``fp32``, or ``bf16`` autocast (convolutions and matmuls in bfloat16; LRN,
+    softmax and the loss in fp32, where bf16 would hurt). ``channels_last``: NHWC activations
+    (faster convolutions on tensor cores). ``compile``: ``torch.compile`` of the net (a tower's
+    collectives are graph breaks). ``cudnn_benchmark``: let cuDNN time its algorithms.
+    ``tf32``: TF32 matmuls and convolutions on Ampere and later GPUs; off by default, so fp32
+    means fp32 (PyTorch's own defaults differ: on for convolutions, off for matmuls).
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    tf32: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Speed":
+        return cls(**{k: cfg[k] for k in ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32")})
+
+    def apply_backends(self) -> None:
+        """The process-wide switches: TF32 and cuDNN's algorithm search."""
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+
 class RunState:
     """The model (a tower or the whole net), its optimizer and schedule, the RNG and the
     position: everything a checkpoint holds, through ``state_dict`` / ``load_state_dict``.
@@ -363,8 +402,10 @@ class RunState:
     """
 
     def __init__(self, model: AlexNet, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
-                 device: torch.device):
-        self.model, self.optimizer, self.schedule, self.device = model, optimizer, schedule, device
+                 device: torch.device, speed: Speed = Speed()):
+        self.model, self.optimizer, self.schedule, self.device, self.speed = model, optimizer, schedule, device, speed
+        # The compiled net shares its parameters with ``model``, which the checkpoints hold.
+        self.forward = torch.compile(model) if speed.compile else model
         self.position = Position()
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.loss_images = 0
@@ -381,6 +422,15 @@ class RunState:
         self.loss_images = 0
         return mean
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The net's fp32 logits for a batch on the device, with the speed options applied."""
+        if self.speed.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        dtype = self.speed.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = self.forward(images)
+        return logits.float()  # softmax and the loss in fp32
+
     def state_dict(self) -> dict:
         self.flush_loss()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -396,21 +446,25 @@ class RunState:
 
 
 def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_classes: int, input_size: int,
-                    seed: int, device: torch.device, world: int) -> RunState:
+                    seed: int, device: torch.device, world: int, speed: Speed = Speed(),
+                    overlap: bool = True) -> RunState:
     """The net from ``seed`` (the same weights on every rank; a tower keeps its share), on
     ``device``, with the optimizer and schedule of sec. 5. Configs are mappings with the keys
     of ``conf/model``, ``conf/optim`` and ``conf/schedule``."""
     torch.manual_seed(seed)
     model = build_model(str(model_cfg["name"]), num_classes=num_classes, input_size=input_size,
                         geometry=str(model_cfg["geometry"]), lrn=str(model_cfg["lrn"]), init=str(model_cfg["init"]))
-    model = parallelize(model, device=device) if world == 2 else model.to(device)
+    model = parallelize(model, device=device, overlap=overlap) if world == 2 else model.to(device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model.train()
+    speed.apply_backends()
     optimizer = build_optimizer(model.parameters(), lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
                                 weight_decay=float(optim_cfg["weight_decay"]), rule=str(optim_cfg["rule"]))
     schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
                                              ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
     torch.manual_seed(seed + 1)  # dropout's stream, saved and restored with the checkpoint
-    return RunState(model, optimizer, schedule, device)
+    return RunState(model, optimizer, schedule, device, speed)
 
 
 # -- one step ------------------------------------------------------------------------------------
@@ -421,7 +475,7 @@ def train_step(state: RunState, images: torch.Tensor, labels: torch.Tensor) -> t
     Nothing here waits for the device: the loss is added to ``state.loss_sum``, and a
     non-finite loss is found when it is read (:meth:`RunState.flush_loss`).
     """
-    loss = F.cross_entropy(state.model(images), labels)
+    loss = F.cross_entropy(state.logits(images), labels)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.schedule.begin_step(state.position.step + 1)
@@ -547,8 +601,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(d.train)} training images; "
                         f"an epoch would have no step")
     signature = _model_signature(cfg, d.num_classes, d.crop, world)
+    comm.set_profile(bool(cfg.profile))
     state = build_run_state(cfg.model, cfg.optim, cfg.schedule, num_classes=d.num_classes, input_size=d.crop,
-                            seed=int(cfg.seed), device=device, world=world)
+                            seed=int(cfg.seed), device=device, world=world, speed=Speed.from_config(cfg),
+                            overlap=bool(cfg.comm.overlap))
     checkpoints = Checkpoints(store, signature, cfg)
     latest = checkpoints.resume(state) if cfg.resume else None
     p = state.position
@@ -573,7 +629,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             stopped_early = True
             checkpoints.save(state, "max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on
             break
-        result = evaluate(state.model, inputs, progress=main and bool(cfg.progress))
+        result = evaluate(state, inputs, progress=main and bool(cfg.progress))
         row = {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
                "train_skipped": p.skipped, "lr": state.schedule.lr,
                "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,

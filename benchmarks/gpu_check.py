@@ -1,0 +1,265 @@
+"""The device check: step times of the net on one GPU, and the data path feeding it.
+
+Two parts, written to ``gpu-check.json`` and ``gpu-check.md`` in ``output_dir``:
+
+1. **Step times** (issue: the towers on real GPUs). ``full-1dev`` (the whole net, groups=2
+   convolutions, one process) and ``tower`` (one tower's compute, its exchanges replaced by a
+   local stand-in of the same shapes: what one GPU of a pair computes, without a second GPU)
+   at each batch size, fp32 and bf16, with and without channels_last and torch.compile.
+   MFU is against a matmul peak measured at the same precision and TF32 setting.
+2. **Data** (issue: the fast data path). Training steps of the whole net fed by the
+   prepared-data loader (uint8 batches, pinned, augmented on the GPU) against the same
+   steps fed by inputs already in GPU memory.
+
+    bash benchmarks/gpu_check.sh                         # on a machine with a GPU: tests, then this
+    python benchmarks/gpu_check.py --device cpu --batches 4 --steps 1 --warmup 1 --compile false \
+        --matmul-size 256 --data-images 64 --data-batch 16 --data-epochs 1       # a smoke run on a CPU
+
+Everything is the product's code: ``alexnet_mp.train.build_run_state`` and ``train_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from alexnet_mp import data
+from alexnet_mp.arch import full_spec
+from alexnet_mp.augment import BatchAugment
+from alexnet_mp.flops import TRAIN_PASSES, forward_macs
+from alexnet_mp.model import AlexNet, Exchange
+from alexnet_mp.optim import PlateauSchedule, build_optimizer
+from alexnet_mp.prepared import PreparedImages
+from alexnet_mp.train import RunState, Speed, build_run_state, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
+OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
+SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+
+
+class LocalStandIn(Exchange):
+    """What a tower receives from the other, made up locally with the same shapes: the
+    tower's own units stand in for the other tower's. Its compute is then exactly one
+    tower's, with no second device."""
+
+    def gather(self, x: torch.Tensor, layer: str, sizes: list[int]) -> torch.Tensor:  # noqa: ARG002
+        others = [x.narrow(1, 0, n) if n <= x.shape[1] else torch.cat([x, x[:, : n - x.shape[1]]], 1)
+                  for n in sizes[1:]]
+        return torch.cat([x, *others], dim=1)
+
+    def gather_logits(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        return self.gather(x, "logits", sizes)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 1.0) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    _sync(device)
+    return n * 2 * size**3 / (time.perf_counter() - start)
+
+
+def _state(kind: str, batch: int, speed: Speed, device: torch.device, classes: int = 1000) -> RunState:
+    state = build_run_state(MODEL, OPTIM, SCHEDULE, num_classes=classes, input_size=224, seed=0, device=device,
+                            world=1, speed=speed)
+    if kind == "tower":  # one tower of the same net, fed by the stand-in exchange
+        torch.manual_seed(0)
+        tower = AlexNet(full_spec(classes), input_size=224, tower=(0, 2), exchange=LocalStandIn(), init="paper")
+        tower = tower.to(device)
+        if speed.channels_last:
+            tower = tower.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(tower.parameters(), **OPTIM)
+        state = RunState(tower, optimizer, PlateauSchedule(optimizer, **SCHEDULE), device, speed)
+    return state
+
+
+def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup: int, steps: int) -> dict:
+    state = _state(kind, batch, speed, device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 224, 224, generator=g).mul_(60).to(device)
+    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    compile_start = time.perf_counter()
+    for _ in range(warmup):
+        train_step(state, x, y)
+    _sync(device)
+    warm = time.perf_counter() - compile_start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        train_step(state, x, y)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    flops = 2 * TRAIN_PASSES * forward_macs(state.model) * batch / median
+    return {"step_seconds": median, "min": min(times), "max": max(times), "images_per_s": batch / median,
+            "train_flops_per_s": flops, "warmup_seconds": warm, "loss_finite": state.flush_loss() is not None}
+
+
+def step_part(args, device: torch.device) -> list[dict]:
+    rows = []
+    peaks = {}
+    for precision in args.precisions:
+        speed = Speed(precision=precision, tf32=args.tf32)
+        speed.apply_backends()
+        dtype = speed.autocast_dtype or torch.float32
+        peaks[precision] = matmul_peak(device, dtype, args.matmul_size)
+    grid = itertools.product(args.batches, args.precisions, [False, True], args.compile, ("full-1dev", "tower"))
+    for batch, precision, channels_last, compiled, kind in grid:
+        speed = Speed(precision=precision, channels_last=channels_last, compile=compiled, cudnn_benchmark=True,
+                      tf32=args.tf32)
+        torch._dynamo.reset()
+        r = time_steps(kind, batch, speed, device, args.warmup, args.steps)
+        row = {"configuration": kind, "batch": batch, **vars(speed), **r,
+               "peak_flops_per_s": peaks[precision], "mfu": r["train_flops_per_s"] / peaks[precision]}
+        rows.append(row)
+        print(f"[gpu-check] {kind} batch {batch} {precision} channels_last={channels_last} compile={compiled}: "
+              f"{r['step_seconds'] * 1e3:.2f} ms, {r['images_per_s']:.0f} images/s, MFU {100 * row['mfu']:.0f}%",
+              flush=True)
+    return rows
+
+
+def data_part(args, device: torch.device, work: Path) -> dict:
+    """The whole net's steps fed by the prepared loader against the same steps from GPU memory."""
+    src = Path(args.images)
+    split = next(s for s in ("train", "val") if (src / s).is_dir())
+    tree = work / "source"
+    classes = sorted(p for p in (src / split).iterdir() if p.is_dir())
+    for s in ("train", "val"):
+        for c in classes:
+            (tree / s / c.name).mkdir(parents=True, exist_ok=True)
+            files = sorted(f for f in c.iterdir() if f.is_file())
+            copies = max(1, args.data_images // max(1, len(classes) * len(files))) if s == "train" else 1
+            for k in range(copies):  # the same photographs under several names: a larger set to read
+                for f in files:
+                    (tree / s / c.name / f"{k}-{f.name}").symlink_to(f.resolve())
+    out = work / "prepared"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "launch" / "prepare.py"), f"data.root={tree}", f"out={out}",
+                    "data.image_size=256", "progress=false"], cwd=REPO, check=True)
+    prepare_seconds = time.perf_counter() - start
+    ds = PreparedImages(out, "train", 256)
+    speed = Speed(precision=args.data_precision, channels_last=True, cudnn_benchmark=True, tf32=args.tf32)
+    augment = BatchAugment(ds.stats(), 224, seed=0, device=device)
+    loader = data.BatchLoader(ds, args.data_batch, shuffle=True, seed=0, workers=data.default_workers(),
+                              drop_last=True, pin_memory=device.type == "cuda")
+    state = _state("full-1dev", args.data_batch, speed, device, classes=ds.num_classes)
+
+    def fed(epochs: int) -> tuple[int, float]:
+        images, start = 0, None
+        for epoch in range(epochs + 1):
+            for b in loader.epoch(epoch):
+                x = augment.train(b.images.to(device, non_blocking=True), b.indices, b.epoch)
+                train_step(state, x, b.labels.to(device, non_blocking=True))
+                if start is not None:
+                    images += len(b)
+            if start is None:  # epoch 0 warms up the workers, kernels and page cache
+                _sync(device)
+                start = time.perf_counter()
+        _sync(device)
+        return images, time.perf_counter() - start
+
+    images, seconds = fed(args.data_epochs)
+    resident = [(augment.train(b.images.to(device), b.indices, b.epoch), b.labels.to(device))
+                for b in itertools.islice(loader.epoch(0), 8)]
+    _sync(device)
+    steps = images // args.data_batch
+    start = time.perf_counter()
+    for k in range(steps):
+        x, y = resident[k % len(resident)]
+        train_step(state, x, y)
+    _sync(device)
+    memory_rate = steps * args.data_batch / (time.perf_counter() - start)
+    loader_rate = images / seconds
+    return {"images": len(ds), "batch": args.data_batch, "workers": loader.workers, "precision": args.data_precision,
+            "prepare_seconds": prepare_seconds, "loader_images_per_s": loader_rate,
+            "memory_images_per_s": memory_rate, "ratio": loader_rate / memory_rate}
+
+
+def markdown(r: dict) -> str:
+    lines = ["# gpu-check", "", f"{r['device']}, torch {r['torch']}, {r['created']}; TF32 {r['tf32']}.", "",
+             "| configuration | batch | precision | channels_last | compile | step | images/s | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in r["steps"]:
+        lines.append(f"| {x['configuration']} | {x['batch']} | {x['precision']} | {x['channels_last']} | "
+                     f"{x['compile']} | {x['step_seconds'] * 1e3:.2f} ms | {x['images_per_s']:.0f} | "
+                     f"{100 * x['mfu']:.0f}% |")
+    best = {}
+    for x in r["steps"]:
+        key = (x["batch"], x["precision"], x["channels_last"], x["compile"])
+        best.setdefault(key, {})[x["configuration"]] = x["step_seconds"]
+    ratios = [v["tower"] / v["full-1dev"] for v in best.values() if len(v) == 2]
+    if ratios:
+        lines += ["", f"tower / full-1dev step time: {min(ratios):.3f} to {max(ratios):.3f} (target <= 0.55)."]
+    d = r.get("data")
+    if d:
+        lines += ["", f"Data: the whole net ({d['precision']}, batch {d['batch']}) fed by the prepared loader "
+                      f"({d['workers']} workers) at {d['loader_images_per_s']:.0f} images/s against "
+                      f"{d['memory_images_per_s']:.0f} from GPU memory: ratio {d['ratio']:.3f} (target >= 0.9)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--compile", type=lambda v: v == "true", nargs="+", default=[False, True])
+    p.add_argument("--tf32", action="store_true", help="TF32 on for fp32 rows (off by default: fp32 is fp32)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--matmul-size", type=int, default=8192)
+    p.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
+    p.add_argument("--data-images", type=int, default=4000)
+    p.add_argument("--data-batch", type=int, default=128)
+    p.add_argument("--data-epochs", type=int, default=2)
+    p.add_argument("--data-precision", default="bf16")
+    p.add_argument("--skip-steps", action="store_true")
+    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"))
+    args = p.parse_args()
+    device = torch.device(args.device)
+    result = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tf32": args.tf32,
+              "settings": vars(args), "steps": [], "data": None}
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every part, so a run cut short keeps what it measured
+        (out / "gpu-check.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "gpu-check.md").write_text(markdown(result))
+
+    if not args.skip_data and Path(args.images).is_dir():
+        with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+            result["data"] = data_part(args, device, Path(tmp))
+        write()
+    if not args.skip_steps:
+        result["steps"] = step_part(args, device)
+        write()
+    print(markdown(result), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
