@@ -632,6 +632,8 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
                              f"learn within the budget, so its error says nothing about the paper's claim")
     t = {n: c["time"] for n, c in configs.items() if "skipped" not in c["time"]}
     for name, c in t.items():
+        if PROCESSES_OF[name] > DEVICES_OF[name]:
+            continue  # its neighbour is the other process, on purpose
         if (c.get("other_processes_cpu_share") or 0.0) > 0.05:
             notes.append(f"{name}: other processes used {100 * c['other_processes_cpu_share']:.0f}% of the machine's "
                          f"CPU time during the timed steps; its step times are disturbed (rerun on a quiet machine)")

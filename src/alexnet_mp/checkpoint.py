@@ -20,16 +20,19 @@ import torch
 from alexnet_mp.comm import barrier
 from alexnet_mp.errors import UserError
 
-__all__ = ["atomic_save", "atomic_write_text", "CheckpointStore", "load_file"]
+__all__ = ["atomic_save", "atomic_write_text", "CheckpointStore", "fsync_dir", "load_file"]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (best effort)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
     finally:
         os.close(fd)
 
@@ -43,7 +46,7 @@ def atomic_save(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -54,7 +57,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_file(path: Path) -> dict:

@@ -78,7 +78,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from alexnet_mp.checkpoint import atomic_write_text
+from alexnet_mp.checkpoint import atomic_write_text, fsync_dir as _fsync_dir
 from alexnet_mp.data import DatasetStats, ImageFolderImages, _decode, check_same_classes, load_image
 from alexnet_mp.errors import UserError
 from alexnet_mp.progress import Progress
@@ -123,19 +123,6 @@ def _remove(*paths: Path) -> None:
 
 def _is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and ".tmp-" in path.name
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
