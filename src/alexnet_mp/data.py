@@ -55,7 +55,7 @@ _log = logging.getLogger(__name__)
 MIN_INPUT = 67  # the smallest input the net accepts (reference sec. 1)
 _CROP_OF_256 = {"224": 224, "227": 227}  # cuda-convnet / Caffe crops of a 256 image
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-_STATS_FORMAT = 1
+_STATS_FORMAT = 2  # 2: images decoded and resized by torchvision (caches of PIL's pixels go stale)
 _SYNTHETIC_VERSION = 1  # bump when the generator changes, so stats caches go stale
 # Domain tags keep the streams of different consumers of one seed independent.
 _TAG_AUGMENT, _TAG_ORDER, _TAG_LOADER, _TAG_CLASS, _TAG_IMAGE, _TAG_STATS = range(1, 7)

@@ -597,6 +597,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     d = build_data(cfg, run_dir, rank)
     if str(cfg.model.num_classes) not in ("auto", str(d.num_classes)):
         raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {d.num_classes} classes")
+    if len(d.val) == 0:
+        raise UserError("the validation split has no images: validation error (and the learning-rate drops "
+                        "that follow it) would mean nothing")
     if len(d.train) < int(cfg.batch_size):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(d.train)} training images; "
                         f"an epoch would have no step")
