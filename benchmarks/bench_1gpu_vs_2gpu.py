@@ -312,7 +312,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
 
 
 def _speed_settings(cfg: DictConfig) -> dict:
-    return {k: cfg[k] for k in ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32")}
+    return {k: cfg.get(k, getattr(Speed, k)) for k in Speed.KEYS}
 
 
 def _conf_group(name: str) -> dict:

@@ -117,27 +117,40 @@ def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup
             "train_flops_per_s": flops, "warmup_seconds": warm, "loss_finite": state.flush_loss() is not None}
 
 
-def step_part(args, device: torch.device) -> list[dict]:
-    rows = []
+def step_grid(args) -> list[tuple]:
+    """Eager rows first (cheap), then compiled ones, bf16 and CUDA graphs first: a run cut short
+    by its deadline keeps the rows that matter most. Compiled rows are channels_last only,
+    since each costs a compilation (30 to 45 s on an H200 machine)."""
+    eager = [(b, p, cl, False, "default", k) for b, p, cl, k in
+             itertools.product(args.batches, args.precisions, [False, True], ("full-1dev", "tower"))]
+    compiled = [(b, p, True, True, m, k) for p in sorted(args.precisions, key=lambda p: p != "bf16")
+                for m in args.compile_modes for b in args.batches for k in ("full-1dev", "tower")]
+    return (eager if False in args.compile else []) + (compiled if True in args.compile else [])
+
+
+def step_part(args, device: torch.device, rows: list[dict], write) -> None:
     peaks = {}
     for precision in args.precisions:
         speed = Speed(precision=precision, tf32=args.tf32)
         speed.apply_backends()
         dtype = speed.autocast_dtype or torch.float32
         peaks[precision] = matmul_peak(device, dtype, args.matmul_size)
-    grid = itertools.product(args.batches, args.precisions, [False, True], args.compile, ("full-1dev", "tower"))
-    for batch, precision, channels_last, compiled, kind in grid:
+    deadline = time.perf_counter() + args.deadline_s
+    for batch, precision, channels_last, compiled, mode, kind in step_grid(args):
         speed = Speed(precision=precision, channels_last=channels_last, compile=compiled, cudnn_benchmark=True,
-                      tf32=args.tf32)
+                      tf32=args.tf32, compile_mode=mode)
+        row = {"configuration": kind, "batch": batch, **vars(speed), "peak_flops_per_s": peaks[precision]}
+        if time.perf_counter() > deadline:
+            rows.append({**row, "skipped": f"past the {args.deadline_s:.0f} s deadline"})
+            continue
         torch._dynamo.reset()
         r = time_steps(kind, batch, speed, device, args.warmup, args.steps)
-        row = {"configuration": kind, "batch": batch, **vars(speed), **r,
-               "peak_flops_per_s": peaks[precision], "mfu": r["train_flops_per_s"] / peaks[precision]}
+        row.update(r, mfu=r["train_flops_per_s"] / peaks[precision])
         rows.append(row)
-        print(f"[gpu-check] {kind} batch {batch} {precision} channels_last={channels_last} compile={compiled}: "
-              f"{r['step_seconds'] * 1e3:.2f} ms, {r['images_per_s']:.0f} images/s, MFU {100 * row['mfu']:.0f}%",
-              flush=True)
-    return rows
+        write()
+        print(f"[gpu-check] {kind} batch {batch} {precision} channels_last={channels_last} compile={compiled} ({mode}): "
+              f"{r['step_seconds'] * 1e3:.2f} ms, {r['images_per_s']:.0f} images/s, MFU {100 * row['mfu']:.0f}% "
+              f"(warm-up {r['warmup_seconds']:.1f} s)", flush=True)
 
 
 def data_part(args, device: torch.device, work: Path) -> dict:
@@ -197,21 +210,34 @@ def data_part(args, device: torch.device, work: Path) -> dict:
             "memory_images_per_s": memory_rate, "ratio": loader_rate / memory_rate}
 
 
+def _compiled(row: dict) -> str:
+    return str(row.get("compile_mode", "default")) if row["compile"] else "False"
+
+
 def markdown(r: dict) -> str:
     lines = ["# gpu-check", "", f"{r['device']}, torch {r['torch']}, {r['created']}; TF32 {r['tf32']}.", "",
              "| configuration | batch | precision | channels_last | compile | step | images/s | MFU |",
              "|---|---|---|---|---|---|---|---|"]
     for x in r["steps"]:
+        if "skipped" in x:
+            lines.append(f"| {x['configuration']} | {x['batch']} | {x['precision']} | {x['channels_last']} | "
+                         f"{_compiled(x)} | not run: {x['skipped']} | | |")
+            continue
         lines.append(f"| {x['configuration']} | {x['batch']} | {x['precision']} | {x['channels_last']} | "
-                     f"{x['compile']} | {x['step_seconds'] * 1e3:.2f} ms | {x['images_per_s']:.0f} | "
+                     f"{_compiled(x)} | {x['step_seconds'] * 1e3:.2f} ms | {x['images_per_s']:.0f} | "
                      f"{100 * x['mfu']:.0f}% |")
     best = {}
-    for x in r["steps"]:
-        key = (x["batch"], x["precision"], x["channels_last"], x["compile"])
+    for x in (x for x in r["steps"] if "skipped" not in x):
+        key = (x["batch"], x["precision"], x["channels_last"], _compiled(x))
         best.setdefault(key, {})[x["configuration"]] = x["step_seconds"]
     ratios = [v["tower"] / v["full-1dev"] for v in best.values() if len(v) == 2]
     if ratios:
         lines += ["", f"tower / full-1dev step time: {min(ratios):.3f} to {max(ratios):.3f} (target <= 0.55)."]
+    b128 = [x["images_per_s"] for x in r["steps"]
+            if "skipped" not in x and x["configuration"] == "full-1dev" and x["batch"] == 128
+            and x["precision"] == "bf16"]
+    if b128:
+        lines += ["", f"full-1dev bf16 at batch 128, fastest option set: {max(b128):.0f} images/s (target >= 20000)."]
     d = r.get("data")
     if d:
         lines += ["", f"Data: the whole net ({d['precision']}, batch {d['batch']}) fed by the prepared loader "
@@ -226,15 +252,19 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--compile", type=lambda v: v == "true", nargs="+", default=[False, True])
+    p.add_argument("--compile-modes", nargs="+", default=["reduce-overhead", "default"],
+                   help="torch.compile modes of the compiled rows, in the order they run")
     p.add_argument("--tf32", action="store_true", help="TF32 on for fp32 rows (off by default: fp32 is fp32)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--matmul-size", type=int, default=8192)
     p.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
-    p.add_argument("--data-images", type=int, default=4000)
+    p.add_argument("--data-images", type=int, default=8000)
     p.add_argument("--data-batch", type=int, default=128)
-    p.add_argument("--data-epochs", type=int, default=2)
+    p.add_argument("--data-epochs", type=int, default=3)
     p.add_argument("--data-precision", default="bf16")
+    p.add_argument("--deadline-s", type=float, default=330.0,
+                   help="start no step row after this many seconds of the step part; later rows say so")
     p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--skip-data", action="store_true")
     p.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"))
@@ -255,7 +285,7 @@ def main() -> None:
             result["data"] = data_part(args, device, Path(tmp))
         write()
     if not args.skip_steps:
-        result["steps"] = step_part(args, device)
+        step_part(args, device, result["steps"], write)
         write()
     print(markdown(result), flush=True)
 

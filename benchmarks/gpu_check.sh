@@ -12,5 +12,5 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT_DIR:-benchmarks/results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 180 "$PY" -m pytest -q -m cuda tests/ 2>&1 | tee "$OUT/gpu-check-tests.log" | tail -15
-timeout 420 "$PY" benchmarks/gpu_check.py --output-dir "$OUT" "$@"
+timeout 150 "$PY" -m pytest -q -m cuda tests/ 2>&1 | tee "$OUT/gpu-check-tests.log" | tail -15
+timeout 400 "$PY" benchmarks/gpu_check.py --output-dir "$OUT" "$@"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._inductor.config
 
 from alexnet_mp import data
 from alexnet_mp.augment import BatchAugment
@@ -15,8 +16,12 @@ from alexnet_mp.train import Speed, build_run_state, train_step
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "he"}
-OPTIM = {"lr": 0.001, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
+# The paper's initialisation and a small learning rate keep these few steps well conditioned: on
+# the CPU, inputs scaled by 1 + 1e-6 move the fourth loss by under 1e-7 relative (with He
+# initialisation and lr 1e-3 the loss blows up to 20-30 and the same change moves it by 1e-2, so
+# no tolerance could tell a wrong option from rounding).
+MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
+OPTIM = {"lr": 0.0001, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
 SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
 
 
@@ -51,14 +56,17 @@ def test_a_training_step_never_waits_on_the_host():
 
 
 @pytest.mark.parametrize("speed, tolerance", [(Speed(precision="bf16"), 0.05), (Speed(channels_last=True), 1e-4),
-                                              (Speed(compile=True), 1e-4)])
+                                              (Speed(compile=True), 1e-4),
+                                              (Speed(compile=True, compile_mode="reduce-overhead"), 1e-4)])
 def test_speed_options_train_the_same_net(speed, tolerance):
     stats, batches = _batches()
     augment = BatchAugment(stats, 67, seed=0, device="cuda")
     losses = {}
     for name, s in (("fp32", Speed()), ("option", speed)):
         state = _state(s)
-        losses[name] = [float(train_step(state, augment.train(b.images.cuda(), b.indices, 0), b.labels.cuda()))
-                        for b in batches]
+        # Inductor draws dropout masks with its own generator unless told to fall back to eager's.
+        with torch._inductor.config.patch(fallback_random=True):
+            losses[name] = [float(train_step(state, augment.train(b.images.cuda(), b.indices, 0), b.labels.cuda()))
+                            for b in batches]
     for a, b in zip(losses["fp32"], losses["option"]):
         assert abs(a - b) <= tolerance * abs(a), (losses, speed)

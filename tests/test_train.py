@@ -174,6 +174,7 @@ def test_bad_data_root_is_a_one_line_error(tmp_path, case):
     ("log_every_steps=0", "log_every_steps must be a positive integer"),
     ("resume=no", "resume must be true or false"),
     ("data.pca_scale=cubic", "data.pca_scale must be sqrt or eigenvalue"),
+    ("compile_mode=fast", "compile_mode must be default, reduce-overhead or max-autotune-no-cudagraphs"),
     ("batch_size=4096", "larger than the 128 training images"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, override, words):
