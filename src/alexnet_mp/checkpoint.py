@@ -74,9 +74,11 @@ def load_file(path: Path) -> dict:
 class CheckpointStore:
     """The checkpoints of one run directory, shared by every rank."""
 
-    def __init__(self, run_dir: Path, rank: int, world_size: int, keep: int = 2):
+    def __init__(self, run_dir: Path, tower: int, *, writer: bool = True, main: bool = True, keep: int = 2):
+        """``tower``: the shard this process loads. ``writer``: it writes that shard (replica 0
+        of each tower). ``main``: it publishes the checkpoint (one process of the run)."""
         self.root = Path(run_dir) / "checkpoints"
-        self.rank, self.world_size, self.keep = rank, world_size, max(1, keep)
+        self.tower, self.writer, self.main, self.keep = tower, writer, main, max(1, keep)
 
     def latest(self) -> Path | None:
         pointer = self.root / "latest"
@@ -86,7 +88,7 @@ class CheckpointStore:
         return folder if (folder / "meta.json").is_file() else None
 
     def save(self, name: str, shard: dict, meta: dict) -> Path:
-        """Collective: every rank writes its shard, then rank 0 publishes the checkpoint.
+        """Collective: each tower's writer writes its shard, then the main process publishes it.
 
         ``name`` must sort after every earlier checkpoint's and name a new position: a
         published checkpoint is never written into again.
@@ -95,9 +97,10 @@ class CheckpointStore:
         if folder == self.latest():
             raise RuntimeError(f"refusing to overwrite the published checkpoint {folder}")
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_save(shard, folder / f"tower{self.rank}.pt")
+        if self.writer:  # one shard per tower, not per process: every replica holds the same weights
+            atomic_save(shard, folder / f"tower{self.tower}.pt")
         barrier()
-        if self.rank == 0:
+        if self.main:
             atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
             atomic_write_text(self.root / "latest", folder.name)
             self._prune(keep_also=folder)
@@ -118,4 +121,4 @@ class CheckpointStore:
             diffs = ", ".join(f"{k}={written_for.get(k)!r} here {expect.get(k)!r}" for k in sorted(set(written_for) | set(expect))
                               if written_for.get(k) != expect.get(k))
             raise UserError(f"checkpoint {folder} was written for another configuration ({diffs})")
-        return load_file(folder / f"tower{self.rank}.pt"), meta
+        return load_file(folder / f"tower{self.tower}.pt"), meta

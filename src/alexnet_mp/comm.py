@@ -479,6 +479,14 @@ def all_ranks(flag: bool, group=None) -> bool:
     return bool(t.item())
 
 
+def sum_over(t: Tensor, group=None) -> Tensor:
+    """``t`` summed over ``group`` in place (the replicas' losses and error counts); ``t``
+    lives on the group's device (the GPU under NCCL)."""
+    if dist.is_initialized() and group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
 def barrier(group=None) -> None:
     if dist.is_initialized() and dist.get_world_size(group) > 1:
         dist.barrier(group=group)

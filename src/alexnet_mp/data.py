@@ -595,13 +595,18 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> Tensor:
 class EpochBatches(torch.utils.data.Sampler):
     """The batches of one epoch as ``(epoch, [indices])`` keys, from ``start_batch`` on:
     batch k holds ``epoch_order(...)[k * batch_size:(k + 1) * batch_size]``. Set the epoch
-    before each pass; the loader iterates it in the main process."""
+    before each pass; the loader iterates it in the main process.
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool):
+    ``shard=(i, n)``: this replica's rows of every batch, the i-th of n near-equal slices
+    (equal when n divides the batch): ``batch_size`` stays the global batch."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
+                 shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, not {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
         self.epoch, self.start_batch = 0, 0
+        self.shard = shard
 
     def batches_per_epoch(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
@@ -617,8 +622,10 @@ class EpochBatches(torch.utils.data.Sampler):
     def __iter__(self):
         order = epoch_order(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch).tolist()
         b = self.batch_size
+        i, n = self.shard
         for k in range(self.start_batch, self.batches_per_epoch()):
-            yield self.epoch, order[k * b:(k + 1) * b]
+            rows = order[k * b:(k + 1) * b]
+            yield self.epoch, rows[len(rows) * i // n:len(rows) * (i + 1) // n]
 
 
 def _worker_context() -> str:
@@ -638,9 +645,10 @@ class BatchLoader:
     """
 
     def __init__(self, base: Any, batch_size: int, *, shuffle: bool, seed: int, workers: int, drop_last: bool,
-                 pin_memory: bool = False, transform=None, prefetch: int = 4):
+                 pin_memory: bool = False, transform=None, prefetch: int = 4, shard: tuple[int, int] = (0, 1)):
         self.reader = BatchReader(base, transform)
-        self.sampler = EpochBatches(len(base), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.sampler = EpochBatches(len(base), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                    shard=shard)
         self.batch_size, self.workers = batch_size, workers
         self.loader = DataLoader(
             self.reader, sampler=self.sampler, batch_size=None, num_workers=workers,

@@ -66,18 +66,24 @@ class SharedMaskDropout(nn.Module):
     Each tower draws the full ``[batch, width]`` mask from an identically seeded
     generator and keeps its own columns, so the two towers together apply exactly
     the mask the one-process net draws (sec. 4.2; pitfall in the spec, sec. 7).
+
+    With ``replicas`` > 1 (data-parallel replicas, each given an equal share of the global
+    batch's rows), each replica draws the mask for the *global* batch and keeps its rows:
+    every replica's generator stays in step, and together they apply the one-process mask.
     """
 
     def __init__(self, p: float, width: int, offset: int):
         super().__init__()
         self.p, self.width, self.offset = p, width, offset
+        self.replica, self.replicas = 0, 1
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
-        mask = torch.empty((x.shape[0], self.width), device=x.device, dtype=x.dtype).bernoulli_(keep)
-        mask = mask[:, self.offset : self.offset + x.shape[1]]
+        rows = x.shape[0]
+        mask = torch.empty((rows * self.replicas, self.width), device=x.device, dtype=x.dtype).bernoulli_(keep)
+        mask = mask[self.replica * rows : (self.replica + 1) * rows, self.offset : self.offset + x.shape[1]]
         # Inverted dropout: the paper halves outputs at test time instead; same expectation.
         return x * mask / keep
 
@@ -127,6 +133,13 @@ class AlexNet(nn.Module):
             self.reset_parameters(init)
 
     # -- the shares -----------------------------------------------------------------------
+    def share_batch(self, replica: int, replicas: int) -> None:
+        """This replica's rows of every global batch are what the net sees (data parallelism):
+        dropout keeps those rows of the global batch's mask."""
+        for m in self.modules():
+            if isinstance(m, SharedMaskDropout):
+                m.replica, m.replicas = replica, replicas
+
     def local_width(self, layer: Layer) -> int:
         if self.tower is None:
             return layer.width

@@ -12,10 +12,12 @@ every device); only rank 0 prints and writes shared files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -23,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import comm, data
@@ -32,7 +36,7 @@ from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_tex
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import AlexNet, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
-from alexnet_mp.parallel import full_state_dict, init_towers, parallelize
+from alexnet_mp.parallel import Placement, full_state_dict, parallelize, place
 from alexnet_mp.progress import Progress
 from alexnet_mp.report import MetricsLog
 
@@ -61,9 +65,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 _CHECKS = (  # (keys, what they must be, test)
     (("epochs", "batch_size", "threads", "log_every_steps", "data.image_size"),
      "a positive integer", _integer(1)),
+    (("debug.kill_rank",), "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     (("seed", "data.seed", "checkpoint.every_steps", "checkpoint.keep", "debug.kill_at_step", "debug.max_steps",
       "schedule.patience", "schedule.max_drops", "schedule.warmup_steps"), "a non-negative integer", _integer(0)),
-    (("optim.lr",), "a positive number", _number(positive=True)),
+    (("optim.lr", "dist_timeout_s"), "a positive number", _number(positive=True)),
     (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
      "a non-negative number", _number(positive=False)),
     (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches", "channels_last", "compile",
@@ -93,23 +98,15 @@ def validate_config(cfg: DictConfig) -> None:
 
 # -- processes and devices -----------------------------------------------------------------------
 
-def _processes(cfg: DictConfig) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) after checking the model can use this many processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 2 and cfg.model.name != "full":
-        raise UserError(f"model={cfg.model.name} runs in one process; launch it with --nproc_per_node=1 "
-                        f"(only the full net splits into two towers)")
-    if world not in (1, 2):
-        raise UserError(f"the two-tower net runs on exactly 2 processes (one per tower) or 1 (the whole net); "
-                        f"got WORLD_SIZE={world}")
-    if world == 2:
-        towers = init_towers(towers=2, threads=int(cfg.threads), device=str(cfg.device))
-        return towers.rank, 2, towers.device
-    torch.set_num_threads(int(cfg.threads))
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no GPU is visible")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    return 0, 1, torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+def _place(cfg: DictConfig) -> Placement:
+    """This process's place among the replicas of the tower pair, after checking the model
+    and the global batch fit this many processes."""
+    towers = 2 if cfg.model.name == "full" else 1
+    placement = place(towers, threads=int(cfg.threads), device=str(cfg.device), timeout_s=float(cfg.dist_timeout_s))
+    if int(cfg.batch_size) % placement.replicas:
+        raise UserError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over the "
+                        f"{placement.replicas} replicas of this launch (WORLD_SIZE={placement.world_size})")
+    return placement
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -199,13 +196,16 @@ class Inputs:
     the default) or in the workers (``data.augment=workers``).
     """
 
-    def __init__(self, cfg: DictConfig, d: Data, device: torch.device, batch_size: int):
+    def __init__(self, cfg: DictConfig, d: Data, device: torch.device, batch_size: int,
+                 shard: tuple[int, int] = (0, 1)):
         self.device = device
+        self.tower_group = None  # this replica's tower pair (debug.check_batches compares within it)
         # Each batch is trained on before the next is made: its buffer can be reused.
         self.augment = build_augment(cfg, d, device, reuse_output=True)
         self.in_workers = str(cfg.data.augment) == "workers"
         cpu_augment = build_augment(cfg, d, "cpu") if self.in_workers else None
-        kw = dict(seed=int(cfg.seed), workers=_workers(cfg.data), pin_memory=device.type == "cuda")
+        # Each replica reads its rows of every global batch (both towers of a replica the same rows).
+        kw = dict(seed=int(cfg.seed), workers=_workers(cfg.data), pin_memory=device.type == "cuda", shard=shard)
         self.train = data.BatchLoader(d.train, batch_size, shuffle=True, drop_last=True,
                                       transform=_InWorkers(cpu_augment, True) if cpu_augment else None, **kw)
         self.val = data.BatchLoader(d.val, batch_size, shuffle=False, drop_last=False,
@@ -250,7 +250,8 @@ def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
 
 @torch.no_grad()
 def evaluate(state: "RunState", inputs: Inputs, *, progress: bool = False) -> dict:
-    """Centre-crop top-1 and top-5 error over the whole validation set."""
+    """Centre-crop top-1 and top-5 error over the whole validation set; each replica
+    evaluates its rows of every batch and the counts are summed, so each image counts once."""
     model = state.model
     model.eval()
     wrong = torch.zeros(2, dtype=torch.int64, device=inputs.device)
@@ -267,16 +268,20 @@ def evaluate(state: "RunState", inputs: Inputs, *, progress: bool = False) -> di
             wrong += topk_wrong(state.logits(images), labels)
             seen += len(batch)
     model.train()
-    wrong1, wrong5 = wrong.tolist()
+    counts = comm.sum_over(torch.cat([wrong, torch.tensor([seen, skipped], device=wrong.device)]),
+                           state.replica_group)
+    wrong1, wrong5, seen, skipped = counts.tolist()
     return {"val_top1_err": wrong1 / max(seen, 1), "val_top5_err": wrong5 / max(seen, 1), "val_images": seen,
             "val_skipped": skipped}
 
 
 # -- the run directory ------------------------------------------------------------------------
 
-def _model_signature(cfg: DictConfig, num_classes: int, crop: int, world: int) -> dict:
+def _model_signature(cfg: DictConfig, num_classes: int, crop: int, towers: int) -> dict:
+    """What a checkpoint must match to be resumed. Not the replica count: a run resumes on
+    any number of replicas of the same towers."""
     return {"name": str(cfg.model.name), "num_classes": num_classes, "input_size": crop,
-            "geometry": str(cfg.model.geometry), "lrn": str(cfg.model.lrn), "towers": world}
+            "geometry": str(cfg.model.geometry), "lrn": str(cfg.model.lrn), "towers": towers}
 
 
 def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
@@ -291,7 +296,7 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
 
 
 # What may differ between a run and its resumption: how long it runs and how it reports.
-_RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "log_every_steps", "checkpoint.", "debug.", "threads",
+_RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "dist_timeout_s", "log_every_steps", "checkpoint.", "debug.", "threads",
                       "device", "data.workers", "data.root", "data.stats_cache", "data.augment",
                       # how fast, not what: execution options may change between a run and its resumption
                       "precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "profile", "comm.")
@@ -419,10 +424,18 @@ class RunState:
     """
 
     def __init__(self, model: AlexNet, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
-                 device: torch.device, speed: Speed = Speed()):
+                 device: torch.device, speed: Speed = Speed(), placement: Placement | None = None):
         self.model, self.optimizer, self.schedule, self.device, self.speed = model, optimizer, schedule, device, speed
+        self.replicas = placement.replicas if placement else 1
+        self.replica_group = placement.replica_group if placement else None
+        forward: torch.nn.Module = model
+        if self.replicas > 1:
+            # Gradients averaged over the replicas, bucketed and overlapped with the backward
+            # pass. Every replica starts from the same weights (same seed, or the same shard).
+            forward = DistributedDataParallel(model, process_group=self.replica_group,
+                                              device_ids=[device] if device.type == "cuda" else None)
         # The compiled net shares its parameters with ``model``, which the checkpoints hold.
-        self.forward = torch.compile(model, mode=speed.compile_mode) if speed.compile else model
+        self.forward = torch.compile(forward, mode=speed.compile_mode) if speed.compile else forward
         self.position = Position()
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.loss_images = 0
@@ -432,8 +445,9 @@ class RunState:
         loss since the last flush, or None when no step ran since."""
         if not self.loss_images:
             return None
-        total = float(self.loss_sum)
-        mean = total / self.loss_images
+        # Each replica's loss is its rows' mean: the global batch's is the sum over replicas.
+        total = float(comm.sum_over(self.loss_sum, self.replica_group))
+        mean = total / (self.loss_images * self.replicas)
         self.position.epoch_loss += total
         self.loss_sum.zero_()
         self.loss_images = 0
@@ -467,14 +481,19 @@ class RunState:
 
 def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_classes: int, input_size: int,
                     seed: int, device: torch.device, world: int, speed: Speed = Speed(),
-                    overlap: bool = True) -> RunState:
+                    overlap: bool = True, placement: Placement | None = None) -> RunState:
     """The net from ``seed`` (the same weights on every rank; a tower keeps its share), on
     ``device``, with the optimizer and schedule of sec. 5. Configs are mappings with the keys
     of ``conf/model``, ``conf/optim`` and ``conf/schedule``."""
     torch.manual_seed(seed)
     model = build_model(str(model_cfg["name"]), num_classes=num_classes, input_size=input_size,
                         geometry=str(model_cfg["geometry"]), lrn=str(model_cfg["lrn"]), init=str(model_cfg["init"]))
-    model = parallelize(model, device=device, overlap=overlap) if world == 2 else model.to(device)
+    if placement is not None and placement.towers == 2:
+        model = parallelize(model, group=placement.tower_group, device=device, overlap=overlap)
+    else:
+        model = parallelize(model, device=device, overlap=overlap) if world == 2 else model.to(device)
+    if placement is not None and placement.replicas > 1:
+        model.share_batch(placement.replica, placement.replicas)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -484,7 +503,7 @@ def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_cl
     schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
                                              ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
     torch.manual_seed(seed + 1)  # dropout's stream, saved and restored with the checkpoint
-    return RunState(model, optimizer, schedule, device, speed)
+    return RunState(model, optimizer, schedule, device, speed, placement)
 
 
 # -- one step ------------------------------------------------------------------------------------
@@ -505,7 +524,7 @@ def train_step(state: RunState, images: torch.Tensor, labels: torch.Tensor) -> t
     state.loss_images += len(labels)
     state.position.step += 1
     state.position.batch_in_epoch += 1
-    state.position.epoch_images += len(labels)
+    state.position.epoch_images += len(labels) * state.replicas  # the global batch
     return loss
 
 
@@ -561,6 +580,7 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
     p = state.position
     every, log_every = int(cfg.checkpoint.every_steps), int(cfg.log_every_steps)
     max_steps, kill_at = int(cfg.debug.max_steps), int(cfg.debug.kill_at_step)
+    kill_rank = int(cfg.debug.kill_rank)
     check_batches = bool(cfg.debug.check_batches)
     loader = inputs.train.epoch(p.epoch, start_batch=p.batch_in_epoch)
     with Progress(len(inputs.train), f"epoch {p.epoch + 1}/{cfg.epochs}", unit="batch", initial=p.batch_in_epoch,
@@ -579,7 +599,8 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
                 p.batch_in_epoch += 1
                 continue
             images, labels = inputs.train_input(batch)
-            if check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)])):
+            if check_batches and not comm.all_equal(torch.stack([images.sum(), labels.sum().to(images)]),
+                                                    group=inputs.tower_group):
                 raise RuntimeError("the towers received different batches")
             train_step(state, images, labels)
             bar.update(1)
@@ -594,7 +615,8 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
                 p.epoch_seconds += time.perf_counter() - tick
                 checkpoints.save(state, "every_steps")
                 tick = time.perf_counter()
-            if kill_at == p.step:
+            if kill_at == p.step and kill_rank in (-1, dist.get_rank() if dist.is_initialized() else 0) \
+                    and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":  # not again after a restart
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash without warning, for the tests
             if max_steps and p.step >= max_steps:
                 p.epoch_seconds += time.perf_counter() - tick
@@ -604,14 +626,62 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
     return True
 
 
+class _Stopped(Exception):
+    """torchrun stopped this process (SIGTERM), because another one of the run failed."""
+
+
+@contextlib.contextmanager
+def _lost_processes_stop_the_run(placement: Placement, store: CheckpointStore):
+    """A lost process never hangs the run: a collective that loses its peer fails (at once
+    when the peer's connection closes, after ``dist_timeout_s`` when it hangs), torchrun's
+    SIGTERM is honoured, and either becomes one line naming the lost rank and the last good
+    checkpoint, which the lost process cannot have half-written (checkpoints are atomic)."""
+    if placement.world_size == 1:
+        yield
+        return
+
+    def stopped(signum, frame):  # noqa: ARG001
+        raise _Stopped("stopped by torchrun")
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        yield
+    except (RuntimeError, _Stopped) as err:
+        # gloo reports a lost peer as a plain RuntimeError from its transport; NCCL as a DistError.
+        text = str(err).lower()
+        if not isinstance(err, (dist.DistError, _Stopped)) and not any(
+                m in text for m in ("gloo", "nccl", "connection reset", "connection closed", "timed out")):
+            raise
+        who = (f"rank {1 - placement.rank}" if placement.world_size == 2
+               else "another rank (torchrun's report names it)")
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        why = re.sub(r"^\[[^\]]*\]\s*", "", why).split(". ")[0][:160]  # gloo's "[file:line] Read error ...: reset"
+        raise UserError(f"lost {who} of this run ({why}); rank {placement.rank} stopped. Last good checkpoint: "
+                        f"{store.latest() or 'none'} (relaunch with resume=true)") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) one training run in ``run_dir``; return the summary (every rank)."""
     validate_config(cfg)
-    rank, world, device = _processes(cfg)
-    main = rank == 0
+    placement = _place(cfg)
+    rank, device, main = placement.rank, placement.device, placement.main
     run_dir = _agree_on_run_dir(run_dir)
-    store = CheckpointStore(run_dir, rank, world, keep=int(cfg.checkpoint.keep))
-    _check_run_dir(run_dir, store, bool(cfg.resume))
+    store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=main,
+                            keep=int(cfg.checkpoint.keep))
+    with _lost_processes_stop_the_run(placement, store):
+        return _run(cfg, run_dir, placement, store)
+
+
+def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore) -> dict:
+    rank, device, main = placement.rank, placement.device, placement.main
+    # A job that torchrun restarted (--max-restarts) resumes from its latest checkpoint by itself.
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    resume = bool(cfg.resume) or restarts > 0
+    if restarts and main:
+        log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, run_dir)
+    _check_run_dir(run_dir, store, resume)
     comm.barrier()
 
     d = build_data(cfg, run_dir, rank)
@@ -623,24 +693,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if len(d.train) < int(cfg.batch_size):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(d.train)} training images; "
                         f"an epoch would have no step")
-    signature = _model_signature(cfg, d.num_classes, d.crop, world)
+    signature = _model_signature(cfg, d.num_classes, d.crop, placement.towers)
     comm.set_profile(bool(cfg.profile))
     state = build_run_state(cfg.model, cfg.optim, cfg.schedule, num_classes=d.num_classes, input_size=d.crop,
-                            seed=int(cfg.seed), device=device, world=world, speed=Speed.from_config(cfg),
-                            overlap=bool(cfg.comm.overlap))
+                            seed=int(cfg.seed), device=device, world=placement.towers,
+                            speed=Speed.from_config(cfg), overlap=bool(cfg.comm.overlap), placement=placement)
     checkpoints = Checkpoints(store, signature, cfg)
-    latest = checkpoints.resume(state) if cfg.resume else None
+    latest = checkpoints.resume(state) if resume else None
     p = state.position
     if latest is not None and main:
         log.info("resuming from %s (epoch %d, batch %d, step %d)", latest, p.epoch, p.batch_in_epoch, p.step)
-    elif cfg.resume and main:
+    elif resume and main:
         log.info("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
 
-    inputs = Inputs(cfg, d, device, int(cfg.batch_size))
+    inputs = Inputs(cfg, d, device, int(cfg.batch_size), shard=(placement.replica, placement.replicas))
+    inputs.tower_group = placement.tower_group
     metrics = MetricsLog(run_dir, enabled=main, last_epoch=p.epoch)
     if main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        where = f"{world} towers, {device.type}" if world == 2 else f"1 process, {device}"
+        where = (f"1 process, {device}" if placement.world_size == 1 else
+                 f"{placement.replicas} replica(s) x {placement.towers} tower(s), {device.type}")
         log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, augmentation on the %s, "
                  "run dir %s", cfg.model.name, where, len(d.train), len(d.val), d.num_classes, d.crop,
                  "loader workers" if inputs.in_workers else device.type, run_dir)
@@ -667,11 +739,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         checkpoints.save(state, "epoch")
 
     model = state.model
-    final_state = full_state_dict(model) if world == 2 else {k: v.cpu() for k, v in model.state_dict().items()}
+    final_state = (full_state_dict(model) if placement.towers == 2
+                   else {k: v.cpu() for k, v in model.state_dict().items()})
     final = run_dir / "model_final.pt"
     history = metrics.history()
     summary = {
-        "model": str(cfg.model.name), "towers": world, "device": device.type, "epochs": p.epoch, "steps": p.step,
+        "model": str(cfg.model.name), "towers": placement.towers, "replicas": placement.replicas,
+        "device": device.type, "epochs": p.epoch, "steps": p.step,
         "val_top1_err": history[-1]["val_top1_err"] if history else None,
         "val_top5_err": history[-1]["val_top5_err"] if history else None,
         "best_val_top1_err": min((h["val_top1_err"] for h in history), default=None),
