@@ -146,14 +146,14 @@ def _base_datasets(dcfg: DictConfig):
     raise UserError(f"unknown data {dcfg.name!r}: choose synthetic, imagefolder or prepared")
 
 
-def build_data(cfg: DictConfig, run_dir: Path, rank: int) -> Data:
-    """Both splits; the statistics come from the prepared dataset or from rank 0's cache."""
+def build_data(cfg: DictConfig, run_dir: Path, main: bool) -> Data:
+    """Both splits; the statistics come from the prepared dataset or from the main process's cache."""
     dcfg = cfg.data
     train_base, val_base, root, stats = _base_datasets(dcfg)
     crop = data.crop_size_for(int(dcfg.image_size), str(cfg.model.geometry))
     if stats is None:
         outcome = None
-        if rank == 0:
+        if main:
             # Cached beside the data when it is writable (reused by later runs), else in the run.
             cache = run_dir / "dataset-stats.pt"
             if root is not None and str(dcfg.stats_cache) == "data" and _writable(root):
@@ -684,7 +684,7 @@ def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Checkpoint
     _check_run_dir(run_dir, store, resume)
     comm.barrier()
 
-    d = build_data(cfg, run_dir, rank)
+    d = build_data(cfg, run_dir, main)
     if str(cfg.model.num_classes) not in ("auto", str(d.num_classes)):
         raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {d.num_classes} classes")
     if len(d.val) == 0:

@@ -1,0 +1,317 @@
+"""bench-1gpu-vs-2gpu, the time part: one process per device timing the product's training step.
+
+Each configuration runs in fresh processes (``_time_worker``), which measure the device's
+matmul peak, time warm-up and timed steps of ``alexnet_mp.train.train_step``, and report
+memory, communication and MFU; ``summarise_time`` turns the ranks' figures into one row.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from alexnet_mp import count_parameters
+from alexnet_mp.comm import STATS
+from alexnet_mp.flops import TRAIN_PASSES, forward_macs
+from alexnet_mp.train import Speed, build_run_state, train_step
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the time part: one process per device ------------------------------------------------------
+
+def _proc_status(key: str) -> int | None:
+    """A /proc/self/status figure in bytes (VmRSS, VmHWM), or None off Linux."""
+    try:
+        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) * 1024 if m else None
+
+
+def _reset_peak_rss() -> bool:
+    """Forget the resident-set high-water mark (Linux >= 4.0), so the peak is the steps' own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has used so far (/proc/stat), or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: torch.device, size: int, seconds: float = 1.5,
+                        dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of back-to-back ``size`` x ``size`` matmuls in ``dtype`` over ``seconds`` on this device and
+    thread(s), under the TF32 setting in force: the peak at the precision the model runs at."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    a @ b  # the first call chooses kernels and touches the pages
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        a @ b
+        _sync(device)
+        count += 1
+    return count * 2 * size**3 / (time.perf_counter() - start)
+
+
+def _device_peaks(rank: int, world: int, device: torch.device, size: int,
+                  seconds: float, dtype: torch.dtype = torch.float32) -> tuple[float, float | None]:
+    """(rate alone, rate while every rank runs one) of the matmul on this rank's device.
+
+    Each rank measures alone while the others wait, then all together: two CPU "devices"
+    that share a physical core (SMT siblings, or vCPUs on one host core) show it here.
+    """
+    if world == 1:
+        return measure_matmul_peak(device, size, seconds, dtype), None
+    alone = 0.0
+    for turn in range(world):
+        dist.barrier()
+        if rank == turn:
+            alone = measure_matmul_peak(device, size, seconds, dtype)
+    dist.barrier()
+    together = measure_matmul_peak(device, size, seconds, dtype)
+    dist.barrier()
+    return alone, together
+
+
+def _transfer_rate(device: torch.device, nbytes: int = 1 << 22, repeats: int = 5) -> float:
+    """Bytes/s an all-gather moves when every rank is already waiting (no skew): the wire alone."""
+    x = torch.zeros(nbytes // 4, device=device)
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    best = math.inf
+    for _ in range(repeats):
+        dist.barrier()
+        _sync(device)
+        start = time.perf_counter()
+        dist.all_gather(parts, x)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return nbytes * (dist.get_world_size() - 1) / best
+
+
+def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
+    """Time ``job['warmup'] + job['timed']`` training steps of one configuration on this rank's device."""
+    baseline_rss = _proc_status("VmRSS")
+    cuda = job["kind"] == "gpu"
+    core = None
+    if cuda:
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(job["threads"])
+        cores = job["cores"]
+        core = cores[rank % len(cores)]
+        if hasattr(os, "sched_setaffinity"):
+            # threads > 1 take the next cores along; each process keeps its own set.
+            mine = {cores[(rank * job["threads"] + i) % len(cores)] for i in range(job["threads"])}
+            os.sched_setaffinity(0, mine)
+    towers = job["towers"]  # processes that hold a tower of one net; the others are neighbours
+    speed = Speed(**job["speed"])
+    speed.apply_backends()
+    dtype = speed.autocast_dtype or torch.float32
+    if world > 1:
+        dist.init_process_group(job["backend"], init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        _log = (lambda msg: print(f"[{job['name']}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+        peak_alone, peak_together = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"],
+                                                  dtype)
+
+        # The product's own run state and step (alexnet_mp.train), so what is timed is what users run.
+        state = build_run_state({**job["model_cfg"], "name": job["model"]}, job["optim_cfg"], job["schedule_cfg"],
+                                num_classes=job["num_classes"], input_size=job["input_size"], seed=job["seed"],
+                                device=device, world=towers, speed=speed, overlap=job["overlap"])
+        net = state.model
+        gen = torch.Generator().manual_seed(job["seed"])  # identical images on every rank
+        images = torch.randn(job["batch"], 3, job["input_size"], job["input_size"], generator=gen).to(device)
+        labels = torch.randint(0, job["num_classes"], (job["batch"],), generator=gen).to(device)
+
+        gc.collect()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            memory_kind = "torch.cuda.max_memory_allocated during the steps"
+        elif _reset_peak_rss():
+            memory_kind = "peak resident set size of the process during the steps (VmHWM, reset after model build)"
+        else:
+            memory_kind = "peak resident set size of the process since start (ru_maxrss)"
+
+        steps, comm_seconds, exposed_seconds = [], [], []
+        cpu_start = busy_start = wall_start = None
+        total = job["warmup"] + job["timed"]
+        for i in range(total):
+            if i == job["warmup"]:
+                STATS.reset()  # count only the timed steps
+                # What this process and the whole machine use from here on: the difference is
+                # what other processes took from the cores while we were timed.
+                cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
+            comm_before, exposed_before = STATS.total_seconds(), STATS.total_exposed_seconds()
+            _sync(device)
+            start = time.perf_counter()
+            train_step(state, images, labels)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            phase = "warm-up" if i < job["warmup"] else "timed"
+            _log(f"step {i + 1}/{total} ({phase}): {seconds:.2f} s")
+            if i >= job["warmup"]:
+                steps.append(seconds)
+                comm_seconds.append(STATS.total_seconds() - comm_before)
+                exposed_seconds.append(STATS.total_exposed_seconds() - exposed_before)
+
+        if cuda:
+            peak_memory = torch.cuda.max_memory_allocated(device)
+        else:
+            peak_memory = _proc_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        cpu_seconds, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+        busy_end = _machine_busy_seconds()
+        machine_busy = None if busy_start is None or busy_end is None else busy_end - busy_start
+        transfer = _transfer_rate(device) if towers > 1 else None
+        # The device's rate again after the steps: the higher of the two is the less disturbed.
+        again = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"], dtype)
+        peak_alone = max(peak_alone, again[0])
+        peak_together = max(peak_together, again[1]) if peak_together is not None else None
+        result = {
+            "rank": rank,
+            "device": torch.cuda.get_device_name(device) if cuda else f"cpu core {core}",
+            "core": core,
+            "threads": torch.get_num_threads(),
+            "parameters": count_parameters(net),
+            "forward_macs_per_image": forward_macs(net),
+            # MFU is taken against the rate the device reaches under the step's conditions:
+            # with every device of the configuration busy.
+            "peak_flops_per_s": peak_together or peak_alone,
+            "peak_flops_alone_per_s": peak_alone,
+            "transfer_bytes_per_s": transfer,
+            "peak_memory_bytes": int(peak_memory),
+            "baseline_memory_bytes": None if cuda else baseline_rss,
+            "memory_kind": memory_kind,
+            "step_seconds": steps,
+            "comm_seconds": comm_seconds,
+            "exposed_comm_seconds": exposed_seconds,
+            "comm_bytes": STATS.total_bytes(),
+            "comm_by_layer": STATS.as_dict(),
+            "timed_wall_seconds": wall,
+            "timed_cpu_seconds": cpu_seconds,
+            "machine_busy_seconds": machine_busy,
+        }
+        if rank < towers:  # a neighbour only keeps the other core busy
+            Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _foreign_share(ranks: list[dict]) -> float | None:
+    """Share of the machine's CPU time that processes other than the benchmark's used during the timed steps."""
+    busy = ranks[0]["machine_busy_seconds"]
+    if busy is None:
+        return None
+    mine = sum(r["timed_cpu_seconds"] for r in ranks)
+    return max(busy - mine, 0.0) / (ranks[0]["timed_wall_seconds"] * (os.cpu_count() or 1))
+
+
+def summarise_time(ranks: list[dict], batch: int, input_size: int) -> dict:
+    """Step-time statistics, images/s, and per-device parameters, memory, MFU and communication."""
+    # A step ends when the slowest tower ends it.
+    steps = [max(r["step_seconds"][i] for r in ranks) for i in range(len(ranks[0]["step_seconds"]))]
+    median = statistics.median(steps)
+    per_device = []
+    for r in ranks:
+        flops_per_image = 2 * TRAIN_PASSES * r["forward_macs_per_image"]
+        achieved = flops_per_image * batch / median
+        comm_s, step_s = sum(r["comm_seconds"]), sum(r["step_seconds"])
+        exposed_s = sum(r["exposed_comm_seconds"])
+        per_device.append({
+            "rank": r["rank"], "device": r["device"], "threads": r["threads"],
+            "parameters": r["parameters"],
+            "peak_memory_bytes": r["peak_memory_bytes"], "baseline_memory_bytes": r["baseline_memory_bytes"],
+            "memory_kind": r["memory_kind"],
+            "forward_macs_per_image": r["forward_macs_per_image"],
+            "train_flops_per_image": flops_per_image,
+            "achieved_flops_per_s": achieved,
+            "peak_flops_per_s": r["peak_flops_per_s"],
+            "peak_flops_alone_per_s": r["peak_flops_alone_per_s"],
+            "mfu": achieved / r["peak_flops_per_s"],
+            "mfu_vs_alone": achieved / r["peak_flops_alone_per_s"],
+            "comm_bytes_per_image": r["comm_bytes"] / (batch * len(r["step_seconds"])),
+            "comm_share": comm_s / step_s if step_s else 0.0,
+            "exposed_comm_share": exposed_s / step_s if step_s else 0.0,
+            "comm_by_layer": r["comm_by_layer"],
+            # Below 1 when the process waited: for a peer in a collective, or for a core another process held.
+            "on_cpu_share": r["timed_cpu_seconds"] / r["timed_wall_seconds"],
+        })
+    out = {
+        "devices": len(ranks), "batch": batch, "input_size": input_size, "timed_steps": len(steps),
+        "step_seconds": {"median": median, "min": min(steps), "max": max(steps),
+                         "mean": statistics.fmean(steps), "all": steps},
+        "images_per_s": batch / median,
+        "per_device": per_device,
+        "comm": None,
+        "other_processes_cpu_share": _foreign_share(ranks),
+    }
+    if len(ranks) > 1:
+        per_image = statistics.fmean(d["comm_bytes_per_image"] for d in per_device)
+        seconds = statistics.fmean(sum(r["comm_seconds"]) / len(r["comm_seconds"]) for r in ranks)
+        rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
+        wire = per_image * batch / rate
+        out["comm"] = {
+            "bytes_per_image_per_device": per_image,
+            "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
+            "seconds_per_step": seconds,
+            "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
+                    "(alexnet_mp.comm.STATS); exposed: the part the tower waited for, not hidden behind its own compute",
+            "exposed_share_of_step": statistics.fmean(d["exposed_comm_share"] for d in per_device),
+            "exposed_seconds_per_step": statistics.fmean(sum(r["exposed_comm_seconds"]) / len(r["exposed_comm_seconds"])
+                                                         for r in ranks),
+            # The same bytes at the rate an all-gather reaches when no rank waits for another.
+            "transfer_bytes_per_s": rate,
+            "transfer_seconds_per_step_estimate": wire,
+            "wait_seconds_per_step_estimate": max(seconds - wire, 0.0),
+        }
+        # Below 1 when the devices slow each other down (a shared core, memory bandwidth).
+        out["device_independence"] = statistics.fmean(d["peak_flops_per_s"] / d["peak_flops_alone_per_s"]
+                                                      for d in per_device)
+    return out
+
+
