@@ -30,8 +30,8 @@ train: $(STAMP)  ## train the two-tower net, one tower per process, on the built
 prepare: $(STAMP)  ## preprocess an image folder once for data=prepared: make prepare ARGS='data.root=SRC out=DST'
 	$(PY) launch/prepare.py $(ARGS)
 
-bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error
-	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(ARGS)
+bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error (devices=N: also on N)
+	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(if $(devices),devices=$(devices)) $(ARGS)
 
 bench-data:  $(STAMP)  ## images/s per core of each data path, and the data wait of a training step
 	$(PY) benchmarks/bench_data.py $(ARGS)

@@ -44,7 +44,7 @@ from alexnet_mp.train import Speed
 # (bench_timing), the report (bench_report); this file orchestrates. Names the tests use are
 # re-exported here.
 from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, REPO,  # noqa: F401
-                           SUMMARY_KEYS, TRAINED)
+                           SUMMARY_KEYS, TRAINED, scale_configurations)
 from bench_report import _spread, _spread_text, build_results, environment, markdown, write_results  # noqa: F401
 from bench_timing import _cpu_name, _free_port, _time_worker, summarise_time
 
@@ -80,18 +80,24 @@ def _conf_group(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / f"{name}.yaml"), resolve=True)
 
 
-def time_configuration(name: str, cfg: DictConfig, plan: dict) -> list[dict]:
-    """Run one configuration's timing processes; return each rank's raw measurements."""
-    world, processes = DEVICES_OF[name], PROCESSES_OF[name]
+def time_configuration(name: str, cfg: DictConfig, plan: dict, shape: dict | None = None) -> list[dict]:
+    """Run one configuration's timing processes; return each rank's raw measurements.
+    ``shape`` (devices=N): the model, towers and replicas of a configuration not in CONFIGS."""
+    if shape is None:
+        world, processes, model, replicas = DEVICES_OF[name], PROCESSES_OF[name], MODEL_OF[name], 1
+        towers = world
+    else:
+        model, towers, replicas = shape["model"], shape["towers"], shape["replicas"]
+        world = processes = towers * replicas
     size = cfg.peak_matmul_size
     if size == "auto":
         size = 8192 if plan["kind"] == "gpu" else 2048
-    job = {"name": name, "model": MODEL_OF[name], "kind": plan["kind"], "backend": plan["backend"],
+    job = {"name": name, "model": model, "kind": plan["kind"], "backend": plan["backend"],
            "cores": plan["cores"], "threads": int(cfg.threads), "seed": int(cfg.seeds[0]),
            "batch": int(cfg.batch), "input_size": int(cfg.input_size), "geometry": str(cfg.geometry),
            "num_classes": int(cfg.num_classes), "warmup": int(cfg.warmup_steps), "timed": int(cfg.timed_steps),
            "matmul_size": int(size), "matmul_seconds": float(cfg.peak_matmul_seconds),
-           "towers": world, "speed": _speed_settings(cfg), "overlap": bool(cfg.comm.overlap),
+           "towers": towers, "replicas": replicas, "speed": _speed_settings(cfg), "overlap": bool(cfg.comm.overlap),
            # The paper's net and recipe (sec. 5): conf/model, conf/optim and conf/schedule as shipped.
            "model_cfg": {"geometry": str(cfg.geometry), "lrn": "paper", "init": "paper"},
            "optim_cfg": _conf_group("optim/sgd"), "schedule_cfg": _conf_group("schedule/plateau")}
@@ -102,6 +108,29 @@ def time_configuration(name: str, cfg: DictConfig, plan: dict) -> list[dict]:
         mp.start_processes(_time_worker, args=(processes, _free_port(), job, out_dir), nprocs=processes,
                            join=True, start_method="spawn")
         return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def time_scale(cfg: DictConfig, plan: dict) -> dict:
+    """``devices=N``: half-Ndev (N data-parallel replicas of the half net) against full-Ndev
+    (N/2 replicas of the tower pair), the trainer's placement, DDP and batch split."""
+    n = int(cfg.devices)
+    have = plan["gpus"] if plan["kind"] == "gpu" else len(plan["cores"])
+    unit = "GPUs" if plan["kind"] == "gpu" else "CPU cores (a CPU device is one core)"
+    if n < 2 or n % 2:
+        raise UserError(f"devices={n}: give an even number of devices, at least 2")
+    if n > have:
+        raise UserError(f"devices={n} needs {n} devices; this machine has {have} {unit}")
+    if int(cfg.batch) % n:
+        raise UserError(f"devices={n}: batch={cfg.batch} must split evenly over the {n} half-net replicas")
+    rows = {}
+    for name, shape in scale_configurations(n).items():
+        rows[name] = summarise_time(time_configuration(name, cfg, plan, shape), int(cfg.batch), int(cfg.input_size),
+                                    replicas=shape["replicas"])
+        rows[name].update(model=shape["model"], towers=shape["towers"], replicas=shape["replicas"])
+        print(f"[{name}] median step {rows[name]['step_seconds']['median']:.3f} s", flush=True)
+    half, full = rows[f"half-{n}dev"], rows[f"full-{n}dev"]
+    return {"devices": n, "configurations": rows,
+            "full/half step": full["step_seconds"]["median"] / half["step_seconds"]["median"]}
 
 
 # -- the error part: the trainer and the evaluator as subprocesses ----------------------------------
@@ -238,6 +267,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
             print(f"[{name}] median step {time_part[name]['step_seconds']['median']:.3f} s, "
                   f"{time_part[name]['images_per_s']:.1f} images/s", flush=True)
 
+    scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
+
     error_part: dict[str, dict] = {}
     failure = None
     for name in TRAINED:
@@ -260,7 +291,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
         reason = "; ".join(e["skipped"] for e in error_part.values())
         error_part = {name: {"skipped": reason} for name in TRAINED}
 
-    results = build_results(time_part, error_part, environment(plan, cfg), settings)
+    results = build_results(time_part, error_part, environment(plan, cfg), settings, scale)
     paths = write_results(results, Path(str(cfg.output_dir)))
     print("\n" + markdown(results), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)

@@ -28,3 +28,10 @@ TARGETS = (
 SUMMARY_KEYS = ("val_top1_err", "val_top5_err", "images_per_s", "seconds", "final_model")
 EVAL_KEYS = ("center", "ten_crop", "images")
 
+
+
+def scale_configurations(devices: int) -> dict[str, dict]:
+    """``devices=N``: the half net as N data-parallel replicas against the full net as N/2
+    replicas of the tower pair, on N devices (each a process)."""
+    return {f"half-{devices}dev": {"model": "half", "towers": 1, "replicas": devices},
+            f"full-{devices}dev": {"model": "full", "towers": 2, "replicas": devices // 2}}

@@ -43,7 +43,8 @@ def environment(plan: dict, cfg: DictConfig) -> dict:
     }
 
 
-def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: dict, settings: dict) -> dict:
+def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: dict, settings: dict,
+                  scale: dict | None = None) -> dict:
     """Every figure of the benchmark, per configuration, plus the ratios, error differences and targets.
 
     ``time_part`` maps a configuration to :func:`summarise_time`'s result or ``{"skipped": reason}``;
@@ -108,7 +109,8 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
                      "top-5 error than the one-GPU net with half the kernels, and trains slightly faster",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "settings": settings, "environment": env, "configurations": configs, "ratios": ratios,
-            "error_differences": differences, "targets": targets, "notes": _notes(configs, targets, env)}
+            "error_differences": differences, "targets": targets, "notes": _notes(configs, targets, env),
+            "scale": scale}
 
 
 def _gflops(x: float) -> str:
@@ -274,6 +276,21 @@ def markdown(results: dict) -> str:
         lines += [f"- {n}: skipped: {e['skipped']}" for n, e in ec.items() if "skipped" in e]
     if results["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    sc = results.get("scale")
+    if sc:
+        n = sc["devices"]
+        lines += ["", f"## {n} devices: the half net as {n} data-parallel replicas against the full net as "
+                      f"{n // 2} replicas of the tower pair", "",
+                  "| configuration | replicas x towers | step median (min-max) | images/s | tower exchange share (exposed) |",
+                  "|---|---|---|---|---|"]
+        for name, t in sc["configurations"].items():
+            st = t["step_seconds"]
+            share = (f"{_pct(t['comm']['share_of_step'])} ({_pct(t['comm']['exposed_share_of_step'])})"
+                     if t.get("comm") else "-")
+            lines.append(f"| {name} | {t['replicas']} x {t['towers']} | {st['median']:.3f} s "
+                         f"({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} | {share} |")
+        lines += ["", f"full-{n}dev / half-{n}dev step time: {sc['full/half step']:.3f}. The gradient all-reduce "
+                      "over the replicas (DDP) is inside the step time, not in the exchange share."]
     return "\n".join(lines) + "\n"
 
 

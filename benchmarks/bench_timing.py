@@ -25,6 +25,7 @@ import torch.distributed as dist
 from alexnet_mp import count_parameters
 from alexnet_mp.comm import STATS
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
+from alexnet_mp.parallel import place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
 def _cpu_name() -> str:
@@ -149,10 +150,18 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             mine = {cores[(rank * job["threads"] + i) % len(cores)] for i in range(job["threads"])}
             os.sched_setaffinity(0, mine)
     towers = job["towers"]  # processes that hold a tower of one net; the others are neighbours
+    replicas = job.get("replicas", 1)
+    timed = towers * replicas  # the processes timed; the others are neighbours
     speed = Speed(**job["speed"])
     speed.apply_backends()
     dtype = speed.autocast_dtype or torch.float32
-    if world > 1:
+    placement = None
+    if replicas > 1:
+        # Replicas (devices=N): the trainer's own process set-up, mesh, DDP and batch split.
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        placement = place(towers, threads=job["threads"], device="cuda" if cuda else "cpu")
+    elif world > 1:
         dist.init_process_group(job["backend"], init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         _log = (lambda msg: print(f"[{job['name']}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
@@ -162,11 +171,16 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         # The product's own run state and step (alexnet_mp.train), so what is timed is what users run.
         state = build_run_state({**job["model_cfg"], "name": job["model"]}, job["optim_cfg"], job["schedule_cfg"],
                                 num_classes=job["num_classes"], input_size=job["input_size"], seed=job["seed"],
-                                device=device, world=towers, speed=speed, overlap=job["overlap"])
+                                device=device, world=towers, speed=speed, overlap=job["overlap"],
+                                placement=placement)
         net = state.model
         gen = torch.Generator().manual_seed(job["seed"])  # identical images on every rank
-        images = torch.randn(job["batch"], 3, job["input_size"], job["input_size"], generator=gen).to(device)
-        labels = torch.randint(0, job["num_classes"], (job["batch"],), generator=gen).to(device)
+        images = torch.randn(job["batch"], 3, job["input_size"], job["input_size"], generator=gen)
+        labels = torch.randint(0, job["num_classes"], (job["batch"],), generator=gen)
+        if placement is not None:  # this replica's rows of the global batch
+            rows = job["batch"] // replicas
+            images, labels = (t[placement.replica * rows:(placement.replica + 1) * rows] for t in (images, labels))
+        images, labels = images.to(device), labels.to(device)
 
         gc.collect()
         if cuda:
@@ -235,7 +249,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             "timed_cpu_seconds": cpu_seconds,
             "machine_busy_seconds": machine_busy,
         }
-        if rank < towers:  # a neighbour only keeps the other core busy
+        if rank < timed:  # a neighbour only keeps the other core busy
             Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         if world > 1:
@@ -251,15 +265,17 @@ def _foreign_share(ranks: list[dict]) -> float | None:
     return max(busy - mine, 0.0) / (ranks[0]["timed_wall_seconds"] * (os.cpu_count() or 1))
 
 
-def summarise_time(ranks: list[dict], batch: int, input_size: int) -> dict:
-    """Step-time statistics, images/s, and per-device parameters, memory, MFU and communication."""
+def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
+    """Step-time statistics, images/s, and per-device parameters, memory, MFU and communication.
+    ``batch`` is the global batch; each of ``replicas`` replicas computes its share of it."""
+    local = batch / replicas
     # A step ends when the slowest tower ends it.
     steps = [max(r["step_seconds"][i] for r in ranks) for i in range(len(ranks[0]["step_seconds"]))]
     median = statistics.median(steps)
     per_device = []
     for r in ranks:
         flops_per_image = 2 * TRAIN_PASSES * r["forward_macs_per_image"]
-        achieved = flops_per_image * batch / median
+        achieved = flops_per_image * local / median
         comm_s, step_s = sum(r["comm_seconds"]), sum(r["step_seconds"])
         exposed_s = sum(r["exposed_comm_seconds"])
         per_device.append({
@@ -274,7 +290,7 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int) -> dict:
             "peak_flops_alone_per_s": r["peak_flops_alone_per_s"],
             "mfu": achieved / r["peak_flops_per_s"],
             "mfu_vs_alone": achieved / r["peak_flops_alone_per_s"],
-            "comm_bytes_per_image": r["comm_bytes"] / (batch * len(r["step_seconds"])),
+            "comm_bytes_per_image": r["comm_bytes"] / (local * len(r["step_seconds"])),
             "comm_share": comm_s / step_s if step_s else 0.0,
             "exposed_comm_share": exposed_s / step_s if step_s else 0.0,
             "comm_by_layer": r["comm_by_layer"],
@@ -290,11 +306,11 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int) -> dict:
         "comm": None,
         "other_processes_cpu_share": _foreign_share(ranks),
     }
-    if len(ranks) > 1:
+    if len(ranks) > 1 and all(r["transfer_bytes_per_s"] for r in ranks):  # towers exchanged
         per_image = statistics.fmean(d["comm_bytes_per_image"] for d in per_device)
         seconds = statistics.fmean(sum(r["comm_seconds"]) / len(r["comm_seconds"]) for r in ranks)
         rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
-        wire = per_image * batch / rate
+        wire = per_image * local / rate
         out["comm"] = {
             "bytes_per_image_per_device": per_image,
             "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),

@@ -211,3 +211,26 @@ def test_one_seed_has_no_spread_and_says_so():
     assert one["std"] is None and one["n"] == 1 and two["std"] == pytest.approx(0.0707, rel=1e-2)
     assert bench._spread_text(None) == "n/a" and bench._spread_text(0.0123) == "1.23%"
     assert bench._spread_text(None, points=True) == "n/a"
+
+
+def test_devices_n_times_the_half_net_replicas_against_the_tower_pair_replicas(tmp_path):
+    # devices=2 on this 2-core machine: half-2dev is two data-parallel replicas of the half net
+    # (DDP), full-2dev one pair; both through the trainer's placement, as on N devices. skip_time
+    # skips the four rows of the paper's comparison, not the rows devices=N asks for.
+    cfg = _cfg(tmp_path, "device=cpu", "input_size=67", "batch=4", "warmup_steps=1", "timed_steps=1",
+               "peak_matmul_size=64", "peak_matmul_seconds=0.01", "skip_error=true", "skip_time=true", "devices=2")
+    results, paths = bench.run_benchmark(cfg, tmp_path / "runs")
+    scale = results["scale"]
+    rows = scale["configurations"]
+    assert scale["devices"] == 2 and set(rows) == {"half-2dev", "full-2dev"}
+    assert (rows["half-2dev"]["replicas"], rows["half-2dev"]["towers"]) == (2, 1)
+    assert (rows["full-2dev"]["replicas"], rows["full-2dev"]["towers"]) == (1, 2)
+    assert all(len(r["per_device"]) == 2 and r["step_seconds"]["median"] > 0 for r in rows.values())
+    assert rows["half-2dev"]["comm"] is None or rows["half-2dev"]["comm"]["bytes_per_image_per_device"] == 0
+    assert "2 devices: the half net as 2 data-parallel replicas" in paths["md"].read_text()
+    with pytest.raises(UserError, match="devices=3: give an even number"):
+        bench.run_benchmark(_cfg(tmp_path, "device=cpu", "skip_error=true", "skip_time=true", "devices=3"),
+                            tmp_path / "runs3")
+    with pytest.raises(UserError, match="devices=64 needs 64 devices"):
+        bench.run_benchmark(_cfg(tmp_path, "device=cpu", "skip_error=true", "skip_time=true", "devices=64"),
+                            tmp_path / "runs64")
