@@ -150,8 +150,15 @@ def place(towers: int, *, threads: int | None = None, device: str = "auto", time
         raise UserError(f"the full net runs on {valid_process_counts(towers)}; got WORLD_SIZE={world}")
     t = join_process_group(threads=threads, device=device, init_method=init_method, timeout_s=timeout_s)
     mesh = init_device_mesh(t.device.type, (world // towers, towers), mesh_dim_names=("replica", "tower"))
+    tower_group, replica_group = mesh.get_group("tower"), mesh.get_group("replica")
+    if timeout_s:
+        # The mesh's groups get torch's default timeout (30 min on gloo, 10 on NCCL), not the world
+        # group's; they carry the exchange and the all-reduce, where a lost rank leaves the others.
+        set_timeout = getattr(dist.distributed_c10d, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
+        for group in (tower_group, replica_group):
+            set_timeout(datetime.timedelta(seconds=timeout_s), group)
     return Placement(t.rank, t.world_size, towers, t.device, t.backend,
-                     tower_group=mesh.get_group("tower"), replica_group=mesh.get_group("replica"), mesh=mesh)
+                     tower_group=tower_group, replica_group=replica_group, mesh=mesh)
 
 
 def init_towers(*, towers: int = 2, threads: int | None = None, device: str = "auto",
