@@ -7,12 +7,16 @@ every layer (Krizhevsky et al. 2012, sec. 3.2 and Figure 2).
 
 Which layers *cross* towers is data too: conv3, fc6, fc7 and fc8 read both
 towers' outputs; conv2, conv4 and conv5 read only their own tower's (sec. 3.2).
+
+The paper's ablations are transforms of these tables (:func:`ablate`): LRN off
+(sec. 3.3), non-overlapping pooling (sec. 3.4), dropout off (sec. 4.2) and one
+middle conv layer removed (sec. 7).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alexnet_mp.errors import UserError
 
@@ -22,6 +26,9 @@ __all__ = [
     "GEOMETRIES",
     "LRN_OPTIONS",
     "MIN_INPUT_SIZE",
+    "POOLINGS",
+    "REMOVABLE",
+    "ablate",
     "full_spec",
     "half_spec",
     "spec_for",
@@ -44,8 +51,8 @@ class Layer:
     crosses: bool = True  # input gathered from every tower (the paper's cross-GPU edges)
     relu: bool = True
     lrn: bool = False  # after ReLU (sec. 3.3)
-    pool: bool = False  # overlapping max-pool, 3x3 stride 2 (sec. 3.4)
-    dropout: bool = False  # p=0.5 on the outputs (sec. 4.2)
+    pool: bool = False  # max-pool after (ReLU and LRN); its window is the net's `pool` (sec. 3.4)
+    dropout: bool = False  # on the outputs, with the net's `dropout_p` (sec. 4.2)
     bias_init: float = 0.0  # sec. 5: 1 in conv2, conv4, conv5, fc6, fc7; else 0
 
 
@@ -54,6 +61,8 @@ class NetSpec:
     name: str
     towers: int  # 2 for the paper's net, 1 for the half net
     layers: tuple[Layer, ...]
+    pool: tuple[int, int] = (3, 2)  # max-pool (kernel, stride): overlapping 3/2 (sec. 3.4)
+    dropout_p: float = 0.5  # sec. 4.2
 
     @property
     def convs(self) -> tuple[Layer, ...]:
@@ -65,6 +74,10 @@ class NetSpec:
 
 
 POOL_KERNEL, POOL_STRIDE = 3, 2  # overlapping pooling, sec. 3.4
+# model.pool: the paper's overlapping pooling, or the 2/2 pooling it was compared with (sec. 3.4)
+POOLINGS = {"overlap": (POOL_KERNEL, POOL_STRIDE), "2x2": (2, 2)}
+# model.remove: the middle conv layers sec. 7 says cost about 2 points of top-1 each when removed
+REMOVABLE = ("conv3", "conv4", "conv5")
 DROPOUT_P = 0.5  # sec. 4.2
 WEIGHT_STD = 0.01  # sec. 5
 # The printed LRN formula (sec. 3.3): k=2, n=5, alpha=1e-4, beta=0.75. PyTorch divides
@@ -132,19 +145,54 @@ def conv1_padding(input_size: int, geometry: str) -> int:
     return (outputs - 1) * 4 + 11 - input_size
 
 
-def _pooled(n: int) -> int:
-    return (n - POOL_KERNEL) // POOL_STRIDE + 1
-
-
-def feature_map_sizes(input_size: int, geometry: str) -> dict[str, int]:
-    """Side of each conv layer's output map (after its pool, if any)."""
-    side = (input_size + conv1_padding(input_size, geometry) - 11) // 4 + 1
+def feature_map_sizes(input_size: int, geometry: str, spec: NetSpec | None = None) -> dict[str, int]:
+    """Side of each conv layer's output map (after its pool, if any) in ``spec`` (default:
+    the paper's net)."""
+    spec = spec or full_spec()
+    kernel, stride = spec.pool
+    side = input_size + conv1_padding(input_size, geometry)
     sizes = {}
-    for name, pooled in (("conv1", True), ("conv2", True), ("conv3", False), ("conv4", False), ("conv5", True)):
-        # conv2..conv5 keep the side (padding = kernel // 2, stride 1)
-        side = _pooled(side) if pooled else side
-        sizes[name] = side
+    for layer in spec.convs:
+        side = (side + 2 * layer.padding - layer.kernel) // layer.stride + 1
+        if layer.pool:
+            side = (side - kernel) // stride + 1
+        if side < 1:
+            raise UserError(f"input_size {input_size} leaves no pixels after {layer.name} of the {spec.name} net")
+        sizes[layer.name] = side
     return sizes
+
+
+def ablate(spec: NetSpec, *, lrn: bool | None = None, pool: str | None = None, dropout: float | None = None,
+           remove: str | None = None) -> NetSpec:
+    """``spec`` with the paper's ablations applied; ``None`` leaves a feature as it is.
+
+    - ``lrn=False``: no local response normalisation (sec. 3.3);
+    - ``pool``: ``"overlap"`` (3/2, sec. 3.4) or ``"2x2"`` (2/2, non-overlapping);
+    - ``dropout``: the drop probability of fc6 and fc7 (0 turns dropout off, sec. 4.2);
+    - ``remove``: a middle conv layer (conv3, conv4 or conv5) to leave out (sec. 7). What it
+      did after itself (a max-pool) moves to the layer before it, and if it read both
+      towers the layer after it does, so the towers still meet at the same depth.
+    """
+    layers = list(spec.layers)
+    if lrn is not None:
+        layers = [replace(l, lrn=l.lrn and lrn) for l in layers]
+    if remove is not None:
+        if remove not in REMOVABLE:
+            raise UserError(f"model.remove={remove!r}: choose one of {list(REMOVABLE)} (a middle conv layer), or null")
+        i = [l.name for l in layers].index(remove)
+        gone = layers.pop(i)
+        layers[i - 1] = replace(layers[i - 1], pool=layers[i - 1].pool or gone.pool, lrn=layers[i - 1].lrn or gone.lrn)
+        layers[i] = replace(layers[i], crosses=layers[i].crosses or gone.crosses)
+    changes: dict = {"layers": tuple(layers)}
+    if pool is not None:
+        if pool not in POOLINGS:
+            raise UserError(f"model.pool={pool!r}: choose one of {sorted(POOLINGS)}")
+        changes["pool"] = POOLINGS[pool]
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"model.dropout={dropout}: a drop probability in [0, 1)")
+        changes["dropout_p"] = float(dropout)
+    return replace(spec, **changes)
 
 
 def split_sizes(total: int, parts: int) -> list[int]:

@@ -19,6 +19,7 @@ import torch
 
 from alexnet_mp.comm import barrier
 from alexnet_mp.errors import UserError
+from alexnet_mp.model import ARCH_DEFAULTS
 
 __all__ = ["atomic_save", "atomic_write_text", "CheckpointStore", "fsync_dir", "load_file"]
 
@@ -117,6 +118,8 @@ class CheckpointStore:
         """This rank's shard and the checkpoint's metadata, after checking it fits this run."""
         meta = json.loads((folder / "meta.json").read_text())
         written_for = meta.get("model", {})
+        # Checkpoints from before the ablation switches lack their keys: they had the paper's values.
+        written_for = {**{k: v for k, v in ARCH_DEFAULTS.items() if k in expect}, **written_for}
         if written_for != expect:
             diffs = ", ".join(f"{k}={written_for.get(k)!r} here {expect.get(k)!r}" for k in sorted(set(written_for) | set(expect))
                               if written_for.get(k) != expect.get(k))

@@ -19,7 +19,7 @@ from alexnet_mp import data
 from alexnet_mp.augment import BatchAugment
 from alexnet_mp.checkpoint import atomic_write_text, load_file
 from alexnet_mp.errors import UserError
-from alexnet_mp.model import build_model
+from alexnet_mp.model import arch_options, build_model
 from alexnet_mp.progress import Progress
 from alexnet_mp.train import _base_datasets, topk_wrong
 
@@ -38,8 +38,8 @@ def load_trained_model(path: Path):
     if not {"model", "state_dict", "stats", "data"} <= set(blob) or "config" not in blob["data"]:
         raise UserError(f"{path} is not a model file written by alexnet_mp training (no model/state_dict/stats)")
     m = blob["model"]
-    model = build_model(m["name"], num_classes=m["num_classes"], input_size=m["input_size"],
-                        geometry=m["geometry"], lrn=m["lrn"])
+    model = build_model(m["name"], num_classes=m["num_classes"], input_size=m["input_size"], init=None,
+                        **arch_options(m))
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:

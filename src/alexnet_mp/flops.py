@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from alexnet_mp.arch import POOL_KERNEL, POOL_STRIDE
 from alexnet_mp.model import AlexNet
 
 __all__ = ["layer_macs", "forward_macs", "forward_flops", "train_flops", "TRAIN_PASSES"]
@@ -47,7 +46,8 @@ def layer_macs(model: AlexNet) -> dict[str, int]:
             k_h, k_w = module.kernel_size
             macs[layer.name] = module.out_channels * side * side * (module.in_channels // module.groups) * k_h * k_w
             if layer.pool:
-                side = (side - POOL_KERNEL) // POOL_STRIDE + 1
+                kernel, stride = model.spec.pool
+                side = (side - kernel) // stride + 1
         elif isinstance(module, nn.Linear):
             macs[layer.name] = module.in_features * module.out_features
         else:  # pragma: no cover - the spec only knows conv and fc

@@ -21,14 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet_mp.arch import (
-    DROPOUT_P,
     GEOMETRIES,
     LRN_OPTIONS,
-    POOL_KERNEL,
-    POOL_STRIDE,
+    POOLINGS,
     WEIGHT_STD,
     Layer,
     NetSpec,
+    ablate,
     conv1_padding,
     feature_map_sizes,
     spec_for,
@@ -36,9 +35,11 @@ from alexnet_mp.arch import (
 )
 from alexnet_mp.errors import UserError
 
-__all__ = ["AlexNet", "Exchange", "INITS", "build_model", "count_parameters"]
+__all__ = ["ARCH_DEFAULTS", "AlexNet", "Exchange", "INITS", "LRN_CHOICES", "arch_options", "build_model",
+           "count_parameters"]
 
 INITS = ("paper", "he")
+LRN_CHOICES = (*LRN_OPTIONS, "none")  # "none": the ablation without LRN (sec. 3.3)
 PIXEL_STD = 60.0  # natural images, 0..255 scale (ImageNet's RGB std is about 0.23 x 255)
 
 
@@ -103,23 +104,25 @@ class AlexNet(nn.Module):
         init: str | None = "paper",
     ):
         super().__init__()
-        if lrn not in LRN_OPTIONS:
-            raise UserError(f"unknown lrn option {lrn!r}: choose one of {sorted(LRN_OPTIONS)}")
+        if lrn not in LRN_CHOICES:
+            raise UserError(f"unknown lrn option {lrn!r}: choose one of {list(LRN_CHOICES)}")
+        if lrn == "none":
+            spec = ablate(spec, lrn=False)
         if tower is not None and tower[1] != spec.towers:
             raise UserError(f"the {spec.name} net has {spec.towers} tower(s), not {tower[1]}")
         self.spec, self.input_size, self.geometry, self.lrn_option = spec, input_size, geometry, lrn
         self.tower = tower
         self.exchange = exchange or Exchange()
         self.pad = conv1_padding(input_size, geometry)
-        self.lrn_params = LRN_OPTIONS[lrn]
+        self.lrn_params = LRN_OPTIONS.get(lrn)
         # Per-tower groups when the whole net lives here; a tower is dense within itself.
         self.groups_here = spec.towers if tower is None else 1
-        conv5_side = feature_map_sizes(input_size, geometry)["conv5"]
+        last_side = list(feature_map_sizes(input_size, geometry, spec).values())[-1]
 
         previous: Layer | None = None
         for layer in spec.layers:
             out_units = self.local_width(layer)
-            in_units = self._in_units(layer, previous, conv5_side)
+            in_units = self._in_units(layer, previous, last_side)
             if layer.kind == "conv":
                 groups = 1 if layer.crosses else self.groups_here
                 module: nn.Module = nn.Conv2d(in_units, out_units, layer.kernel, layer.stride, layer.padding, groups=groups)
@@ -127,7 +130,7 @@ class AlexNet(nn.Module):
                 module = nn.Linear(in_units, out_units)
             self.add_module(layer.name, module)
             if layer.dropout:
-                self.add_module(f"{layer.name}_dropout", SharedMaskDropout(DROPOUT_P, layer.width, self.local_offset(layer)))
+                self.add_module(f"{layer.name}_dropout", SharedMaskDropout(spec.dropout_p, layer.width, self.local_offset(layer)))
             previous = layer
         if init is not None:
             self.reset_parameters(init)
@@ -154,13 +157,13 @@ class AlexNet(nn.Module):
             return 0
         return sum(split_sizes(layer.width, self.tower[1])[: self.tower[0]])
 
-    def _in_units(self, layer: Layer, previous: Layer | None, conv5_side: int) -> int:
+    def _in_units(self, layer: Layer, previous: Layer | None, last_side: int) -> int:
         if previous is None:
             return 3  # conv1 reads the image; both towers see the same one
         # A crossing layer reads every tower's units, the others only their own tower's.
         units = previous.width if layer.crosses else self.local_width(previous)
         if layer.kind == "fc" and previous.kind == "conv":
-            units *= conv5_side * conv5_side  # fc6's fan-in follows the input size
+            units *= last_side * last_side  # fc6's fan-in follows the input size
         return units
 
     def reset_parameters(self, init: str = "paper") -> None:
@@ -195,7 +198,11 @@ class AlexNet(nn.Module):
         out = [F.local_response_norm(wide(c), **self.lrn_params).to(c.dtype) for c in chunks]
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, until: str | None = None) -> Tensor:
+        """Logits; with ``until`` (a layer's name, one-process net only) that layer's output
+        after its ReLU, LRN, pool and dropout, e.g. ``"fc7"`` for the features of Figure 4."""
+        if until is not None and (self.tower is not None or until not in [l.name for l in self.spec.layers]):
+            raise UserError(f"until={until!r}: name a layer of the one-process {self.spec.name} net")
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size or x.shape[3] != self.input_size:
             raise UserError(
                 f"expected images of shape [batch, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}"
@@ -220,11 +227,28 @@ class AlexNet(nn.Module):
             if layer.lrn:
                 x = self._lrn(x)
             if layer.pool:
-                x = F.max_pool2d(x, POOL_KERNEL, POOL_STRIDE)
+                x = F.max_pool2d(x, *self.spec.pool)
             if layer.dropout:
                 x = getattr(self, f"{layer.name}_dropout")(x)
+            if layer.name == until:
+                return x
             previous = layer
         return self.exchange.gather_logits(x, self.shares(self.spec.layers[-1]))
+
+
+# The keys of conf/model that shape the net (and so a checkpoint), with the paper's values:
+# the defaults of checkpoints written before the ablation switches existed.
+ARCH_DEFAULTS = {"geometry": "224", "lrn": "paper", "pool": "overlap", "dropout": 0.5, "remove": None}
+
+
+def arch_options(model_cfg) -> dict:
+    """The architecture keywords of :func:`build_model` from a ``conf/model`` mapping (or a
+    checkpoint's model signature); keys it lacks take the paper's values."""
+    out = {}
+    for key, default in ARCH_DEFAULTS.items():
+        value = model_cfg.get(key, default) if hasattr(model_cfg, "get") else default
+        out[key] = None if value is None else type(default)(value) if default is not None else str(value)
+    return out
 
 
 def build_model(
@@ -234,17 +258,23 @@ def build_model(
     input_size: int | None = None,
     geometry: str = "224",
     lrn: str = "paper",
-    init: str = "paper",
+    init: str | None = "paper",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+    remove: str | None = None,
 ) -> AlexNet:
     """The paper's two-tower net (``"full"``) or the one-GPU half net (``"half"``), in one process.
 
     ``input_size`` defaults to the geometry's crop (224 or 227); any size from 67 px up works.
-    ``lrn`` is ``"paper"`` (the printed formula) or ``"cuda-convnet"`` (Krizhevsky's config).
-    ``init`` is ``"paper"`` (sec. 5) or ``"he"`` (see :meth:`AlexNet.reset_parameters`).
+    ``lrn`` is ``"paper"`` (the printed formula), ``"cuda-convnet"`` (Krizhevsky's config) or
+    ``"none"``. ``init`` is ``"paper"`` (sec. 5) or ``"he"`` (see :meth:`AlexNet.reset_parameters`).
+    ``pool``, ``dropout`` and ``remove`` are the paper's ablations (:func:`alexnet_mp.arch.ablate`).
     """
     if geometry not in GEOMETRIES:
         raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
-    spec = spec_for(name, num_classes)
+    if pool not in POOLINGS:
+        raise UserError(f"model.pool={pool!r}: choose one of {sorted(POOLINGS)}")
+    spec = ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove)
     return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer"]
+__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "param_groups"]
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -43,6 +43,22 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
+def param_groups(model: nn.Module, *, weight_decay: float, bias_decay: bool = True,
+                 bias_lr_mult: float = 1.0) -> list[dict]:
+    """The weights, then the biases, as optimizer groups. Sources differ on biases: the paper
+    states one weight decay and one learning rate for every parameter (our default), while
+    Caffe's bvlc_alexnet gives biases no decay (``bias_decay=False``) and twice the rate
+    (``bias_lr_mult=2``). The schedule multiplies each group's rate by its ``lr_mult``."""
+    if bias_lr_mult <= 0:
+        raise UserError(f"optim.bias_lr_mult must be positive, got {bias_lr_mult}")
+    if bias_decay and bias_lr_mult == 1.0:  # one group, as checkpoints before these options have
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay, "lr_mult": 1.0}]
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": weights, "weight_decay": weight_decay, "lr_mult": 1.0},
+            {"params": biases, "weight_decay": weight_decay if bias_decay else 0.0, "lr_mult": float(bias_lr_mult)}]
+
+
 def build_optimizer(params: Iterable[nn.Parameter], *, lr: float, momentum: float, weight_decay: float,
                     rule: str) -> torch.optim.Optimizer:
     if rule == "pytorch":
@@ -66,7 +82,7 @@ class PlateauSchedule:
             raise UserError(f"schedule.factor must be between 0 and 1, got {factor}")
         self.optimizer, self.factor, self.patience = optimizer, factor, patience
         self.threshold, self.max_drops, self.warmup_steps = threshold, max_drops, warmup_steps
-        self.base_lr = optimizer.param_groups[0]["lr"]
+        self.base_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
         self.best = float("inf")
         self.bad_epochs = 0
         self.drops = 0
@@ -80,7 +96,7 @@ class PlateauSchedule:
         """Set the rate for optimizer step ``step`` (counted from 1)."""
         warm = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * self.factor**self.drops * warm
+            group["lr"] = self.base_lr * group.get("lr_mult", 1.0) * self.factor**self.drops * warm
 
     def step(self, val_error: float) -> bool:
         """Record an epoch's validation error; return True when the rate was dropped."""

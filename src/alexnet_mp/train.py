@@ -34,8 +34,9 @@ from alexnet_mp import comm, data
 from alexnet_mp.augment import BatchAugment
 from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
 from alexnet_mp.errors import UserError
-from alexnet_mp.model import AlexNet, build_model
-from alexnet_mp.optim import PlateauSchedule, build_optimizer
+from alexnet_mp.arch import POOLINGS, REMOVABLE
+from alexnet_mp.model import LRN_CHOICES, AlexNet, arch_options, build_model
+from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
 from alexnet_mp.parallel import Placement, full_state_dict, parallelize, place
 from alexnet_mp.progress import Progress
 from alexnet_mp.report import MetricsLog
@@ -77,6 +78,13 @@ _CHECKS = (  # (keys, what they must be, test)
     (("compile_mode",), "default, reduce-overhead or max-autotune-no-cudagraphs",
      lambda v: v in COMPILE_MODES),
     (("device",), "auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
+    (("model.lrn",), "paper, cuda-convnet or none", lambda v: v in LRN_CHOICES),
+    (("model.pool",), "overlap or 2x2", lambda v: v in POOLINGS),
+    (("model.dropout",), "a drop probability in [0, 1)", lambda v: _number(positive=False)(v) and v < 1),
+    (("model.remove",), "null or a middle conv layer (" + ", ".join(REMOVABLE) + ")",
+     lambda v: v is None or v in REMOVABLE),
+    (("optim.bias_decay",), "true or false", lambda v: v is None or isinstance(v, bool)),
+    (("optim.bias_lr_mult",), "a positive number", lambda v: v is None or _number(positive=True)(v)),
     (("data.pca_scale",), "sqrt or eigenvalue", lambda v: v in ("sqrt", "eigenvalue")),
     (("data.workers",), "auto or a non-negative integer", lambda v: v == "auto" or _integer(0)(v)),
     (("data.augment",), "device or workers", lambda v: v in ("device", "workers")),
@@ -281,7 +289,7 @@ def _model_signature(cfg: DictConfig, num_classes: int, crop: int, towers: int) 
     """What a checkpoint must match to be resumed. Not the replica count: a run resumes on
     any number of replicas of the same towers."""
     return {"name": str(cfg.model.name), "num_classes": num_classes, "input_size": crop,
-            "geometry": str(cfg.model.geometry), "lrn": str(cfg.model.lrn), "towers": towers}
+            **arch_options(cfg.model), "towers": towers}
 
 
 def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
@@ -487,7 +495,7 @@ def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_cl
     of ``conf/model``, ``conf/optim`` and ``conf/schedule``."""
     torch.manual_seed(seed)
     model = build_model(str(model_cfg["name"]), num_classes=num_classes, input_size=input_size,
-                        geometry=str(model_cfg["geometry"]), lrn=str(model_cfg["lrn"]), init=str(model_cfg["init"]))
+                        init=str(model_cfg["init"]), **arch_options(model_cfg))
     if placement is not None and placement.towers == 2:
         model = parallelize(model, group=placement.tower_group, device=device, overlap=overlap)
     else:
@@ -498,7 +506,10 @@ def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_cl
         model = model.to(memory_format=torch.channels_last)
     model.train()
     speed.apply_backends()
-    optimizer = build_optimizer(model.parameters(), lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
+    groups = param_groups(model, weight_decay=float(optim_cfg["weight_decay"]),
+                          bias_decay=bool(optim_cfg.get("bias_decay", True)),
+                          bias_lr_mult=float(optim_cfg.get("bias_lr_mult", 1.0)))
+    optimizer = build_optimizer(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
                                 weight_decay=float(optim_cfg["weight_decay"]), rule=str(optim_cfg["rule"]))
     schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
                                              ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
