@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: help install test train prepare bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare reproduce figures bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,12 @@ train: $(STAMP)  ## train the two-tower net, one tower per process, on the built
 
 prepare: $(STAMP)  ## preprocess an image folder once for data=prepared: make prepare ARGS='data.root=SRC out=DST'
 	$(PY) launch/prepare.py $(ARGS)
+
+reproduce: $(STAMP)  ## the paper's comparisons over seeds: make reproduce ARGS='data=imagefolder data.root=PATH ...'
+	$(PY) launch/reproduce.py $(ARGS)
+
+figures: $(STAMP)  ## the paper's Figures 3 and 4 from a trained run: make figures ARGS='checkpoint=RUN_DIR'
+	$(PY) launch/figures.py $(ARGS)
 
 bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error (devices=N: also on N)
 	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(if $(devices),devices=$(devices)) $(ARGS)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp.cli import data_overrides, override_value as _override_value
 from alexnet_mp.errors import UserError
 from alexnet_mp.train import Speed
 
@@ -134,34 +134,6 @@ def time_scale(cfg: DictConfig, plan: dict) -> dict:
 
 
 # -- the error part: the trainer and the evaluator as subprocesses ----------------------------------
-
-_HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    # Plain words and paths go as they are; anything Hydra could read as another type is quoted.
-    if re.fullmatch(r"[A-Za-z_/][A-Za-z0-9_./-]*", text) and text.lower() not in _HYDRA_WORDS:
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def data_overrides(data_cfg: DictConfig) -> list[str]:
-    """The benchmark's data settings as overrides for launch/train.py and launch/evaluate.py,
-    which compose the same ``data`` group."""
-    missing = [k for k in data_cfg if OmegaConf.is_missing(data_cfg, k)]
-    if missing:
-        raise UserError(f"data={data_cfg.get('name', '?')} needs {', '.join(f'data.{k}=...' for k in missing)}")
-    plain = OmegaConf.to_container(data_cfg, resolve=True)
-    return [f"data={plain['name']}"] + [f"data.{k}={_override_value(v)}" for k, v in plain.items()
-                                        if k != "name" and not isinstance(v, (dict, list))]
-
 
 def train_command(name: str, seed: int, epochs: int, run_dir: Path, cfg: DictConfig) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={DEVICES_OF[name]}",

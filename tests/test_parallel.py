@@ -12,7 +12,12 @@ from alexnet_mp.errors import UserError
 from alexnet_mp.parallel import full_state_dict, init_towers, parallelize, shard_state_dict
 from distributed import run_ranks
 
-TOL = 1e-5
+TOL = 1e-5  # the other two-process comparisons in this file
+# What test_two_towers_equal_one_process_net asserts, by what is compared (README, "Exactness"):
+# largest difference relative to the reference's largest magnitude. Measured on the 2-core CPU
+# machine: logits and loss 8.5e-7, gradients 1.2e-6, parameters 6.0e-7 and momentum 9.5e-7 after
+# 4 steps, assembled state dict 2.4e-7, the 7-class 227 net 6.0e-7.
+BOUNDS = {"eval": 2e-6, "train": 2e-6, "grad": 3e-6, "param": 2e-6, "momentum": 2e-6, "assembled": 1e-6, "7 classes": 2e-6}
 BATCH, SIZE, CLASSES = 4, 96, 10
 
 
@@ -109,7 +114,8 @@ def test_two_towers_equal_one_process_net(ranks):
         print(f"rank {rank}: largest relative difference {worst[1]:.3g} ({worst[0]})")
         for what, diff in sorted(result["diffs"].items()):
             print(f"  rank {rank}  {diff:.2e}  {what}")
-            assert diff < TOL, f"rank {rank}: {what} differs by {diff:.3g}"
+            bound = next(b for prefix, b in BOUNDS.items() if what.startswith(prefix))
+            assert diff < bound, f"rank {rank}: {what} differs by {diff:.3g} (bound {bound:.0e})"
 
 
 def test_every_gradient_and_step_was_compared(ranks):

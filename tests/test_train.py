@@ -208,3 +208,46 @@ def test_trains_on_real_photographs(tmp_path):
     ok(proc)
     blob = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)
     assert blob["model"]["num_classes"] == 10 and blob["data"]["crop"] == 67
+
+
+# -- the recipe through real training loops ------------------------------------------------------
+
+PLATEAU = ["schedule.warmup_steps=0", "schedule.patience=0", "schedule.threshold=1.0", "epochs=3"]  # nothing counts as better
+
+
+def test_plateau_drops_the_rate_inside_a_training_loop(tmp_path):
+    ok(launch([*TINY, *PLATEAU, f"hydra.run.dir={tmp_path}"], nproc=0))
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # epoch 1 sets the best; epochs 2 and 3 "do not improve" (threshold 1.0): each drops the rate
+    # by 10 after it, and the next epoch trains at the lower rate
+    assert [r["lr"] for r in rows] == pytest.approx([0.002, 0.002, 0.0002])
+
+
+def test_paper_rule_trains_and_resumes_bit_for_bit_across_a_drop(tmp_path):
+    args = [*TINY, *PLATEAU, "optim.rule=paper", "checkpoint.every_steps=4"]
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'straight'}"], nproc=0))
+    stopped = launch([*args, f"hydra.run.dir={tmp_path / 'resumed'}", "debug.max_steps=20"], nproc=0)  # in epoch 3
+    ok(stopped)
+    shard = torch.load(next((tmp_path / "resumed" / "checkpoints").glob("step-00000020*")) / "tower0.pt",
+                       weights_only=True)
+    assert "velocity" in next(iter(shard["optimizer"]["state"].values()))  # the paper's rule, saved
+    assert shard["schedule"]["drops"] == 1
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'resumed'}", "resume=true"], nproc=0))
+    straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_experiment_paper_composes_with_the_papers_values():
+    from hydra import compose, initialize_config_dir
+
+    from alexnet_mp.train import validate_config
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=paper", "data.root=/data/ilsvrc2012-256"])
+    assert (cfg.epochs, cfg.batch_size, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (90, 128, 0.01, 0.9, 5e-4)
+    assert (cfg.model.name, cfg.model.init, cfg.model.geometry, cfg.model.lrn) == ("full", "paper", "224", "paper")
+    assert (cfg.model.pool, cfg.model.dropout, cfg.model.remove) == ("overlap", 0.5, None)
+    assert (cfg.data.name, cfg.data.image_size, cfg.schedule.warmup_steps, cfg.schedule.factor) == ("prepared", 256, 0, 0.1)
+    assert cfg.schedule.max_drops == 3 and cfg.optim.bias_decay is True and cfg.optim.bias_lr_mult == 1.0
+    validate_config(cfg)

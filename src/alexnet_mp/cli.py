@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["run_entry_point", "hydra_run_dir"]
+__all__ = ["run_entry_point", "hydra_run_dir", "override_value", "data_overrides"]
 
 
 def hydra_run_dir() -> Path:
@@ -45,3 +49,31 @@ def run_entry_point(fn: Callable[[], object]) -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+_HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}
+
+
+def override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    # Plain words and paths go as they are; anything Hydra could read as another type is quoted.
+    if re.fullmatch(r"[A-Za-z_/][A-Za-z0-9_./-]*", text) and text.lower() not in _HYDRA_WORDS:
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def data_overrides(data_cfg: DictConfig) -> list[str]:
+    """A composed ``data`` group as command-line overrides for launch/train.py and
+    launch/evaluate.py, which compose the same group (the benchmark and the sweep call them)."""
+    missing = [k for k in data_cfg if OmegaConf.is_missing(data_cfg, k)]
+    if missing:
+        raise UserError(f"data={data_cfg.get('name', '?')} needs {', '.join(f'data.{k}=...' for k in missing)}")
+    plain = OmegaConf.to_container(data_cfg, resolve=True)
+    return [f"data={plain['name']}"] + [f"data.{k}={override_value(v)}" for k, v in plain.items()
+                                        if k != "name" and not isinstance(v, (dict, list))]

@@ -23,7 +23,7 @@ from alexnet_mp.model import arch_options, build_model
 from alexnet_mp.progress import Progress
 from alexnet_mp.train import _base_datasets, topk_wrong
 
-__all__ = ["evaluate_checkpoint", "load_trained_model"]
+__all__ = ["evaluate_checkpoint", "load_trained_model", "open_data"]
 
 log = logging.getLogger("alexnet_mp")
 CENTRE = 4  # index of the centre patch in data.ten_crop's order
@@ -47,6 +47,24 @@ def load_trained_model(path: Path):
     return model.eval(), blob
 
 
+def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch.device):
+    """(dataset of ``split``, the training run's augmentation, the data config) for a trained
+    net: its own data unless ``data_cfg`` names other data (same classes and image size)."""
+    dcfg = data_cfg if data_cfg is not None else OmegaConf.create(blob["data"]["config"])
+    if int(dcfg.image_size) != blob["data"]["image_size"]:
+        raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
+                        f"{blob['data']['image_size']}px images")
+    train_base, val_base, _, _ = _base_datasets(dcfg)
+    base = val_base if split == "val" else train_base
+    if len(base.classes) != blob["model"]["num_classes"]:
+        raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
+                        f"{blob['model']['num_classes']}")
+    # The training run's statistics: the mean image it subtracted.
+    augment = BatchAugment(data.DatasetStats(**blob["stats"]), blob["data"]["crop"], seed=0, device=device,
+                           mean_subtraction=bool(blob["data"]["config"].get("mean_subtraction", True)))
+    return base, augment, dcfg
+
+
 @torch.no_grad()
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.threads))
@@ -59,19 +77,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device)
-    # Without data=..., evaluate on the data the net was trained on.
-    dcfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(blob["data"]["config"])
-    if int(dcfg.image_size) != blob["data"]["image_size"]:
-        raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
-                        f"{blob['data']['image_size']}px images")
-    train_base, val_base, _, _ = _base_datasets(dcfg)
-    base = val_base if cfg.split == "val" else train_base
-    if len(base.classes) != blob["model"]["num_classes"]:
-        raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
-                        f"{blob['model']['num_classes']}")
-    # The training run's statistics: the mean image it subtracted.
-    augment = BatchAugment(data.DatasetStats(**blob["stats"]), blob["data"]["crop"], seed=0, device=device,
-                           mean_subtraction=bool(blob["data"]["config"].get("mean_subtraction", True)))
+    base, augment, dcfg = open_data(blob, cfg.get("data"), str(cfg.split), device)
     wrong = torch.zeros(2, 2, dtype=torch.int64, device=device)  # (centre, ten-crop) x (top-1, top-5)
     seen = skipped = 0
     loader = data.BatchLoader(base, int(cfg.batch_size), shuffle=False, seed=0, drop_last=False,

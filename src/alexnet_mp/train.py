@@ -762,6 +762,7 @@ def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Checkpoint
         "device": device.type, "epochs": p.epoch, "steps": p.step,
         "val_top1_err": history[-1]["val_top1_err"] if history else None,
         "val_top5_err": history[-1]["val_top5_err"] if history else None,
+        "train_loss": history[-1]["train_loss"] if history else None,
         "best_val_top1_err": min((h["val_top1_err"] for h in history), default=None),
         "chance_top1_err": 1 - 1 / d.num_classes,
         "images_per_s": _throughput(history),

@@ -1,0 +1,19 @@
+"""Draw the paper's Figures 3 and 4 from a trained run.
+
+    python launch/figures.py checkpoint=RUN_DIR [train_images=10000] [output_dir=DIR]
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from alexnet_mp.cli import run_entry_point
+from alexnet_mp.figures import draw_figures
+
+
+@hydra.main(config_path="../conf", config_name="figures", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: draw_figures(cfg))
+
+
+if __name__ == "__main__":
+    main()
