@@ -209,7 +209,7 @@ def summarise(results: list[dict], configs: list[str]) -> dict:
             row[crop] = {e: spread([r[crop][e] for r in runs.values()]) for e in ERRORS}
         shares = [r["chromatic_share"] for r in runs.values()]
         row["chromatic_share"] = [spread([s[t] for s in shares]) for t in range(len(shares[0]))]
-        row["train_loss"] = spread([r["train_loss"] for r in runs.values() if r.get("train_loss") is not None] or [0.0])
+        row["train_loss"] = spread([r["train_loss"] for r in runs.values()])  # with dropout and augmentation on
         row["train_seconds"] = spread([r["train_seconds"] for r in runs.values()])
         if c != "full":
             row["vs_full"] = {crop: {e: paired_difference({s: r[crop][e] for s, r in runs.items()},
@@ -230,6 +230,11 @@ def _mean_std(s: dict) -> str:
     return f"{_pct(s['mean'])} ± {_pct(s['std'])}" if s["std"] is not None else f"{_pct(s['mean'])} ± n/a"
 
 
+def _loss(s: dict) -> str:
+    spread_text = f"{s['std']:.3f}" if s["std"] is not None else "n/a"
+    return f"{s['mean']:.3f} ± {spread_text}"
+
+
 def _verdict(d: dict) -> str:
     if d["resolved"] is None:
         return "n/a (fewer than 2 paired seeds)"
@@ -239,18 +244,19 @@ def _verdict(d: dict) -> str:
 def markdown(summary: dict, settings: dict) -> str:
     lines = [f"# reproduce: the paper's comparisons ({settings['data']}, {settings['epochs']} epochs)", "",
              "Error in % (mean ± standard deviation over seeds; ± n/a with one seed). Ten-crop and centre-crop "
-             "top-1 / top-5 on the validation set.", "",
+             "top-1 / top-5 on the validation set. The train loss is the last epoch's mean, with dropout and "
+             "augmentation on (a lower train loss at a higher validation error is overfitting).", "",
              "| configuration | seeds | ten-crop top-1 | ten-crop top-5 | centre top-1 | centre top-5 | "
-             "chromatic share of conv1 energy, per tower |",
-             "|---|---|---|---|---|---|---|"]
+             "last epoch's train loss | chromatic share of conv1 energy, per tower |",
+             "|---|---|---|---|---|---|---|---|"]
     for c, row in summary.items():
         if not row["seeds"]:
-            lines.append(f"| {c} | 0 | - | - | - | - | - |")
+            lines.append(f"| {c} | 0 | - | - | - | - | - | - |")
             continue
         chroma = " / ".join(_mean_std({"mean": s["mean"], "std": s["std"]}) for s in row["chromatic_share"])
         lines.append(f"| {c} | {len(row['seeds'])} | {_mean_std(row['ten_crop']['top1_err'])} | "
                      f"{_mean_std(row['ten_crop']['top5_err'])} | {_mean_std(row['center']['top1_err'])} | "
-                     f"{_mean_std(row['center']['top5_err'])} | {chroma} |")
+                     f"{_mean_std(row['center']['top5_err'])} | {_loss(row['train_loss'])} | {chroma} |")
     lines += ["", "Against the full net trained from the same seeds: error of the configuration minus the full "
               "net's, in points, with the 95% interval (Student's t over the paired seeds), and the paper's "
               "stated difference (ImageNet). An interval that includes 0 is not resolved at this budget.", "",
