@@ -215,25 +215,33 @@ def test_trains_on_real_photographs(tmp_path):
 PLATEAU = ["schedule.warmup_steps=0", "schedule.patience=0", "schedule.threshold=1.0", "epochs=3"]  # nothing counts as better
 
 
-def test_plateau_drops_the_rate_inside_a_training_loop(tmp_path):
-    ok(launch([*TINY, *PLATEAU, f"hydra.run.dir={tmp_path}"], nproc=0))
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    # epoch 1 sets the best; epochs 2 and 3 "do not improve" (threshold 1.0): each drops the rate
-    # by 10 after it, and the next epoch trains at the lower rate
-    assert [r["lr"] for r in rows] == pytest.approx([0.002, 0.002, 0.0002])
-
-
-def test_paper_rule_trains_and_resumes_bit_for_bit_across_a_drop(tmp_path):
+@pytest.fixture(scope="module")
+def paper_rule_runs(tmp_path_factory):
+    """The paper's update rule with plateau drops: straight through, and stopped then resumed."""
+    tmp = tmp_path_factory.mktemp("paper-rule")
     args = [*TINY, *PLATEAU, "optim.rule=paper", "checkpoint.every_steps=4"]
-    ok(launch([*args, f"hydra.run.dir={tmp_path / 'straight'}"], nproc=0))
-    stopped = launch([*args, f"hydra.run.dir={tmp_path / 'resumed'}", "debug.max_steps=20"], nproc=0)  # in epoch 3
-    ok(stopped)
-    shard = torch.load(next((tmp_path / "resumed" / "checkpoints").glob("step-00000020*")) / "tower0.pt",
-                       weights_only=True)
+    ok(launch([*args, f"hydra.run.dir={tmp / 'straight'}"], nproc=0))
+    ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "debug.max_steps=20"], nproc=0))  # in epoch 3
+    checkpoint = next((tmp / "resumed" / "checkpoints").glob("step-00000020*")) / "tower0.pt"
+    shard = torch.load(checkpoint, weights_only=True)
+    ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "resume=true"], nproc=0))
+    return tmp, shard
+
+
+def test_plateau_drops_the_rate_inside_a_training_loop(paper_rule_runs):
+    tmp = paper_rule_runs[0]
+    for run in ("straight", "resumed"):
+        rows = [json.loads(l) for l in (tmp / run / "metrics.jsonl").read_text().splitlines()]
+        # epoch 1 sets the best; epochs 2 and 3 "do not improve" (threshold 1.0): each drops the
+        # rate by 10 after it, and the next epoch trains at the lower rate
+        assert [r["lr"] for r in rows] == pytest.approx([0.002, 0.002, 0.0002]), run
+
+
+def test_paper_rule_trains_and_resumes_bit_for_bit_across_a_drop(paper_rule_runs):
+    tmp, shard = paper_rule_runs
     assert "velocity" in next(iter(shard["optimizer"]["state"].values()))  # the paper's rule, saved
     assert shard["schedule"]["drops"] == 1
-    ok(launch([*args, f"hydra.run.dir={tmp_path / 'resumed'}", "resume=true"], nproc=0))
-    straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
+    straight, resumed = final_state(tmp / "straight"), final_state(tmp / "resumed")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
 
