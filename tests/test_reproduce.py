@@ -226,3 +226,15 @@ def test_figures_draw_and_measure(swept):
     bad = subprocess.run([sys.executable, "launch/figures.py", f"checkpoint={tmp / 'nothing'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("alexnet_mp: error:") and len(bad.stderr.splitlines()) == 1
+
+
+def test_a_run_that_ends_at_chance_is_named():
+    def run(config, seed, err):
+        return {"config": config, "seed": seed, "chromatic_share": [0.5], "train_loss": 2.3, "train_seconds": 1.0,
+                "chance_top1_err": 0.9, **{crop: {"top1_err": err, "top5_err": 0.5} for crop in ("center", "ten_crop")}}
+    s = summarise([run("full", 0, 0.6), run("no_lrn", 0, 0.9), run("no_lrn", 1, 0.7)], ["full", "no_lrn"])
+    assert s["full"]["at_chance"] == [] and s["no_lrn"]["at_chance"] == [0]
+    from alexnet_mp.reproduce import markdown
+
+    assert "ended at chance error (the net stopped learning; their differences measure a training failure): " \
+           "no_lrn (seed 0)." in markdown(s, {"data": "d", "epochs": 1})

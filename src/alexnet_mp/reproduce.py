@@ -162,7 +162,12 @@ class Sweep:
 
     def result(self, config: str, seed: int) -> dict | None:
         path = self.run_dir(config, seed) / "result.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        result = json.loads(path.read_text())
+        if "chance_top1_err" not in result:  # results written before it was recorded
+            result["chance_top1_err"] = json.loads((path.parent / "summary.json").read_text()).get("chance_top1_err")
+        return result
 
     def run(self, config: str, seed: int, data_args: list[str]) -> dict:
         """Train (or resume), evaluate and measure one run; its result.json is written last."""
@@ -187,6 +192,7 @@ class Sweep:
         result = {"config": config, "seed": seed, "overrides": CONFIGS[config],
                   "center": ev["center"], "ten_crop": ev["ten_crop"], "val_images": ev["images"],
                   "trainer_val_top1_err": summary["val_top1_err"], "train_loss": summary.get("train_loss"),
+                  "chance_top1_err": summary.get("chance_top1_err"),
                   "train_seconds": summary["seconds"], "epochs": summary["epochs"],
                   # per tower of the net (two for the full net, also when it ran as one process)
                   "chromatic_share": tower_chromatic_shares(blob["state_dict"]["conv1.weight"],
@@ -211,6 +217,9 @@ def summarise(results: list[dict], configs: list[str]) -> dict:
         row["chromatic_share"] = [spread([s[t] for s in shares]) for t in range(len(shares[0]))]
         row["train_loss"] = spread([r["train_loss"] for r in runs.values()])  # with dropout and augmentation on
         row["train_seconds"] = spread([r["train_seconds"] for r in runs.values()])
+        # a run whose validation error ends at chance stopped learning (e.g. every ReLU dead)
+        row["at_chance"] = sorted(s for s, r in runs.items() if r.get("chance_top1_err") is not None
+                                  and r["ten_crop"]["top1_err"] >= r["chance_top1_err"] - 0.005)
         if c != "full":
             row["vs_full"] = {crop: {e: paired_difference({s: r[crop][e] for s, r in runs.items()},
                                                           {s: r[crop][e] for s, r in by["full"].items()})
@@ -257,6 +266,9 @@ def markdown(summary: dict, settings: dict) -> str:
         lines.append(f"| {c} | {len(row['seeds'])} | {_mean_std(row['ten_crop']['top1_err'])} | "
                      f"{_mean_std(row['ten_crop']['top5_err'])} | {_mean_std(row['center']['top1_err'])} | "
                      f"{_mean_std(row['center']['top5_err'])} | {_loss(row['train_loss'])} | {chroma} |")
+    stuck = [f"{c} (seed {', '.join(map(str, r['at_chance']))})" for c, r in summary.items() if r.get("at_chance")]
+    lines += ["", "Runs that ended at chance error (the net stopped learning; their differences measure a training "
+              "failure): " + (", ".join(stuck) if stuck else "none") + "."]
     lines += ["", "Against the full net trained from the same seeds: error of the configuration minus the full "
               "net's, in points, with the 95% interval (Student's t over the paired seeds), and the paper's "
               "stated difference (ImageNet). An interval that includes 0 is not resolved at this budget.", "",
