@@ -222,6 +222,22 @@ def test_figures_draw_and_measure(swept):
     result = json.loads((run / "result.json").read_text())
     assert result["chromatic_share"] == pytest.approx(out["chromatic_share"])
     assert out["train_images_searched"] == 64
+    # the neighbours of Figure 4 against a brute-force search of every training image's fc7
+    model, blob = load_trained_model(run)
+    from alexnet_mp.data import SyntheticImages
+
+    c = blob["data"]["config"]
+    sets = {split: SyntheticImages(split, int(c["num_classes"]), int(c[f"{split}_size"]), int(c["image_size"]),
+                                   int(c["seed"])) for split in ("train", "val")}
+    mean, crop, s = blob["stats"]["mean_image"].float(), blob["data"]["crop"], int(c["image_size"])
+    o = (s - crop) // 2
+    fc7 = lambda img: model((img.float() - mean)[None, :, o:o + crop, o:o + crop], until="fc7")[0]  # noqa: E731
+    queries = torch.randperm(len(sets["val"]), generator=torch.Generator().manual_seed(0))[:13].tolist()[8:]
+    with torch.no_grad():
+        pool = torch.stack([fc7(sets["train"][i][0]) for i in range(64)])
+        for q, row in zip(queries, out["neighbours"]):
+            d = (pool - fc7(sets["val"][q][0])).norm(dim=1)
+            assert row == d.argsort()[:6].tolist()
     assert "tower 0" in proc.stdout and "fc7 neighbours" in proc.stdout
     bad = subprocess.run([sys.executable, "launch/figures.py", f"checkpoint={tmp / 'nothing'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

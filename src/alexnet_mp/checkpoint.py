@@ -119,6 +119,7 @@ class CheckpointStore:
         meta = json.loads((folder / "meta.json").read_text())
         written_for = meta.get("model", {})
         # Checkpoints from before the ablation switches lack their keys: they had the paper's values.
+        # (This lets their model files be evaluated; resuming also compares the whole saved config.)
         written_for = {**{k: v for k, v in ARCH_DEFAULTS.items() if k in expect}, **written_for}
         if written_for != expect:
             diffs = ", ".join(f"{k}={written_for.get(k)!r} here {expect.get(k)!r}" for k in sorted(set(written_for) | set(expect))

@@ -180,10 +180,25 @@ def draw_figures(cfg) -> dict:
     queries = picks[n_top:]
     q_images, q_feats, q_labels, _ = _features(model, augment, val, queries, until="fc7")
     limit = int(cfg.train_images) if int(cfg.train_images) > 0 else len(train)
-    t_images, t_feats, t_labels, _ = _features(model, augment, train, list(range(min(limit, len(train)))),
-                                               until="fc7")
     k = int(cfg.neighbours)
-    index, dist = nearest_neighbours(q_feats, t_feats, k)
+    # The training set is read in chunks and only each query's k nearest so far are kept, so
+    # memory does not grow with the training set (ImageNet's is 1.28M images).
+    best_d = torch.zeros(len(q_feats), 0, dtype=torch.float64)
+    best_i = torch.zeros(len(q_feats), 0, dtype=torch.long)
+    searched = 0
+    order = list(range(min(limit, len(train))))
+    for start in range(0, len(order), 512):
+        _, feats, _, kept = _features(model, augment, train, order[start:start + 512], until="fc7")
+        idx, d = nearest_neighbours(q_feats, feats, min(k, len(feats)))
+        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, torch.tensor(kept)[idx]], 1)
+        best_d, pick = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=True)
+        best_i = i.gather(1, pick)
+        searched += len(kept)
+    if best_i.shape[1] < k:
+        raise UserError(f"{searched} readable training images; Figure 4 needs at least {k}")
+    index, dist = best_i, best_d
+    neighbours = {int(i): train[int(i)] for i in index.flatten().unique()}  # read again, only these
+    t_labels = {i: int(item[1]) for i, item in neighbours.items()}
     fig, axes = plt.subplots(len(q_images), k + 1, figsize=(1.4 * (k + 1), 1.5 * len(q_images)))
     axes = axes.reshape(len(q_images), k + 1)
     for r in range(len(q_images)):
@@ -191,7 +206,7 @@ def draw_figures(cfg) -> dict:
         axes[r, 0].set_title(f"val: {classes[q_labels[r]]}", fontsize=7, color="tab:red")
         for c in range(k):
             i = int(index[r, c])
-            axes[r, c + 1].imshow(_crop_view(t_images[i], crop).numpy())
+            axes[r, c + 1].imshow(_crop_view(neighbours[i][0], crop).numpy())
             axes[r, c + 1].set_title(f"{classes[t_labels[i]]} ({dist[r, c]:.0f})", fontsize=7)
         for a in axes[r]:
             a.set_axis_off()
@@ -201,11 +216,13 @@ def draw_figures(cfg) -> dict:
     result["files"]["figure4_neighbours"] = str(out / "figure4-neighbours.png")
     fig.savefig(result["files"]["figure4_neighbours"], dpi=110)
     plt.close(fig)
-    same = (t_labels[index] == q_labels[:, None]).float().mean().item()
+    same = sum(t_labels[int(i)] == int(q_labels[r]) for r in range(len(index)) for i in index[r]) / index.numel()
     result["neighbours_same_class"] = same
-    result["train_images_searched"] = len(t_feats)
+    result["neighbours"] = index.tolist()
+    result["neighbour_distances"] = dist.tolist()
+    result["train_images_searched"] = searched
     atomic_write_text(out / "figures.json", json.dumps(result, indent=1))
-    print(f"fc7 neighbours: {100 * same:.0f}% share the query's class (among {len(t_feats)} training images)",
+    print(f"fc7 neighbours: {100 * same:.0f}% share the query's class (among {searched} training images)",
           flush=True)
     print("wrote " + ", ".join(result["files"].values()), flush=True)
     return result
