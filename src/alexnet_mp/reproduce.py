@@ -308,21 +308,24 @@ def plot(summary: dict, path: Path) -> None:
     rows = [c for c, r in summary.items() if c != "full" and r["seeds"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * max(len(rows), 2) + 1.6), sharey=True)
     for ax, e in zip(axes, ERRORS):
-        labels = {"measured, 95% interval": "tab:blue", "paper (ImageNet)": "tab:red"}
+        pending = ["measured, 95% interval", "paper (ImageNet)"]
+
+        def once(name: str) -> str | None:  # each legend entry labels its first point only
+            return pending.remove(name) or name if name in pending else None
         for y, c in enumerate(rows):
             d = summary[c]["vs_full"]["ten_crop"][e]
             if d["mean"] is None:
                 continue
             if d["low"] is not None:
                 ax.plot([100 * d["low"], 100 * d["high"]], [y, y], color="tab:blue", lw=2)
-            ax.plot(100 * d["mean"], y, "o", color="tab:blue", label=labels.pop("measured, 95% interval", None))
+            ax.plot(100 * d["mean"], y, "o", color="tab:blue", label=once("measured, 95% interval"))
             paper = (summary[c].get("paper") or {}).get(e)
             if paper is not None:
-                ax.plot(100 * paper, y, "D", color="tab:red", label=labels.pop("paper (ImageNet)", None))
+                ax.plot(100 * paper, y, "D", color="tab:red", label=once("paper (ImageNet)"))
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_title(f"ten-crop {e.split('_')[0]} error minus the full net's (points)")
         ax.set_yticks(range(len(rows)), rows)
-        if len(labels) < 2:
+        if len(pending) < 2:
             ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
