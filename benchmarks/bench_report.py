@@ -12,15 +12,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from alexnet_mp.stats import spread
+
 from bench_configs import (CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, REPO, TARGETS,
                            TRAINED)
 from bench_timing import _cpu_name
 
 
-def _spread(values: list[float]) -> dict:
-    # One seed has no spread: None (printed n/a), never a 0.00% that reads as a measurement.
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "min": min(values), "max": max(values), "n": len(values)}
+_spread = spread  # mean, std (None for one seed), min, max, n: shared with make reproduce
 
 
 def _git(*args: str) -> str | None:

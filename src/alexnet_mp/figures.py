@@ -19,7 +19,7 @@ from torch import Tensor
 
 from alexnet_mp.arch import split_sizes
 
-__all__ = ["chromatic_share", "tower_chromatic_shares", "nearest_neighbours", "kernel_grid", "draw_figures"]
+__all__ = ["chromatic_share", "tower_chromatic_shares", "nearest_neighbours", "running_nearest", "kernel_grid", "draw_figures"]
 
 
 def chromatic_share(kernels: Tensor) -> float:
@@ -48,12 +48,21 @@ def nearest_neighbours(queries: Tensor, pool: Tensor, k: int, chunk: int = 4096)
     ``queries``, nearest first, reading ``pool`` in chunks of ``chunk`` rows."""
     if k > len(pool):
         raise ValueError(f"asked for {k} neighbours among {len(pool)} rows")
-    best_d = torch.full((len(queries), 0), 0.0, dtype=torch.float64)
+    chunks = ((pool[s:s + chunk], torch.arange(s, min(s + chunk, len(pool)))) for s in range(0, len(pool), chunk))
+    return running_nearest(queries, chunks, k)
+
+
+def running_nearest(queries: Tensor, chunks, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`nearest_neighbours` over ``(rows, their ids)`` chunks, keeping only each query's
+    ``k`` nearest so far: memory does not grow with the pool (fewer than ``k`` ids if it is smaller)."""
+    best_d = torch.zeros((len(queries), 0), dtype=torch.float64)
     best_i = torch.zeros((len(queries), 0), dtype=torch.long)
     q = queries.double()
-    for start in range(0, len(pool), chunk):
-        d = torch.cdist(q, pool[start:start + chunk].double())
-        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, torch.arange(start, start + d.shape[1]).expand_as(d)], 1)
+    for rows, ids in chunks:
+        if not len(rows):
+            continue
+        d = torch.cat([best_d, torch.cdist(q, rows.double())], 1)
+        i = torch.cat([best_i, torch.as_tensor(ids).expand(len(q), -1)], 1)
         best_d, order = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=True)
         best_i = i.gather(1, order)
     return best_i, best_d
@@ -183,17 +192,17 @@ def draw_figures(cfg) -> dict:
     k = int(cfg.neighbours)
     # The training set is read in chunks and only each query's k nearest so far are kept, so
     # memory does not grow with the training set (ImageNet's is 1.28M images).
-    best_d = torch.zeros(len(q_feats), 0, dtype=torch.float64)
-    best_i = torch.zeros(len(q_feats), 0, dtype=torch.long)
-    searched = 0
     order = list(range(min(limit, len(train))))
-    for start in range(0, len(order), 512):
-        _, feats, _, kept = _features(model, augment, train, order[start:start + 512], until="fc7")
-        idx, d = nearest_neighbours(q_feats, feats, min(k, len(feats)))
-        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, torch.tensor(kept)[idx]], 1)
-        best_d, pick = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=True)
-        best_i = i.gather(1, pick)
-        searched += len(kept)
+    searched = 0
+
+    def chunks():
+        nonlocal searched
+        for start in range(0, len(order), 512):
+            _, feats, _, kept = _features(model, augment, train, order[start:start + 512], until="fc7")
+            searched += len(kept)
+            yield feats, kept
+
+    best_i, best_d = running_nearest(q_feats, chunks(), k)
     if best_i.shape[1] < k:
         raise UserError(f"{searched} readable training images; Figure 4 needs at least {k}")
     index, dist = best_i, best_d

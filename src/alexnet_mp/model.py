@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from alexnet_mp.arch import (
     GEOMETRIES,
     LRN_OPTIONS,
-    POOLINGS,
     WEIGHT_STD,
     Layer,
     NetSpec,
@@ -272,8 +271,6 @@ def build_model(
     """
     if geometry not in GEOMETRIES:
         raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
-    if pool not in POOLINGS:
-        raise UserError(f"model.pool={pool!r}: choose one of {sorted(POOLINGS)}")
     spec = ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove)
     return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init)
 

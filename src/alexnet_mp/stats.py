@@ -30,12 +30,12 @@ def t975(df: int) -> float:
 
 
 def spread(values: list[float]) -> dict:
-    """Mean and sample standard deviation (``None`` with fewer than two values: no spread
-    can be measured from one seed)."""
+    """Mean, sample standard deviation (``None`` with fewer than two values: one seed has no
+    spread, never a 0 that reads as a measurement), min and max."""
     if not values:
         raise ValueError("no values")
     return {"n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None}
+            "std": statistics.stdev(values) if len(values) > 1 else None, "min": min(values), "max": max(values)}
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
@@ -46,7 +46,7 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
     if not seeds:
         return {"n": 0, "seeds": [], "mean": None, "std": None, "low": None, "high": None, "resolved": None}
     diffs = [a[s] - b[s] for s in seeds]
-    out = {"n": len(diffs), "seeds": seeds, **{k: v for k, v in spread(diffs).items() if k != "n"}}
+    out = {"n": len(diffs), "seeds": seeds, **{k: spread(diffs)[k] for k in ("mean", "std")}}
     if len(diffs) < 2:
         out.update(low=None, high=None, resolved=None)
         return out
