@@ -33,6 +33,7 @@ from alexnet_mp.arch import (
     split_sizes,
 )
 from alexnet_mp.errors import UserError
+from alexnet_mp.lrn import local_response_norm
 
 __all__ = ["ARCH_DEFAULTS", "AlexNet", "Exchange", "INITS", "LRN_CHOICES", "arch_options", "build_model",
            "count_parameters"]
@@ -190,12 +191,7 @@ class AlexNet(nn.Module):
     def _lrn(self, x: Tensor) -> Tensor:
         # The 5-channel window never crosses a tower boundary (cuda-convnet's norm layers
         # have 48 and 128 channels), so in one process normalise each tower's channels alone.
-        chunks = x.chunk(self.groups_here, dim=1) if self.groups_here > 1 else (x,)
-        # In fp32 under bf16 autocast: the sum of squares over 5 channels and its 0.75 power
-        # lose too much in 8 bits of mantissa (precision=bf16 keeps LRN in fp32).
-        wide = lambda c: c.float() if c.dtype in (torch.bfloat16, torch.float16) else c  # noqa: E731
-        out = [F.local_response_norm(wide(c), **self.lrn_params).to(c.dtype) for c in chunks]
-        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        return local_response_norm(x, groups=self.groups_here, **self.lrn_params)
 
     def forward(self, x: Tensor, until: str | None = None) -> Tensor:
         """Logits; with ``until`` (a layer's name, one-process net only) that layer's output

@@ -1,0 +1,51 @@
+"""alexnet_mp.lrn: the hand-written LRN against torch's and against autograd's own gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet_mp.lrn import local_response_norm
+
+
+def _torchs(x, groups, **p):
+    return torch.cat([F.local_response_norm(c, **p) for c in x.chunk(groups, 1)], 1)
+
+
+@pytest.mark.parametrize("size, groups, channels", [(5, 1, 12), (5, 2, 16), (4, 1, 9), (7, 3, 6), (3, 1, 1)])
+def test_equals_torchs_lrn_and_its_gradient(size, groups, channels):
+    torch.manual_seed(size)
+    x = (torch.randn(3, channels, 5, 4, dtype=torch.float64) * 40).relu().requires_grad_()
+    p = dict(size=size, alpha=5e-4, beta=0.75, k=2.0)
+    grad = torch.randn(3, channels, 5, 4, dtype=torch.float64)
+    ours = local_response_norm(x, groups=groups, **p)
+    (ours_grad,) = torch.autograd.grad(ours, x, grad)
+    theirs = _torchs(x, groups, **p)
+    (theirs_grad,) = torch.autograd.grad(theirs, x, grad)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])  # 0.75 takes the two-roots path, others pow
+def test_gradient_passes_gradcheck(beta):
+    x = (torch.randn(2, 6, 3, 3, dtype=torch.float64) * 30).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 5, 1e-3, beta, 2.0, groups=2), (x,))
+
+
+def test_channels_last_and_bf16():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8, 6, 6) * 20).relu()
+    p = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
+    last = local_response_norm(x.to(memory_format=torch.channels_last), **p)
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(last, F.local_response_norm(x, **p))
+    # bf16 in, bf16 out, computed in fp32: the result is the fp32 one rounded once.
+    low = local_response_norm(x.bfloat16(), **p)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low, F.local_response_norm(x.bfloat16().float(), **p).bfloat16(), rtol=0, atol=0)
+
+
+def test_channels_must_split_into_groups():
+    with pytest.raises(ValueError, match="10 channels do not split into 3 groups"):
+        local_response_norm(torch.ones(1, 10, 2, 2), 5, groups=3)
