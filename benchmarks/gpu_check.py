@@ -1,6 +1,11 @@
 """The device check: step times of the net on one GPU, and the data path feeding it.
 
-Two parts, written to ``gpu-check.json`` and ``gpu-check.md`` in ``output_dir``:
+Three parts, written to ``gpu-check.json`` and ``gpu-check.md`` in ``output_dir``:
+
+0. **LRN** (the largest item of the eager bf16 step's profile on an H200). Forward and
+   backward of the whole net's two LRN layers at batch 128: torch's
+   ``F.local_response_norm`` (what the net used before ``alexnet_mp.lrn``) against
+   ``alexnet_mp.lrn.local_response_norm``, eager and compiled.
 
 1. **Step times** (issue: the towers on real GPUs). ``full-1dev`` (the whole net, groups=2
    convolutions, one process) and ``tower`` (one tower's compute, its exchanges replaced by a
@@ -13,7 +18,7 @@ Two parts, written to ``gpu-check.json`` and ``gpu-check.md`` in ``output_dir``:
 
     bash benchmarks/gpu_check.sh                         # on a machine with a GPU: tests, then this
     python benchmarks/gpu_check.py --device cpu --batches 4 --steps 1 --warmup 1 --compile false \
-        --matmul-size 256 --data-images 64 --data-batch 16 --data-epochs 1       # a smoke run on a CPU
+        --matmul-size 256 --data-images 64 --data-batch 16 --data-epochs 1 --lrn-batch 4  # a smoke run on a CPU
 
 Everything is the product's code: ``alexnet_mp.train.build_run_state`` and ``train_step``.
 """
@@ -33,11 +38,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from alexnet_mp import data
 from alexnet_mp.arch import full_spec
 from alexnet_mp.augment import BatchAugment
+from alexnet_mp.arch import LRN_OPTIONS
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
+from alexnet_mp.lrn import local_response_norm
 from alexnet_mp.model import AlexNet, Exchange
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
 from alexnet_mp.prepared import PreparedImages
@@ -95,11 +103,16 @@ def _state(kind: str, batch: int, speed: Speed, device: torch.device, classes: i
     return state
 
 
-def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup: int, steps: int) -> dict:
-    state = _state(kind, batch, speed, device)
+def inputs(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random images (about the pixel scale of the paper's inputs) and labels every time."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 224, 224, generator=g).mul_(60).to(device)
-    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    return x, torch.randint(0, 1000, (batch,), generator=g).to(device)
+
+
+def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup: int, steps: int) -> dict:
+    state = _state(kind, batch, speed, device)
+    x, y = inputs(batch, device)
     compile_start = time.perf_counter()
     for _ in range(warmup):
         train_step(state, x, y)
@@ -151,6 +164,59 @@ def step_part(args, device: torch.device, rows: list[dict], write) -> None:
         print(f"[gpu-check] {kind} batch {batch} {precision} channels_last={channels_last} compile={compiled} ({mode}): "
               f"{r['step_seconds'] * 1e3:.2f} ms, {r['images_per_s']:.0f} images/s, MFU {100 * row['mfu']:.0f}% "
               f"(warm-up {r['warmup_seconds']:.1f} s)", flush=True)
+
+
+def _torchs_lrn(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The net's LRN before alexnet_mp.lrn: torch's, per tower, in fp32 under bf16."""
+    low = x.dtype == torch.bfloat16
+    out = [F.local_response_norm(c.float() if low else c, **LRN_OPTIONS["paper"]).to(x.dtype)
+           for c in x.chunk(groups, 1)]
+    return torch.cat(out, 1)
+
+
+def lrn_part(args, device: torch.device) -> list[dict]:
+    """Forward + backward of the whole net's LRN layers (conv1 96x55x55, conv2 256x27x27, per
+    tower), each implementation on the same ReLU outputs and output gradients."""
+    ours = lambda x, groups: local_response_norm(x, groups=groups, **LRN_OPTIONS["paper"])  # noqa: E731
+    impls = {"torch": _torchs_lrn, "alexnet_mp": ours}
+    if args.lrn_compile:
+        impls["alexnet_mp compiled"] = torch.compile(ours)
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for precision in args.precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        layers = [(name, torch.randn(args.lrn_batch, c, s, s, generator=g).mul_(20).relu_().to(device, dtype),
+                   torch.randn(args.lrn_batch, c, s, s, generator=g).to(device, dtype))
+                  for name, c, s in (("conv1", 96, 55), ("conv2", 256, 27))]
+        reference = None
+        for impl, fn in impls.items():
+            def once():
+                outs = []
+                for _, x, grad in layers:
+                    x = x.detach().requires_grad_()
+                    y = fn(x, 2)
+                    y.backward(grad)
+                    outs.append((y.detach(), x.grad))
+                return outs
+            for _ in range(args.warmup):
+                outs = once()
+            _sync(device)
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                once()
+                _sync(device)
+                times.append(time.perf_counter() - start)
+            # Largest difference from torch's, relative to its largest magnitude, output and gradient.
+            reference = reference or outs
+            diff = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                       for pair_a, pair_b in zip(outs, reference) for a, b in zip(pair_a, pair_b))
+            rows.append({"implementation": impl, "precision": precision, "batch": args.lrn_batch,
+                         "seconds": statistics.median(times), "max_rel_diff_from_torch": diff})
+            print(f"[gpu-check] LRN {impl} {precision} batch {args.lrn_batch}: "
+                  f"{rows[-1]['seconds'] * 1e3:.2f} ms forward+backward (differs from torch's by {diff:.1e})",
+                  flush=True)
+    return rows
 
 
 def data_part(args, device: torch.device, work: Path) -> dict:
@@ -238,6 +304,14 @@ def markdown(r: dict) -> str:
             and x["precision"] == "bf16"]
     if b128:
         lines += ["", f"full-1dev bf16 at batch 128, fastest option set: {max(b128):.0f} images/s (target >= 20000)."]
+    if r.get("lrn"):
+        torchs = {x["precision"]: x["seconds"] for x in r["lrn"] if x["implementation"] == "torch"}
+        lines += ["", "LRN of the whole net (conv1 and conv2, per tower), forward + backward:", "",
+                  "| implementation | precision | batch | time | / torch's | largest difference from torch's |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {x['implementation']} | {x['precision']} | {x['batch']} | {x['seconds'] * 1e3:.2f} ms | "
+                  f"{x['seconds'] / torchs[x['precision']]:.2f} | {x['max_rel_diff_from_torch']:.1e} |"
+                  for x in r["lrn"]]
     d = r.get("data")
     if d:
         lines += ["", f"Data: the whole net ({d['precision']}, batch {d['batch']}) fed by the prepared loader "
@@ -265,6 +339,9 @@ def main() -> None:
     p.add_argument("--data-precision", default="bf16")
     p.add_argument("--deadline-s", type=float, default=330.0,
                    help="start no step row after this many seconds of the step part; later rows say so")
+    p.add_argument("--lrn-batch", type=int, default=128, help="batch of the LRN part; 0 skips it")
+    p.add_argument("--lrn-compile", type=lambda v: v == "true", default=True,
+                   help="also time the compiled LRN (true/false)")
     p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--skip-data", action="store_true")
     p.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"))
@@ -272,7 +349,7 @@ def main() -> None:
     device = torch.device(args.device)
     result = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tf32": args.tf32,
-              "settings": vars(args), "steps": [], "data": None}
+              "settings": vars(args), "steps": [], "data": None, "lrn": []}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -280,6 +357,9 @@ def main() -> None:
         (out / "gpu-check.json").write_text(json.dumps(result, indent=1) + "\n")
         (out / "gpu-check.md").write_text(markdown(result))
 
+    if args.lrn_batch:
+        result["lrn"] = lrn_part(args, device)
+        write()
     if not args.skip_data and Path(args.images).is_dir():
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
             result["data"] = data_part(args, device, Path(tmp))

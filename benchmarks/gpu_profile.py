@@ -11,38 +11,25 @@ steps), then the step time of ``torch.compile(mode="reduce-overhead")`` (CUDA gr
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import _state, _sync  # noqa: E402
+from gpu_check import _state, _sync, inputs, time_steps  # noqa: E402
 
 from alexnet_mp.train import Speed, train_step  # noqa: E402
 
 
 def main(device: torch.device, batch: int) -> None:
     cuda = device.type == "cuda"
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 224, 224, generator=g).mul_(60).to(device)
-    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
-
-    def seconds_per_step(state, steps: int = 20) -> float:
-        for _ in range(5):
-            train_step(state, x, y)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            train_step(state, x, y)
-        _sync(device)
-        return (time.perf_counter() - start) / steps
-
+    x, y = inputs(batch, device)
     eager = Speed(precision="bf16", channels_last=True, cudnn_benchmark=True)
     for kind in ("full-1dev", "tower"):
         state = _state(kind, batch, eager, device)
-        seconds_per_step(state, 3)
+        for _ in range(3):  # warm-up: allocator, cuDNN's kernel choice
+            train_step(state, x, y)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             for _ in range(5):
                 train_step(state, x, y)
@@ -54,10 +41,9 @@ def main(device: torch.device, batch: int) -> None:
                    compile_mode="reduce-overhead")
     for kind in ("full-1dev", "tower"):
         torch._dynamo.reset()
-        start = time.perf_counter()
-        s = seconds_per_step(_state(kind, batch, graphs, device))
-        print(f"==== {kind} compile reduce-overhead batch {batch}: {s * 1e3:.2f} ms/step, {batch / s:.0f} images/s "
-              f"(warm-up included: {time.perf_counter() - start:.0f} s)", flush=True)
+        r = time_steps(kind, batch, graphs, device, warmup=5, steps=20)
+        print(f"==== {kind} compile reduce-overhead batch {batch}: {r['step_seconds'] * 1e3:.2f} ms/step (median), "
+              f"{r['images_per_s']:.0f} images/s (warm-up: {r['warmup_seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,24 @@ def test_channels_last_and_bf16():
 def test_channels_must_split_into_groups():
     with pytest.raises(ValueError, match="10 channels do not split into 3 groups"):
         local_response_norm(torch.ones(1, 10, 2, 2), 5, groups=3)
+
+
+def test_device_check_times_both_lrns_and_reports_their_difference(tmp_path):
+    # benchmarks/gpu_check.py's LRN part, run on the CPU at batch 2 (its other parts skipped).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--lrn-batch", "2",
+                    "--lrn-compile", "false", "--warmup", "1", "--steps", "2", "--skip-steps", "--skip-data",
+                    "--output-dir", str(tmp_path)], check=True, cwd=repo, capture_output=True)
+    rows = json.loads((tmp_path / "gpu-check.json").read_text())["lrn"]
+    assert {(r["implementation"], r["precision"]) for r in rows} == {
+        (i, p) for i in ("torch", "alexnet_mp") for p in ("fp32", "bf16")}
+    for r in rows:
+        assert r["seconds"] > 0
+        # fp32: rounding only; bf16: the same fp32 result rounded once, one bf16 step apart at most
+        assert r["max_rel_diff_from_torch"] < (1e-6 if r["precision"] == "fp32" else 1e-2), r
+    assert "| alexnet_mp | fp32 | 2 |" in (tmp_path / "gpu-check.md").read_text()

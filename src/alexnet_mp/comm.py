@@ -38,6 +38,7 @@ __all__ = [
     "gather_from_towers",
     "gather_logits",
     "gather_shards",
+    "is_lost_peer",
     "set_profile",
     "all_equal",
     "all_ranks",
@@ -239,6 +240,17 @@ def _start_all_gather(x: Tensor, dim: int, sizes: list[int], group, layer: str, 
 def _all_gather_cat(x: Tensor, dim: int, sizes: list[int], group, layer: str, direction: str) -> Tensor:
     """All-gather ``x`` from every rank and concatenate along ``dim``; shares may differ in size."""
     return torch.cat(_start_all_gather(x, dim, sizes, group, layer, direction).wait(), dim=dim)
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is how a collective reports a lost peer: torch's ``DistBackendError``,
+    or gloo's transport error, a plain RuntimeError. (Under NCCL a survivor waits in a CUDA
+    sync until torchrun kills it or NCCL's watchdog aborts it.)"""
+    if isinstance(err, dist.DistBackendError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("gloo" in text or "connection reset" in text
+                                              or "connection closed" in text)
 
 
 def _offset(sizes: list[int], rank: int) -> int:

@@ -658,11 +658,7 @@ def _lost_processes_stop_the_run(placement: Placement, store: CheckpointStore):
     try:
         yield
     except (RuntimeError, _Stopped) as err:
-        # gloo reports a lost peer as a plain RuntimeError from its transport. (Under NCCL a survivor
-        # waits in a CUDA sync until torchrun kills it or NCCL's watchdog aborts it: no line then.)
-        text = str(err).lower()
-        if not isinstance(err, (dist.DistBackendError, _Stopped)) and not (
-                "gloo" in text or "connection reset" in text or "connection closed" in text):
+        if not isinstance(err, _Stopped) and not comm.is_lost_peer(err):
             raise
         who = (f"rank {1 - placement.rank}" if placement.world_size == 2
                else "another rank (torchrun's report names it)")
