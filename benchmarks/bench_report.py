@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp.stats import spread
+from alexnet_mp.stats import paired_difference, spread
 
 from bench_configs import (CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, REPO, TARGETS,
                            TRAINED)
@@ -84,15 +84,15 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
 
     differences = None
     if "skipped" not in e_full and "skipped" not in e_half and e_full and e_half:
-        half_by_seed = {r["seed"]: r for r in e_half["runs"]}
-        paired = [(r, half_by_seed[r["seed"]]) for r in e_full["runs"] if r["seed"] in half_by_seed]
-        differences = {"definition": "full-2dev error minus half-1dev error, per seed (negative: full net better)",
+        differences = {"definition": "full-2dev error minus half-1dev error, per seed (negative: full net better); "
+                                     "low/high: the 95% Student-t interval of the mean (alexnet_mp.stats)",
                        "paper": dict(PAPER_DELTAS)}
         for crop in ("center", "ten_crop"):
             differences[crop] = {}
             for k in ("top1_err", "top5_err"):
-                per_seed = [f[crop][k] - h[crop][k] for f, h in paired]
-                differences[crop][k] = {**_spread(per_seed), "per_seed": per_seed}
+                full, half = ({r["seed"]: r[crop][k] for r in e["runs"]} for e in (e_full, e_half))
+                d = paired_difference(full, half)
+                differences[crop][k] = {**d, "per_seed": [full[s] - half[s] for s in d["seeds"]]}
 
     targets = []
     t2 = timed("full-2dev")
@@ -178,6 +178,11 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
             f"against {100 * other['mfu_vs_alone']:.0f}% of a lone device's matmul rate); the step ratio is "
             f"{work:.3f} / {speed:.2f} = {work / speed:.3f}, communication included ({100 * share:.1f}% of the step)")
     return notes
+
+
+def _interval(d: dict) -> str:
+    """``; 95% [low, high]`` in points, or nothing when there are too few seeds for one."""
+    return "" if d.get("low") is None else f"; 95% [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
 def _spread_text(std: float | None, points: bool = False) -> str:
@@ -266,7 +271,7 @@ def markdown(results: dict) -> str:
                      for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
             lines.append(f"| {name} | {' | '.join(cells)} | {e['train_images_per_s']:.1f} |")
         d = results["error_differences"]
-        cells = [f"{100 * d[c][k]['mean']:+.2f} ({_spread_text(d[c][k]['std'], points=True)})"
+        cells = [f"{100 * d[c][k]['mean']:+.2f} ({_spread_text(d[c][k]['std'], points=True)}{_interval(d[c][k])})"
                  for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
         lines.append(f"| full-2dev - half-1dev (points) | {' | '.join(cells)} | |")
         paper = f"{100 * PAPER_DELTAS['top1_err']:+.1f} | {100 * PAPER_DELTAS['top5_err']:+.1f}"

@@ -79,7 +79,7 @@ def _fake_run(errors: dict[str, tuple[float, float, float, float]]):
 
     def run(name: str, seed: int, cfg, run_dir: Path) -> dict:
         c1, c5, t1, t5 = errors[name]
-        c1 += 0.01 * seed
+        c1 += 0.01 * seed * (2 if name == "full-2dev" else 1)  # differences that vary over seeds
         run_dir.mkdir(parents=True)
         (run_dir / "summary.json").write_text(json.dumps({
             "val_top1_err": c1, "val_top5_err": c5, "images_per_s": 100.0 if name == "half-1dev" else 120.0,
@@ -147,13 +147,18 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
     assert e["seeds"] == [0, 1] and e["center"]["top1_err"]["mean"] == pytest.approx(0.405)
     assert e["center"]["top1_err"]["std"] == pytest.approx(0.00707, rel=1e-2)
     d = on_disk["error_differences"]
-    assert d["center"]["top1_err"]["per_seed"] == pytest.approx([-0.03, -0.03])
+    assert d["center"]["top1_err"]["per_seed"] == pytest.approx([-0.03, -0.02])
+    # mean -0.025, std 0.00707 over 2 seeds: half-width t(0.975, 1) 12.706 x 0.00707 / sqrt(2) = 0.0635
+    assert d["center"]["top1_err"]["low"] == pytest.approx(-0.0885, abs=1e-4)
+    assert d["center"]["top1_err"]["high"] == pytest.approx(0.0385, abs=1e-4)
+    assert d["center"]["top1_err"]["resolved"] is False
     assert d["ten_crop"]["top5_err"]["mean"] == pytest.approx(-0.02)
     assert d["paper"] == {"top1_err": -0.017, "top5_err": -0.012}
     assert on_disk["settings"]["speed"]["precision"] == "fp32" and on_disk["settings"]["overlap"] is True
 
     md = paths["md"].read_text()
-    for text in (*bench.CONFIGS, "full-2dev/half-1dev", "full-2dev/full-1dev", "-3.00", "paper"):
+    for text in (*bench.CONFIGS, "full-2dev/half-1dev", "full-2dev/full-1dev", "-2.50 (0.71; 95% [-8.85, +3.85])",
+                 "paper"):
         assert text in md
 
 
