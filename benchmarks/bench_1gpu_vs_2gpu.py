@@ -46,7 +46,7 @@ from alexnet_mp.train import Speed
 from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, REPO,  # noqa: F401
                            SUMMARY_KEYS, TRAINED, scale_configurations)
 from bench_report import _spread, _spread_text, build_results, environment, markdown, write_results  # noqa: F401
-from bench_timing import _cpu_name, _free_port, _time_worker, summarise_time
+from bench_timing import _cpu_name, _free_port, _time_worker, merge_rounds, summarise_time
 
 # -- where the devices are ----------------------------------------------------------------------
 
@@ -217,10 +217,13 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
         raise UserError("seeds must list at least one seed, e.g. seeds=[0]")
     if int(cfg.timed_steps) < 1 or int(cfg.warmup_steps) < 0 or int(cfg.batch) < 1:
         raise UserError("timed_steps and batch must be at least 1, warmup_steps at least 0")
+    rounds = int(cfg.get("rounds", 1))
+    if rounds < 1:
+        raise UserError(f"rounds={rounds}: time the configurations at least once (rounds=1)")
     plain = OmegaConf.to_container(cfg, resolve=True)
     settings = {k: plain[k]
                 for k in ("device", "batch", "input_size", "geometry", "num_classes", "warmup_steps", "timed_steps",
-                          "threads", "peak_matmul_size", "peak_matmul_seconds", "seeds", "epochs", "train_overrides",
+                          "rounds", "threads", "peak_matmul_size", "peak_matmul_seconds", "seeds", "epochs", "train_overrides",
                           "eval_overrides", "skip_time", "skip_error")}
     settings["data"] = data_overrides(cfg.data)
     settings["speed"], settings["overlap"] = _speed_settings(cfg), bool(cfg.comm.overlap)
@@ -228,16 +231,22 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
     print(f"{NAME}: {plan['meaning']} ({', '.join(plan['names'])})", flush=True)
 
     time_part: dict[str, dict] = {}
-    for name in CONFIGS:
-        if cfg.skip_time:
-            time_part[name] = {"skipped": "skip_time=true"}
-        elif name in plan["skip"]:
-            time_part[name] = {"skipped": plan["skip"][name]}
-        else:
-            ranks = time_configuration(name, cfg, plan)
-            time_part[name] = summarise_time(ranks, int(cfg.batch), int(cfg.input_size))
-            print(f"[{name}] median step {time_part[name]['step_seconds']['median']:.3f} s, "
-                  f"{time_part[name]['images_per_s']:.1f} images/s", flush=True)
+    timed: dict[str, list[list[dict]]] = {}
+    for round_ in range(rounds):  # the configurations in turn, round after round
+        for name in CONFIGS:
+            if cfg.skip_time:
+                time_part[name] = {"skipped": "skip_time=true"}
+            elif name in plan["skip"]:
+                time_part[name] = {"skipped": plan["skip"][name]}
+            else:
+                timed.setdefault(name, []).append(time_configuration(name, cfg, plan))
+                median = summarise_time(timed[name][-1], int(cfg.batch), int(cfg.input_size))["step_seconds"]["median"]
+                print(f"[{name}] round {round_ + 1}/{rounds}: median step {median:.3f} s, "
+                      f"{int(cfg.batch) / median:.1f} images/s", flush=True)
+    for name, per_round in timed.items():
+        time_part[name] = summarise_time(merge_rounds(per_round), int(cfg.batch), int(cfg.input_size))
+        time_part[name]["round_medians"] = [
+            summarise_time(r, int(cfg.batch), int(cfg.input_size))["step_seconds"]["median"] for r in per_round]
 
     scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
 

@@ -64,7 +64,12 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
     for base in ("half-1dev", "half-1dev+neighbour", "full-1dev"):
         a, b = timed("full-2dev"), timed(base)
         key = f"full-2dev/{base}"
-        if a and b:
+        if a and b and len(a.get("round_medians", [])) > 1 and len(a["round_medians"]) == len(b["round_medians"]):
+            # Timed in rounds: the ratio within each round, then their median.
+            per_round = [x / y for x, y in zip(a["round_medians"], b["round_medians"])]
+            ratios[key] = {"step_time": statistics.median(per_round),
+                           "images_per_s": statistics.median(1 / r for r in per_round), "per_round": per_round}
+        elif a and b:
             ratios[key] = {"step_time": a["step_seconds"]["median"] / b["step_seconds"]["median"],
                            "images_per_s": a["images_per_s"] / b["images_per_s"]}
         else:
@@ -180,6 +185,11 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
     return notes
 
 
+def _rounds_text(rounds: int) -> str:
+    return (f" per configuration in each of {rounds} rounds (the configurations in turn; a ratio is the median of "
+            f"the rounds' ratios, the step figures are over every round's steps)") if rounds > 1 else ""
+
+
 def _interval(d: dict) -> str:
     """``; 95% [low, high]`` in points, or nothing when there are too few seeds for one."""
     return "" if d.get("low") is None else f"; 95% [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
@@ -204,7 +214,8 @@ def markdown(results: dict) -> str:
     lines = [f"# {NAME}", "",
              f"{results['claim']}.", "",
              f"Device: {env['device_meaning']} ({', '.join(env['device_names'])}). Batch {s['batch']}, "
-             f"{s['input_size']}px, {s['warmup_steps']} warm-up + {s['timed_steps']} timed steps; "
+             f"{s['input_size']}px, {s['warmup_steps']} warm-up + {s['timed_steps']} timed steps"
+             f"{_rounds_text(s.get('rounds', 1))}; "
              f"speed options {', '.join(f'{k}={v}' for k, v in s['speed'].items())}, comm.overlap={s['overlap']}; "
              f"torch {env['torch']}, "
              f"commit {(env['git_commit'] or '?')[:10]}{' (dirty)' if env['git_dirty'] else ''}, {results['created']}.",
@@ -252,6 +263,8 @@ def markdown(results: dict) -> str:
             other.append(f"arithmetic per device {r['arithmetic_per_device']:.3f}")
         if "train_images_per_s" in r:
             other.append(f"training images/s (error part) {r['train_images_per_s']:.3f}")
+        if "per_round" in r:
+            other.append(f"median of the rounds' {', '.join(f'{x:.3f}' for x in r['per_round'])}")
         lines.append(f"| {key} | {r['step_time']:.3f} | {r['images_per_s']:.3f} | {'; '.join(other)} |"
                      if "step_time" in r else f"| {key} | - | - | {'; '.join(other)} |")
     lines += ["", "| target | value | met |", "|---|---|---|"]

@@ -265,6 +265,33 @@ def _foreign_share(ranks: list[dict]) -> float | None:
     return max(busy - mine, 0.0) / (ranks[0]["timed_wall_seconds"] * (os.cpu_count() or 1))
 
 
+def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One configuration timed in several rounds, as if its timed steps had run in one: per
+    rank, the step and collective times joined, the counts and busy times summed, the matmul
+    peaks averaged, the peak memory the largest."""
+    merged = []
+    for per_round in zip(*rounds):
+        r = dict(per_round[-1])
+        for key in ("step_seconds", "comm_seconds", "exposed_comm_seconds"):
+            r[key] = [x for one in per_round for x in one[key]]
+        for key in ("comm_bytes", "timed_wall_seconds", "timed_cpu_seconds", "machine_busy_seconds"):
+            values = [one[key] for one in per_round]
+            r[key] = None if None in values else sum(values)
+        for key in ("peak_flops_per_s", "peak_flops_alone_per_s", "transfer_bytes_per_s"):
+            values = [one[key] for one in per_round]
+            r[key] = values[0] if None in values or not all(values) else statistics.fmean(values)
+        r["peak_memory_bytes"] = max(one["peak_memory_bytes"] for one in per_round)
+        layers: dict[str, dict] = {}
+        for one in per_round:
+            for layer, figures in one["comm_by_layer"].items():
+                total = layers.setdefault(layer, dict.fromkeys(figures, 0))
+                for k, v in figures.items():
+                    total[k] += v
+        r["comm_by_layer"] = layers
+        merged.append(r)
+    return merged
+
+
 def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
     """Step-time statistics, images/s, and per-device parameters, memory, MFU and communication.
     ``batch`` is the global batch; each of ``replicas`` replicas computes its share of it."""

@@ -239,3 +239,41 @@ def test_devices_n_times_the_half_net_replicas_against_the_tower_pair_replicas(t
     with pytest.raises(UserError, match="devices=64 needs 64 devices"):
         bench.run_benchmark(_cfg(tmp_path, "device=cpu", "skip_error=true", "skip_time=true", "devices=64"),
                             tmp_path / "runs64")
+
+
+def _rank(rank: int, steps: list[float], macs: int = 1000) -> dict:
+    """A timing process's report, as bench_timing writes it, with made-up figures."""
+    return {"rank": rank, "device": f"cpu core {rank}", "core": rank, "threads": 1, "parameters": 10,
+            "forward_macs_per_image": macs, "peak_flops_per_s": 1e9, "peak_flops_alone_per_s": 1e9,
+            "transfer_bytes_per_s": None, "peak_memory_bytes": 100 + rank, "baseline_memory_bytes": 1,
+            "memory_kind": "rss", "step_seconds": steps, "comm_seconds": [0.0] * len(steps),
+            "exposed_comm_seconds": [0.0] * len(steps), "comm_bytes": 0, "comm_by_layer": {},
+            "timed_wall_seconds": sum(steps), "timed_cpu_seconds": sum(steps), "machine_busy_seconds": None}
+
+
+def test_rounds_take_each_ratio_within_a_round(tmp_path, monkeypatch):
+    # The machine slows down between full-2dev and half-1dev in round 1 only: within a round the
+    # ratio full-2dev/half-1dev is 18/10 = 1.8, then 18/20 = 0.9, then 9/10 = 0.9; median 0.9. Pooled
+    # over every step (medians 18 and 10) it would read 1.8.
+    step = {"half-1dev": [10, 20, 10], "half-1dev+neighbour": [11, 22, 11], "full-2dev": [18, 18, 9],
+            "full-1dev": [17, 34, 17]}
+    calls: dict[str, int] = {}
+
+    def fake_time(name, cfg, plan, shape=None):
+        calls[name] = calls.get(name, 0) + 1
+        return [_rank(r, [step[name][calls[name] - 1]] * 2) for r in range(bench.DEVICES_OF[name])]
+
+    monkeypatch.setattr(bench, "time_configuration", fake_time)
+    cfg = _cfg(tmp_path, "device=cpu", "skip_error=true", "rounds=3")
+    results, paths = bench.run_benchmark(cfg, tmp_path / "runs")
+    assert calls == {name: 3 for name in bench.CONFIGS}  # every configuration once per round
+    full = results["configurations"]["full-2dev"]["time"]
+    assert full["round_medians"] == [18, 18, 9] and full["timed_steps"] == 6
+    assert full["per_device"][0]["peak_memory_bytes"] == 100
+    ratio = results["ratios"]["full-2dev/half-1dev"]
+    assert ratio["per_round"] == pytest.approx([1.8, 0.9, 0.9]) and ratio["step_time"] == pytest.approx(0.9)
+    assert results["ratios"]["full-2dev/full-1dev"]["step_time"] == pytest.approx(18 / 34)
+    assert results["settings"]["rounds"] == 3
+    assert "median of the rounds' 1.800, 0.900, 0.900" in paths["md"].read_text()
+    with pytest.raises(UserError, match="rounds=0"):
+        bench.run_benchmark(_cfg(tmp_path, "device=cpu", "skip_error=true", "rounds=0"), tmp_path / "runs0")
