@@ -181,7 +181,9 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
             f"of {base} per image but at {speed:.2f}x its FLOP/s ({_gflops(tower['achieved_flops_per_s'])} against "
             f"{_gflops(other['achieved_flops_per_s'])}; {100 * tower['mfu_vs_alone']:.0f}% "
             f"against {100 * other['mfu_vs_alone']:.0f}% of a lone device's matmul rate); the step ratio is "
-            f"{work:.3f} / {speed:.2f} = {work / speed:.3f}, communication included ({100 * share:.1f}% of the step)")
+            f"{work:.3f} / {speed:.2f} = {work / speed:.3f}"
+            f"{' over the pooled steps of every round' if 'round_medians' in two and len(two['round_medians']) > 1 else ''}"
+            f", communication included ({100 * share:.1f}% of the step)")
     return notes
 
 

@@ -75,25 +75,33 @@ def test_both_towers_get_identical_augmented_batches():
 
 # -- a crash at any moment loses nothing -------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """One uninterrupted two-tower run, the reference of every stopped-and-resumed one below
+    (which checkpoint at other intervals: how often a run checkpoints never changes what it trains)."""
+    run = tmp_path_factory.mktemp("straight")
+    ok(launch([*TINY, "checkpoint.every_steps=5", f"hydra.run.dir={run}"]))
+    return run
+
+
 @pytest.mark.parametrize("every, stop, latest", [
     (3, "debug.kill_at_step=11", "step-00000009-epoch-0001-batch-0000001"),  # killed two steps after a checkpoint
     (8, "debug.kill_at_step=8", "step-00000008-epoch-0000-batch-0000008"),   # killed before epoch 1's evaluation
     (3, "debug.max_steps=6", "step-00000006-epoch-0000-batch-0000006"),      # a clean stop on a checkpoint step
 ])
-def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, every, stop, latest):
+def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, straight_run, every, stop, latest):
     args = [*TINY, f"checkpoint.every_steps={every}"]
-    ok(launch([*args, f"hydra.run.dir={tmp_path / 'straight'}"]))
     stopped = launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", stop])
     assert (stopped.returncode == 0) == stop.startswith("debug.max_steps")
     assert (tmp_path / "crash" / "checkpoints" / "latest").read_text() == latest
     assert not (tmp_path / "crash" / "summary.json").exists()
     ok(launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "resume=true"]))
-    straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "crash")
+    straight, resumed = final_state(straight_run), final_state(tmp_path / "crash")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s", "data_wait_share")}  # noqa: E731
                       for l in (d / "metrics.jsonl").read_text().splitlines()]
-    assert rows(tmp_path / "straight") == rows(tmp_path / "crash") and len(rows(tmp_path / "crash")) == 2
+    assert rows(straight_run) == rows(tmp_path / "crash") and len(rows(tmp_path / "crash")) == 2
     for f in ("config.yaml", "learning_curves.png", "summary.json"):
         assert (tmp_path / "crash" / f).is_file(), f
     assert list((tmp_path / "crash" / "tensorboard").iterdir())
