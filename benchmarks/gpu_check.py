@@ -5,7 +5,7 @@ Three parts, written to ``gpu-check.json`` and ``gpu-check.md`` in ``output_dir`
 0. **LRN** (the largest item of the eager bf16 step's profile on an H200). Forward and
    backward of the whole net's two LRN layers at batch 128: torch's
    ``F.local_response_norm`` (what the net used before ``alexnet_mp.lrn``) against
-   ``alexnet_mp.lrn.local_response_norm``, eager and compiled.
+   ``alexnet_mp.lrn.local_response_norm``, eager (fp32, bf16) and compiled (bf16).
 
 1. **Step times** (issue: the towers on real GPUs). ``full-1dev`` (the whole net, groups=2
    convolutions, one process) and ``tower`` (one tower's compute, its exchanges replaced by a
@@ -178,12 +178,12 @@ def lrn_part(args, device: torch.device) -> list[dict]:
     """Forward + backward of the whole net's LRN layers (conv1 96x55x55, conv2 256x27x27, per
     tower), each implementation on the same ReLU outputs and output gradients."""
     ours = lambda x, groups: local_response_norm(x, groups=groups, **LRN_OPTIONS["paper"])  # noqa: E731
-    impls = {"torch": _torchs_lrn, "alexnet_mp": ours}
-    if args.lrn_compile:
-        impls["alexnet_mp compiled"] = torch.compile(ours)
     rows = []
     g = torch.Generator().manual_seed(0)
     for precision in args.precisions:
+        impls = {"torch": _torchs_lrn, "alexnet_mp": ours}
+        if args.lrn_compile and precision == "bf16":  # the step's precision; two compilations, not four
+            impls["alexnet_mp compiled"] = torch.compile(ours)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         layers = [(name, torch.randn(args.lrn_batch, c, s, s, generator=g).mul_(20).relu_().to(device, dtype),
                    torch.randn(args.lrn_batch, c, s, s, generator=g).to(device, dtype))
