@@ -64,11 +64,11 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
     for base in ("half-1dev", "half-1dev+neighbour", "full-1dev"):
         a, b = timed("full-2dev"), timed(base)
         key = f"full-2dev/{base}"
-        if a and b and len(a.get("round_medians", [])) > 1 and len(a["round_medians"]) == len(b["round_medians"]):
+        if a and b and len(a.get("round_medians", [])) > 1 and len(a["round_medians"]) == len(b.get("round_medians", [])):
             # Timed in rounds: the ratio within each round, then their median.
             per_round = [x / y for x, y in zip(a["round_medians"], b["round_medians"])]
-            ratios[key] = {"step_time": statistics.median(per_round),
-                           "images_per_s": statistics.median(1 / r for r in per_round), "per_round": per_round}
+            step = statistics.median(per_round)
+            ratios[key] = {"step_time": step, "images_per_s": 1 / step, "per_round": per_round}
         elif a and b:
             ratios[key] = {"step_time": a["step_seconds"]["median"] / b["step_seconds"]["median"],
                            "images_per_s": a["images_per_s"] / b["images_per_s"]}

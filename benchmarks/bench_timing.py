@@ -268,7 +268,7 @@ def _foreign_share(ranks: list[dict]) -> float | None:
 def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
     """One configuration timed in several rounds, as if its timed steps had run in one: per
     rank, the step and collective times joined, the counts and busy times summed, the matmul
-    peaks averaged, the peak memory the largest."""
+    peaks averaged, the peak memory (with its own round's baseline) the largest."""
     merged = []
     for per_round in zip(*rounds):
         r = dict(per_round[-1])
@@ -280,7 +280,8 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
         for key in ("peak_flops_per_s", "peak_flops_alone_per_s", "transfer_bytes_per_s"):
             values = [one[key] for one in per_round]
             r[key] = values[0] if None in values or not all(values) else statistics.fmean(values)
-        r["peak_memory_bytes"] = max(one["peak_memory_bytes"] for one in per_round)
+        highest = max(per_round, key=lambda one: one["peak_memory_bytes"])  # its peak and its baseline
+        r["peak_memory_bytes"], r["baseline_memory_bytes"] = highest["peak_memory_bytes"], highest["baseline_memory_bytes"]
         layers: dict[str, dict] = {}
         for one in per_round:
             for layer, figures in one["comm_by_layer"].items():

@@ -91,8 +91,8 @@ def step(x: dict, gpus: int, per_replica: float, pair: Link, ring: Link) -> dict
 
 
 def table(x: dict, regime: str) -> list[str]:
-    lines = [f"| scenario | GPUs | images per replica | exchange MB/step/pair link | all-reduce MB/step/GPU "
-             f"| step ms | images/s | efficiency | communication share |", "|---" * 9 + "|"]
+    lines = ["| scenario | GPUs | images per replica | exchange MB/step/pair link | all-reduce MB/step/GPU "
+             "| step ms | images/s | efficiency | communication share |", "|---" * 9 + "|"]
     for name, pair, near, far in SCENARIOS:
         base = None
         for n in GPUS:

@@ -277,3 +277,24 @@ def test_rounds_take_each_ratio_within_a_round(tmp_path, monkeypatch):
     assert "median of the rounds' 1.800, 0.900, 0.900" in paths["md"].read_text()
     with pytest.raises(UserError, match="rounds=0"):
         bench.run_benchmark(_cfg(tmp_path, "device=cpu", "skip_error=true", "rounds=0"), tmp_path / "runs0")
+
+
+def test_merge_rounds_pools_steps_and_collectives():
+    import bench_timing
+    one, two = _rank(0, [1.0, 2.0]), _rank(0, [3.0])
+    one.update(comm_seconds=[0.1, 0.2], exposed_comm_seconds=[0.05, 0.0], comm_bytes=100, transfer_bytes_per_s=2e9,
+               comm_by_layer={"conv3.forward": {"bytes": 60, "seconds": 0.2, "exposed_seconds": 0.05, "calls": 2}},
+               peak_memory_bytes=500, baseline_memory_bytes=7)
+    two.update(comm_seconds=[0.3], exposed_comm_seconds=[0.1], comm_bytes=50, transfer_bytes_per_s=1e9,
+               comm_by_layer={"conv3.forward": {"bytes": 30, "seconds": 0.3, "exposed_seconds": 0.1, "calls": 1},
+                              "fc6.forward": {"bytes": 5, "seconds": 0.01, "exposed_seconds": 0.0, "calls": 1}},
+               peak_memory_bytes=400, baseline_memory_bytes=9)
+    (m,) = bench_timing.merge_rounds([[one], [two]])
+    assert m["step_seconds"] == [1.0, 2.0, 3.0] and m["comm_seconds"] == [0.1, 0.2, 0.3]
+    assert m["exposed_comm_seconds"] == [0.05, 0.0, 0.1] and m["comm_bytes"] == 150
+    assert m["timed_wall_seconds"] == 6.0 and m["machine_busy_seconds"] is None
+    assert m["transfer_bytes_per_s"] == pytest.approx(1.5e9)
+    assert (m["peak_memory_bytes"], m["baseline_memory_bytes"]) == (500, 7)  # one round's peak with its baseline
+    assert m["comm_by_layer"]["conv3.forward"] == pytest.approx(
+        {"bytes": 90, "seconds": 0.5, "exposed_seconds": 0.15, "calls": 3})
+    assert m["comm_by_layer"]["fc6.forward"]["calls"] == 1

@@ -35,15 +35,32 @@ def test_gradient_passes_gradcheck(beta):
 
 def test_channels_last_and_bf16():
     torch.manual_seed(0)
-    x = (torch.randn(2, 8, 6, 6) * 20).relu()
+    x = (torch.randn(2, 8, 6, 6, dtype=torch.float64) * 20).relu()
     p = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
-    last = local_response_norm(x.to(memory_format=torch.channels_last), **p)
-    assert last.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(last, F.local_response_norm(x, **p))
-    # bf16 in, bf16 out, computed in fp32: the result is the fp32 one rounded once.
-    low = local_response_norm(x.bfloat16(), **p)
+    grad = torch.randn_like(x)
+    last = x.to(memory_format=torch.channels_last).requires_grad_()
+    y = local_response_norm(last, groups=2, **p)
+    y.backward(grad.to(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    plain = x.clone().requires_grad_()
+    _torchs(plain, 2, **p).backward(grad)
+    torch.testing.assert_close(y, _torchs(x, 2, **p), rtol=1e-12, atol=0)
+    torch.testing.assert_close(last.grad, plain.grad, rtol=1e-10, atol=1e-14)
+    # bf16 in, bf16 out, computed in fp32: the fp32 result rounded once (within one bf16 step).
+    low = local_response_norm(x.float().bfloat16(), **p)
     assert low.dtype == torch.bfloat16
-    torch.testing.assert_close(low, F.local_response_norm(x.bfloat16().float(), **p).bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(low, F.local_response_norm(x.float().bfloat16().float(), **p).bfloat16(),
+                               rtol=2**-7, atol=0)
+
+
+def test_output_takes_in_place_ops_and_double_backward_is_refused():
+    x = (torch.randn(2, 6, 3, 3) * 20).requires_grad_()
+    y = local_response_norm(x, 5, 5e-4, 0.75, 2.0)
+    y.mul_(2)  # a later in-place layer (a view of an intermediate would refuse this)
+    (g,) = torch.autograd.grad(y, x, torch.randn_like(y).requires_grad_(), create_graph=True)
+    # The backward is written by hand and not itself differentiable: an error, never a wrong Hessian.
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        g.sum().backward()
 
 
 def test_channels_must_split_into_groups():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import TINY, error_line, final_state, launch, ok
+from test_train import TINY, final_state, launch, ok
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_mp import build_model, comm, data
+from alexnet_mp import comm, data
 from conftest import SHARED_DATA
 from distributed import run_ranks
 
