@@ -232,6 +232,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
 
     time_part: dict[str, dict] = {}
     timed: dict[str, list[list[dict]]] = {}
+    medians: dict[str, list[float]] = {}
     for round_ in range(rounds):  # the configurations in turn, round after round
         for name in CONFIGS:
             if cfg.skip_time:
@@ -241,12 +242,12 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
             else:
                 timed.setdefault(name, []).append(time_configuration(name, cfg, plan))
                 median = summarise_time(timed[name][-1], int(cfg.batch), int(cfg.input_size))["step_seconds"]["median"]
+                medians.setdefault(name, []).append(median)
                 print(f"[{name}] round {round_ + 1}/{rounds}: median step {median:.3f} s, "
                       f"{int(cfg.batch) / median:.1f} images/s", flush=True)
     for name, per_round in timed.items():
         time_part[name] = summarise_time(merge_rounds(per_round), int(cfg.batch), int(cfg.input_size))
-        time_part[name]["round_medians"] = [
-            summarise_time(r, int(cfg.batch), int(cfg.input_size))["step_seconds"]["median"] for r in per_round]
+        time_part[name]["round_medians"] = medians[name]
 
     scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
 

@@ -45,7 +45,7 @@ from alexnet_mp.arch import LRN_OPTIONS, full_spec
 from alexnet_mp.augment import BatchAugment
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.lrn import local_response_norm
-from alexnet_mp.model import AlexNet, Exchange
+from alexnet_mp.model import AlexNet, Exchange, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
 from alexnet_mp.prepared import PreparedImages
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
@@ -109,20 +109,26 @@ def inputs(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return x, torch.randint(0, 1000, (batch,), generator=g).to(device)
 
 
+def timed(fn, device: torch.device, warmup: int, steps: int) -> tuple[list[float], float, object]:
+    """``fn()`` ``warmup`` times, then ``steps`` times (at least once), each timed to the device's
+    end: the times, the warm-up's seconds and the last call's result."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    warm, times, result = time.perf_counter() - start, [], None
+    for _ in range(max(steps, 1)):
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times, warm, result
+
+
 def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup: int, steps: int) -> dict:
     state = _state(kind, batch, speed, device)
     x, y = inputs(batch, device)
-    compile_start = time.perf_counter()
-    for _ in range(warmup):
-        train_step(state, x, y)
-    _sync(device)
-    warm = time.perf_counter() - compile_start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        train_step(state, x, y)
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    times, warm, _ = timed(lambda: train_step(state, x, y), device, warmup, steps)
     median = statistics.median(times)
     flops = 2 * TRAIN_PASSES * forward_macs(state.model) * batch / median
     return {"step_seconds": median, "min": min(times), "max": max(times), "images_per_s": batch / median,
@@ -173,10 +179,22 @@ def _torchs_lrn(x: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
+def _lrn_inputs() -> tuple[list[torch.Size], int]:
+    """The shapes (without the batch) the whole net's LRN layers normalise, and its towers:
+    read off the net itself, one image through it."""
+    net = build_model("full", lrn="paper", init=None)
+    shapes: list[torch.Size] = []
+    net._lrn = lambda x: shapes.append(x.shape[1:]) or x  # noqa: E731
+    with torch.no_grad():
+        net(torch.zeros(1, 3, net.input_size, net.input_size))
+    return shapes, net.groups_here
+
+
 def lrn_part(args, device: torch.device) -> list[dict]:
-    """Forward + backward of the whole net's LRN layers (conv1 96x55x55, conv2 256x27x27, per
-    tower), each implementation on the same ReLU outputs and output gradients."""
+    """Forward + backward of the whole net's LRN layers (conv1 and conv2, per tower), each
+    implementation on the same ReLU outputs and output gradients."""
     ours = lambda x, groups: local_response_norm(x, groups=groups, **LRN_OPTIONS["paper"])  # noqa: E731
+    shapes, groups = _lrn_inputs()
     rows = []
     g = torch.Generator().manual_seed(0)
     for precision in args.precisions:
@@ -184,28 +202,19 @@ def lrn_part(args, device: torch.device) -> list[dict]:
         if args.lrn_compile and precision == "bf16":  # the step's precision; two compilations, not four
             impls["alexnet_mp compiled"] = torch.compile(ours, dynamic=False)  # one static graph per layer
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        layers = [(name, torch.randn(args.lrn_batch, c, s, s, generator=g).mul_(20).relu_().to(device, dtype),
-                   torch.randn(args.lrn_batch, c, s, s, generator=g).to(device, dtype))
-                  for name, c, s in (("conv1", 96, 55), ("conv2", 256, 27))]
+        layers = [(torch.randn(args.lrn_batch, *shape, generator=g).mul_(20).relu_().to(device, dtype),
+                   torch.randn(args.lrn_batch, *shape, generator=g).to(device, dtype)) for shape in shapes]
         reference = None
         for impl, fn in impls.items():
-            def once():
+            def once(fn=fn):
                 outs = []
-                for _, x, grad in layers:
+                for x, grad in layers:
                     x = x.detach().requires_grad_()
-                    y = fn(x, 2)
+                    y = fn(x, groups)
                     y.backward(grad)
                     outs.append((y.detach(), x.grad))
                 return outs
-            for _ in range(args.warmup):
-                once()
-            _sync(device)
-            times = []
-            for _ in range(max(args.steps, 1)):
-                start = time.perf_counter()
-                outs = once()
-                _sync(device)
-                times.append(time.perf_counter() - start)
+            times, _, outs = timed(once, device, args.warmup, args.steps)
             # Largest difference from torch's, relative to its largest magnitude, output and gradient.
             reference = reference or outs
             diff = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
