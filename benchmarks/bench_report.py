@@ -117,6 +117,13 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
             "scale": scale}
 
 
+def _comm_share(comm: dict | None) -> str:
+    if not comm:
+        return "-"
+    return (f"{_pct(comm['share_of_step'])} ({_pct(comm['waited_share_of_step'])}; "
+            f"{_pct(comm['exposed_share_of_step'])})")
+
+
 def _gflops(x: float) -> str:
     return f"{x / 1e9:.0f} GFLOP/s"
 
@@ -162,11 +169,11 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
             worst = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(layers.items(), key=lambda kv: -kv[1])[:3])
             notes.append(
                 f"missed '{target['target']}' ({100 * target['value']:.1f}%): {comm['exposed_seconds_per_step']:.3f} s "
-                f"per step waiting, of {comm['seconds_per_step']:.3f} s inside collectives (largest: {worst}); moving the "
+                f"per step on the critical path, of {comm['waited_seconds_per_step']:.3f} s a tower waited and "
+                f"{comm['seconds_per_step']:.3f} s inside collectives (largest: {worst}); moving the "
                 f"{comm['bytes_per_image_per_device'] / 1024:.0f} KiB per image at the "
                 f"{comm['transfer_bytes_per_s'] / 1e9:.2f} GB/s an all-gather reaches without waiting "
-                f"takes about {comm['transfer_seconds_per_step_estimate']:.3f} s; the other "
-                f"{comm['wait_seconds_per_step_estimate']:.3f} s is waiting for the slower tower")
+                f"takes about {comm['transfer_seconds_per_step_estimate']:.3f} s")
             continue
         base = "half-1dev+neighbour" if "half-1dev+neighbour" in target["target"] else "full-1dev"
         if base not in t:
@@ -223,7 +230,7 @@ def markdown(results: dict) -> str:
              f"commit {(env['git_commit'] or '?')[:10]}{' (dirty)' if env['git_dirty'] else ''}, {results['created']}.",
              "", "## Time (one training step)", "",
              "| configuration | step median (min-max) | images/s | params / device | peak memory / device "
-             "| MFU / device | peak matmul / device | comm bytes / image / device | comm share (exposed) "
+             "| MFU / device | peak matmul / device | comm bytes / image / device | comm share (waited; exposed) "
              "| other processes' CPU |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in results["configurations"].items():
@@ -240,8 +247,7 @@ def markdown(results: dict) -> str:
         peak = " / ".join(_gflops(x["peak_flops_per_s"]) + (f" ({_gflops(x['peak_flops_alone_per_s'])} alone)"
                                                             if t["devices"] > 1 else "") for x in d)
         comm_bytes = f"{t['comm']['bytes_per_image_per_device'] / 1024:.0f} KiB" if t["comm"] else "-"
-        comm_share = (f"{_pct(t['comm']['share_of_step'])} ({_pct(t['comm']['exposed_share_of_step'])})"
-                      if t["comm"] else "-")
+        comm_share = _comm_share(t["comm"])
         lines.append(f"| {name} | {st['median']:.3f} s ({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} "
                      f"| {params} | {memory} | {mfu} | {peak} | {comm_bytes} | {comm_share} "
                      f"| {_pct(t['other_processes_cpu_share'], 0)} |")
@@ -254,7 +260,9 @@ def markdown(results: dict) -> str:
                       "the same process on the same device, at the model's precision and TF32 setting, while every "
                       "process of the configuration runs one; in brackets (full-2dev), against the device's rate "
                       "when it runs alone. Comm share: from the start to the end of each collective; in brackets, "
-                      "exposed: the time the tower waited for it."]
+                      "waited: the time a tower waited for it (mean over towers), and exposed: the part on the "
+                      "step's critical path, each collective's wait on the tower that reached it last (the faster "
+                      "tower's further wait is for the slower tower's compute, not for the transfer)."]
     lines += ["", "| ratio | step time | images/s | other |", "|---|---|---|---|"]
     for key, r in results["ratios"].items():
         if r is None:
@@ -300,12 +308,11 @@ def markdown(results: dict) -> str:
         n = sc["devices"]
         lines += ["", f"## {n} devices: the half net as {n} data-parallel replicas against the full net as "
                       f"{n // 2} replicas of the tower pair", "",
-                  "| configuration | replicas x towers | step median (min-max) | images/s | tower exchange share (exposed) |",
+                  "| configuration | replicas x towers | step median (min-max) | images/s | tower exchange share (waited; exposed) |",
                   "|---|---|---|---|---|"]
         for name, t in sc["configurations"].items():
             st = t["step_seconds"]
-            share = (f"{_pct(t['comm']['share_of_step'])} ({_pct(t['comm']['exposed_share_of_step'])})"
-                     if t.get("comm") else "-")
+            share = _comm_share(t.get("comm"))
             lines.append(f"| {name} | {t['replicas']} x {t['towers']} | {st['median']:.3f} s "
                          f"({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} | {share} |")
         lines += ["", f"full-{n}dev / half-{n}dev step time: {sc['full/half step']:.3f}. The gradient all-reduce "

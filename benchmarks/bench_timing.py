@@ -191,7 +191,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         else:
             memory_kind = "peak resident set size of the process since start (ru_maxrss)"
 
-        steps, comm_seconds, exposed_seconds = [], [], []
+        steps, comm_seconds, waited = [], [], []
         cpu_start = busy_start = wall_start = None
         total = job["warmup"] + job["timed"]
         for i in range(total):
@@ -200,7 +200,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
                 # What this process and the whole machine use from here on: the difference is
                 # what other processes took from the cores while we were timed.
                 cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
-            comm_before, exposed_before = STATS.total_seconds(), STATS.total_exposed_seconds()
+            comm_before, waited_before = STATS.total_seconds(), _waited()
             _sync(device)
             start = time.perf_counter()
             train_step(state, images, labels)
@@ -211,7 +211,8 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             if i >= job["warmup"]:
                 steps.append(seconds)
                 comm_seconds.append(STATS.total_seconds() - comm_before)
-                exposed_seconds.append(STATS.total_exposed_seconds() - exposed_before)
+                waited_after = _waited()
+                waited.append({k: v - waited_before.get(k, 0.0) for k, v in waited_after.items()})
 
         if cuda:
             peak_memory = torch.cuda.max_memory_allocated(device)
@@ -242,7 +243,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             "memory_kind": memory_kind,
             "step_seconds": steps,
             "comm_seconds": comm_seconds,
-            "exposed_comm_seconds": exposed_seconds,
+            "waited_by_step": waited,
             "comm_bytes": STATS.total_bytes(),
             "comm_by_layer": STATS.as_dict(),
             "timed_wall_seconds": wall,
@@ -254,6 +255,11 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def _waited() -> dict[str, float]:
+    """Seconds this tower has waited so far, per collective ("conv3.forward", ...)."""
+    return {k: v["exposed_seconds"] for k, v in STATS.as_dict().items()}
 
 
 def _foreign_share(ranks: list[dict]) -> float | None:
@@ -272,7 +278,7 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
     merged = []
     for per_round in zip(*rounds):
         r = dict(per_round[-1])
-        for key in ("step_seconds", "comm_seconds", "exposed_comm_seconds"):
+        for key in ("step_seconds", "comm_seconds", "waited_by_step"):
             r[key] = [x for one in per_round for x in one[key]]
         for key in ("comm_bytes", "timed_wall_seconds", "timed_cpu_seconds", "machine_busy_seconds"):
             values = [one[key] for one in per_round]
@@ -293,6 +299,26 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
     return merged
 
 
+def critical_waits(ranks: list[dict], towers: int) -> list[float]:
+    """Per step, the communication on the step's critical path: for each collective, the wait of
+    the tower that reached it last (the least wait of its pair; the other tower also waited for
+    its partner's compute to catch up), summed over the collectives, averaged over the pairs.
+
+    Rank r is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``)."""
+    pairs: dict[int, list[dict]] = {}
+    for r in ranks:
+        pairs.setdefault(r["rank"] // towers, []).append(r)
+    out = []
+    for i in range(len(ranks[0]["waited_by_step"])):
+        per_pair = []
+        for members in pairs.values():
+            steps = [m["waited_by_step"][i] for m in members]
+            keys = set().union(*steps)
+            per_pair.append(sum(min(w.get(k, 0.0) for w in steps) for k in keys))
+        out.append(statistics.fmean(per_pair))
+    return out
+
+
 def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
     """Step-time statistics, images/s, and per-device parameters, memory, MFU and communication.
     ``batch`` is the global batch; each of ``replicas`` replicas computes its share of it."""
@@ -305,7 +331,7 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         flops_per_image = 2 * TRAIN_PASSES * r["forward_macs_per_image"]
         achieved = flops_per_image * local / median
         comm_s, step_s = sum(r["comm_seconds"]), sum(r["step_seconds"])
-        exposed_s = sum(r["exposed_comm_seconds"])
+        waited_s = sum(sum(w.values()) for w in r["waited_by_step"])
         per_device.append({
             "rank": r["rank"], "device": r["device"], "threads": r["threads"],
             "parameters": r["parameters"],
@@ -320,7 +346,7 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
             "mfu_vs_alone": achieved / r["peak_flops_alone_per_s"],
             "comm_bytes_per_image": r["comm_bytes"] / (local * len(r["step_seconds"])),
             "comm_share": comm_s / step_s if step_s else 0.0,
-            "exposed_comm_share": exposed_s / step_s if step_s else 0.0,
+            "waited_comm_share": waited_s / step_s if step_s else 0.0,
             "comm_by_layer": r["comm_by_layer"],
             # Below 1 when the process waited: for a peer in a collective, or for a core another process held.
             "on_cpu_share": r["timed_cpu_seconds"] / r["timed_wall_seconds"],
@@ -339,19 +365,23 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         seconds = statistics.fmean(sum(r["comm_seconds"]) / len(r["comm_seconds"]) for r in ranks)
         rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
         wire = per_image * local / rate
+        exposed = critical_waits(ranks, len(ranks) // replicas)
         out["comm"] = {
             "bytes_per_image_per_device": per_image,
             "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
             "seconds_per_step": seconds,
             "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
-                    "(alexnet_mp.comm.STATS); exposed: the part the tower waited for, not hidden behind its own compute",
-            "exposed_share_of_step": statistics.fmean(d["exposed_comm_share"] for d in per_device),
-            "exposed_seconds_per_step": statistics.fmean(sum(r["exposed_comm_seconds"]) / len(r["exposed_comm_seconds"])
-                                                         for r in ranks),
+                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute "
+                    "(the mean over towers); exposed: the part that lengthens the step, each collective's wait on the "
+                    "tower that reached it last; waited minus exposed is the faster tower waiting for the slower",
+            "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
+            "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
+                                                        / len(r["waited_by_step"]) for r in ranks),
+            "exposed_share_of_step": sum(exposed) / sum(steps),
+            "exposed_seconds_per_step": statistics.fmean(exposed),
             # The same bytes at the rate an all-gather reaches when no rank waits for another.
             "transfer_bytes_per_s": rate,
             "transfer_seconds_per_step_estimate": wire,
-            "wait_seconds_per_step_estimate": max(seconds - wire, 0.0),
         }
         # Below 1 when the devices slow each other down (a shared core, memory bandwidth).
         out["device_independence"] = statistics.fmean(d["peak_flops_per_s"] / d["peak_flops_alone_per_s"]

@@ -129,7 +129,8 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
     # Only the two-device run talks, and what it sends is counted by comm.STATS.
     assert half["comm"] is None and full1["comm"] is None and neighbour["comm"] is None
     assert full2["comm"]["bytes_per_image_per_device"] > 0 and 0 <= full2["comm"]["share_of_step"] < 1
-    assert 0 <= full2["comm"]["exposed_share_of_step"] <= full2["comm"]["share_of_step"] + 1e-9
+    comm = full2["comm"]
+    assert 0 <= comm["exposed_share_of_step"] <= comm["waited_share_of_step"] <= comm["share_of_step"] + 1e-9
     assert {"conv3.forward", "fc6.forward", "fc7.forward", "fc8.forward", "logits.forward",
             "conv3.backward"} <= full2["per_device"][0]["comm_by_layer"].keys()
 
@@ -247,7 +248,7 @@ def _rank(rank: int, steps: list[float], macs: int = 1000) -> dict:
             "forward_macs_per_image": macs, "peak_flops_per_s": 1e9, "peak_flops_alone_per_s": 1e9,
             "transfer_bytes_per_s": None, "peak_memory_bytes": 100 + rank, "baseline_memory_bytes": 1,
             "memory_kind": "rss", "step_seconds": steps, "comm_seconds": [0.0] * len(steps),
-            "exposed_comm_seconds": [0.0] * len(steps), "comm_bytes": 0, "comm_by_layer": {},
+            "waited_by_step": [{}] * len(steps), "comm_bytes": 0, "comm_by_layer": {},
             "timed_wall_seconds": sum(steps), "timed_cpu_seconds": sum(steps), "machine_busy_seconds": None}
 
 
@@ -282,19 +283,42 @@ def test_rounds_take_each_ratio_within_a_round(tmp_path, monkeypatch):
 def test_merge_rounds_pools_steps_and_collectives():
     import bench_timing
     one, two = _rank(0, [1.0, 2.0]), _rank(0, [3.0])
-    one.update(comm_seconds=[0.1, 0.2], exposed_comm_seconds=[0.05, 0.0], comm_bytes=100, transfer_bytes_per_s=2e9,
+    one.update(comm_seconds=[0.1, 0.2], waited_by_step=[{"conv3.forward": 0.05}, {}], comm_bytes=100, transfer_bytes_per_s=2e9,
                comm_by_layer={"conv3.forward": {"bytes": 60, "seconds": 0.2, "exposed_seconds": 0.05, "calls": 2}},
                peak_memory_bytes=500, baseline_memory_bytes=7)
-    two.update(comm_seconds=[0.3], exposed_comm_seconds=[0.1], comm_bytes=50, transfer_bytes_per_s=1e9,
+    two.update(comm_seconds=[0.3], waited_by_step=[{"conv3.forward": 0.1}], comm_bytes=50, transfer_bytes_per_s=1e9,
                comm_by_layer={"conv3.forward": {"bytes": 30, "seconds": 0.3, "exposed_seconds": 0.1, "calls": 1},
                               "fc6.forward": {"bytes": 5, "seconds": 0.01, "exposed_seconds": 0.0, "calls": 1}},
                peak_memory_bytes=400, baseline_memory_bytes=9)
     (m,) = bench_timing.merge_rounds([[one], [two]])
     assert m["step_seconds"] == [1.0, 2.0, 3.0] and m["comm_seconds"] == [0.1, 0.2, 0.3]
-    assert m["exposed_comm_seconds"] == [0.05, 0.0, 0.1] and m["comm_bytes"] == 150
+    assert m["waited_by_step"] == [{"conv3.forward": 0.05}, {}, {"conv3.forward": 0.1}] and m["comm_bytes"] == 150
     assert m["timed_wall_seconds"] == 6.0 and m["machine_busy_seconds"] is None
     assert m["transfer_bytes_per_s"] == pytest.approx(1.5e9)
     assert (m["peak_memory_bytes"], m["baseline_memory_bytes"]) == (500, 7)  # one round's peak with its baseline
     assert m["comm_by_layer"]["conv3.forward"] == pytest.approx(
         {"bytes": 90, "seconds": 0.5, "exposed_seconds": 0.15, "calls": 3})
     assert m["comm_by_layer"]["fc6.forward"]["calls"] == 1
+
+
+def test_exposed_communication_is_the_wait_of_the_tower_that_arrived_last():
+    import bench_timing
+    # Step 1: tower 0 reaches conv3 first and waits 0.30 s, 0.25 s of it for tower 1's compute;
+    # tower 1 waits 0.05 s (the transfer). At fc6 it is the other way round. Step 2: equal waits.
+    waits = {0: [{"conv3.forward": 0.30, "fc6.forward": 0.01}, {"conv3.forward": 0.02}],
+             1: [{"conv3.forward": 0.05, "fc6.forward": 0.04}, {"conv3.forward": 0.02, "fc7.forward": 0.1}]}
+    ranks = []
+    for rank in range(2):
+        r = _rank(rank, [1.0, 2.0])
+        r.update(waited_by_step=waits[rank], comm_seconds=[0.4, 0.2], transfer_bytes_per_s=1e9, comm_bytes=64)
+        ranks.append(r)
+    # fc7 only on tower 1 (tower 0 did not wait there): tower 0's wait was 0.
+    assert bench_timing.critical_waits(ranks, towers=2) == pytest.approx([0.06, 0.02])
+    comm = bench_timing.summarise_time(ranks, batch=4, input_size=67)["comm"]
+    assert comm["exposed_seconds_per_step"] == pytest.approx(0.04)
+    assert comm["exposed_share_of_step"] == pytest.approx(0.08 / 3)
+    assert comm["waited_seconds_per_step"] == pytest.approx((0.31 + 0.02 + 0.09 + 0.12) / 4)
+    # Two replicas of the pair: each pair's collectives are its own, the pairs are averaged.
+    other = [dict(r, rank=r["rank"] + 2, waited_by_step=[{"conv3.forward": 0.5}, {"conv3.forward": 0.5}])
+             for r in ranks]
+    assert bench_timing.critical_waits(ranks + other, towers=2) == pytest.approx([(0.06 + 0.5) / 2, (0.02 + 0.5) / 2])
