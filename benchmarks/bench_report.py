@@ -106,8 +106,10 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
             value = t2["comm"]["exposed_share_of_step"] if t2 and t2.get("comm") else None
         else:
             value = ratios[key]["step_time"] if ratios.get(key) and "step_time" in ratios[key] else None
-        targets.append({"target": label, "value": value, "limit": limit,
-                        "met": None if value is None else bool(value <= limit)})
+        entry = {"target": label, "value": value, "limit": limit, "met": None if value is None else bool(value <= limit)}
+        if key == "exposed_comm_share" and t2 and t2.get("comm"):  # the issue asks for the total beside it
+            entry["beside"] = {"waited": t2["comm"]["waited_share_of_step"], "total": t2["comm"]["share_of_step"]}
+        targets.append(entry)
     return {"benchmark": NAME,
             "claim": "Krizhevsky et al. 2012, sec. 3.2 fn. 2: the two-GPU net has 1.7% lower top-1 and 1.2% lower "
                      "top-5 error than the one-GPU net with half the kernels, and trains slightly faster",
@@ -169,10 +171,10 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
             worst = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(layers.items(), key=lambda kv: -kv[1])[:3])
             notes.append(
                 f"missed '{target['target']}' ({100 * target['value']:.1f}%): {comm['exposed_seconds_per_step']:.3f} s "
-                f"per step on the critical path, of {comm['waited_seconds_per_step']:.3f} s a tower waited and "
-                f"{comm['seconds_per_step']:.3f} s inside collectives (largest: {worst}); moving the "
-                f"{comm['bytes_per_image_per_device'] / 1024:.0f} KiB per image at the "
-                f"{comm['transfer_bytes_per_s'] / 1e9:.2f} GB/s an all-gather reaches without waiting "
+                f"per step launching collectives and waiting for bytes in flight, of {comm['waited_seconds_per_step']:.3f}"
+                f" s a tower waited (the rest for the other tower's compute) and {comm['seconds_per_step']:.3f} s inside "
+                f"collectives (largest: {worst}); moving the {comm['bytes_per_image_per_device'] / 1024:.0f} KiB per "
+                f"image at the {comm['transfer_bytes_per_s'] / 1e9:.2f} GB/s an all-gather reaches without waiting "
                 f"takes about {comm['transfer_seconds_per_step_estimate']:.3f} s")
             continue
         base = "half-1dev+neighbour" if "half-1dev+neighbour" in target["target"] else "full-1dev"
@@ -260,9 +262,10 @@ def markdown(results: dict) -> str:
                       "the same process on the same device, at the model's precision and TF32 setting, while every "
                       "process of the configuration runs one; in brackets (full-2dev), against the device's rate "
                       "when it runs alone. Comm share: from the start to the end of each collective; in brackets, "
-                      "waited: the time a tower waited for it (mean over towers), and exposed: the part on the "
-                      "step's critical path, each collective's wait on the tower that reached it last (the faster "
-                      "tower's further wait is for the slower tower's compute, not for the transfer)."]
+                      "waited: the time a tower spent launching collectives and waiting for them, and exposed: the "
+                      "part of that before the bytes arrived but after the other tower had launched the collective "
+                      "(host timestamps; the rest of the wait is for the other tower's compute, load imbalance); "
+                      "means over the towers."]
     lines += ["", "| ratio | step time | images/s | other |", "|---|---|---|---|"]
     for key, r in results["ratios"].items():
         if r is None:
@@ -280,6 +283,8 @@ def markdown(results: dict) -> str:
     lines += ["", "| target | value | met |", "|---|---|---|"]
     for t in results["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        if t.get("beside"):
+            value += f" (waited {t['beside']['waited']:.3f}, total {t['beside']['total']:.3f})"
         lines.append(f"| {t['target']} | {value} | {'-' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
 
     lines += ["", "## Error (validation)", ""]

@@ -191,7 +191,11 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         else:
             memory_kind = "peak resident set size of the process since start (ru_maxrss)"
 
-        steps, comm_seconds, waited = [], [], []
+        steps, comm_seconds, waited, timelines = [], [], [], []
+        # Host timestamps of every collective, comparable between this machine's processes
+        # only on a shared monotonic clock; with CUDA events (a GPU) there are none.
+        shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
+        STATS.timeline = [] if shared_clock and not cuda and towers > 1 else None
         cpu_start = busy_start = wall_start = None
         total = job["warmup"] + job["timed"]
         for i in range(total):
@@ -213,6 +217,11 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
                 comm_seconds.append(STATS.total_seconds() - comm_before)
                 waited_after = _waited()
                 waited.append({k: v - waited_before.get(k, 0.0) for k, v in waited_after.items()})
+                if STATS.timeline is not None:
+                    timelines.append(list(STATS.timeline))
+            if STATS.timeline is not None:
+                STATS.timeline.clear()
+        STATS.timeline = None
 
         if cuda:
             peak_memory = torch.cuda.max_memory_allocated(device)
@@ -244,6 +253,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             "step_seconds": steps,
             "comm_seconds": comm_seconds,
             "waited_by_step": waited,
+            "timeline_by_step": timelines or None,
             "comm_bytes": STATS.total_bytes(),
             "comm_by_layer": STATS.as_dict(),
             "timed_wall_seconds": wall,
@@ -259,7 +269,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
 
 def _waited() -> dict[str, float]:
     """Seconds this tower has waited so far, per collective ("conv3.forward", ...)."""
-    return {k: v["exposed_seconds"] for k, v in STATS.as_dict().items()}
+    return {k: v["waited_seconds"] for k, v in STATS.as_dict().items()}
 
 
 def _foreign_share(ranks: list[dict]) -> float | None:
@@ -280,6 +290,8 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
         r = dict(per_round[-1])
         for key in ("step_seconds", "comm_seconds", "waited_by_step"):
             r[key] = [x for one in per_round for x in one[key]]
+        timelines = [one.get("timeline_by_step") for one in per_round]
+        r["timeline_by_step"] = None if None in timelines else [x for one in timelines for x in one]
         for key in ("comm_bytes", "timed_wall_seconds", "timed_cpu_seconds", "machine_busy_seconds"):
             values = [one[key] for one in per_round]
             r[key] = None if None in values else sum(values)
@@ -299,23 +311,35 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def critical_waits(ranks: list[dict], towers: int) -> list[float]:
-    """Per step, the communication on the step's critical path: for each collective, the wait of
-    the tower that reached it last (the least wait of its pair; the other tower also waited for
-    its partner's compute to catch up), summed over the collectives, averaged over the pairs.
+def exposed_waits(ranks: list[dict], towers: int) -> list[float] | None:
+    """Per step, the seconds a tower waited for bytes in flight, summed over its collectives and
+    averaged over the towers; None without host timestamps (``timeline_by_step``).
 
-    Rank r is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``)."""
+    A collective's transfer can start only once every tower of the pair has launched it. The
+    part of a tower's wait before its partner's launch is a wait for the partner's compute
+    (load imbalance); the launch itself and the rest of the wait, until the bytes arrived, are
+    *exposed* communication. Rank r is tower ``r % towers`` of replica ``r // towers``
+    (``alexnet_mp.parallel``); a pair's towers run the same collectives in the same order.
+    """
+    if any(not r.get("timeline_by_step") for r in ranks):
+        return None
     pairs: dict[int, list[dict]] = {}
     for r in ranks:
         pairs.setdefault(r["rank"] // towers, []).append(r)
     out = []
-    for i in range(len(ranks[0]["waited_by_step"])):
-        per_pair = []
+    for i in range(len(ranks[0]["timeline_by_step"])):
+        per_tower = []
         for members in pairs.values():
-            steps = [m["waited_by_step"][i] for m in members]
-            keys = set().union(*steps)
-            per_pair.append(sum(min(w.get(k, 0.0) for w in steps) for k in keys))
-        out.append(statistics.fmean(per_pair))
+            lines = [m["timeline_by_step"][i] for m in members]
+            if len({tuple((e[0], e[1]) for e in line) for line in lines}) != 1:
+                raise RuntimeError(f"step {i}: the towers of a pair ran different collectives")
+            exposed = [0.0] * len(members)
+            for entries in zip(*lines):  # one collective, as each tower saw it
+                partners_launched = max(e[2] for e in entries)
+                for t, (_, _, start, launched, begin, end) in enumerate(entries):
+                    exposed[t] += (launched - start) + max(0.0, end - max(begin, partners_launched))
+            per_tower += exposed
+        out.append(statistics.fmean(per_tower))
     return out
 
 
@@ -365,20 +389,22 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         seconds = statistics.fmean(sum(r["comm_seconds"]) / len(r["comm_seconds"]) for r in ranks)
         rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
         wire = per_image * local / rate
-        exposed = critical_waits(ranks, len(ranks) // replicas)
+        exposed = exposed_waits(ranks, len(ranks) // replicas)
         out["comm"] = {
             "bytes_per_image_per_device": per_image,
             "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
             "seconds_per_step": seconds,
             "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
-                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute "
-                    "(the mean over towers); exposed: the part that lengthens the step, each collective's wait on the "
-                    "tower that reached it last; waited minus exposed is the faster tower waiting for the slower",
+                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute; "
+                    "exposed: the part of that spent launching it and waiting for bytes in flight, after the partner "
+                    "tower had launched it (host timestamps; None with CUDA events); the rest of the wait is for the "
+                    "partner's compute (load imbalance); all means over the towers",
             "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
             "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
                                                         / len(r["waited_by_step"]) for r in ranks),
-            "exposed_share_of_step": sum(exposed) / sum(steps),
-            "exposed_seconds_per_step": statistics.fmean(exposed),
+            "exposed_share_of_step": None if exposed is None else sum(exposed) / sum(steps),
+            "exposed_seconds_per_step": None if exposed is None else statistics.fmean(exposed),
+            "exposed_seconds_by_step": exposed,
             # The same bytes at the rate an all-gather reaches when no rank waits for another.
             "transfer_bytes_per_s": rate,
             "transfer_seconds_per_step_estimate": wire,

@@ -248,7 +248,7 @@ def _rank(rank: int, steps: list[float], macs: int = 1000) -> dict:
             "forward_macs_per_image": macs, "peak_flops_per_s": 1e9, "peak_flops_alone_per_s": 1e9,
             "transfer_bytes_per_s": None, "peak_memory_bytes": 100 + rank, "baseline_memory_bytes": 1,
             "memory_kind": "rss", "step_seconds": steps, "comm_seconds": [0.0] * len(steps),
-            "waited_by_step": [{}] * len(steps), "comm_bytes": 0, "comm_by_layer": {},
+            "waited_by_step": [{} for _ in steps], "timeline_by_step": None, "comm_bytes": 0, "comm_by_layer": {},
             "timed_wall_seconds": sum(steps), "timed_cpu_seconds": sum(steps), "machine_busy_seconds": None}
 
 
@@ -284,41 +284,56 @@ def test_merge_rounds_pools_steps_and_collectives():
     import bench_timing
     one, two = _rank(0, [1.0, 2.0]), _rank(0, [3.0])
     one.update(comm_seconds=[0.1, 0.2], waited_by_step=[{"conv3.forward": 0.05}, {}], comm_bytes=100, transfer_bytes_per_s=2e9,
-               comm_by_layer={"conv3.forward": {"bytes": 60, "seconds": 0.2, "exposed_seconds": 0.05, "calls": 2}},
+               comm_by_layer={"conv3.forward": {"bytes": 60, "seconds": 0.2, "waited_seconds": 0.05, "calls": 2}},
                peak_memory_bytes=500, baseline_memory_bytes=7)
     two.update(comm_seconds=[0.3], waited_by_step=[{"conv3.forward": 0.1}], comm_bytes=50, transfer_bytes_per_s=1e9,
-               comm_by_layer={"conv3.forward": {"bytes": 30, "seconds": 0.3, "exposed_seconds": 0.1, "calls": 1},
-                              "fc6.forward": {"bytes": 5, "seconds": 0.01, "exposed_seconds": 0.0, "calls": 1}},
+               comm_by_layer={"conv3.forward": {"bytes": 30, "seconds": 0.3, "waited_seconds": 0.1, "calls": 1},
+                              "fc6.forward": {"bytes": 5, "seconds": 0.01, "waited_seconds": 0.0, "calls": 1}},
                peak_memory_bytes=400, baseline_memory_bytes=9)
     (m,) = bench_timing.merge_rounds([[one], [two]])
     assert m["step_seconds"] == [1.0, 2.0, 3.0] and m["comm_seconds"] == [0.1, 0.2, 0.3]
     assert m["waited_by_step"] == [{"conv3.forward": 0.05}, {}, {"conv3.forward": 0.1}] and m["comm_bytes"] == 150
     assert m["timed_wall_seconds"] == 6.0 and m["machine_busy_seconds"] is None
+    assert m["timeline_by_step"] is None  # no host timestamps in either round
+    one["timeline_by_step"], two["timeline_by_step"] = [["a"], ["b"]], [["c"]]
+    assert bench_timing.merge_rounds([[one], [two]])[0]["timeline_by_step"] == [["a"], ["b"], ["c"]]
     assert m["transfer_bytes_per_s"] == pytest.approx(1.5e9)
     assert (m["peak_memory_bytes"], m["baseline_memory_bytes"]) == (500, 7)  # one round's peak with its baseline
     assert m["comm_by_layer"]["conv3.forward"] == pytest.approx(
-        {"bytes": 90, "seconds": 0.5, "exposed_seconds": 0.15, "calls": 3})
+        {"bytes": 90, "seconds": 0.5, "waited_seconds": 0.15, "calls": 3})
     assert m["comm_by_layer"]["fc6.forward"]["calls"] == 1
 
 
-def test_exposed_communication_is_the_wait_of_the_tower_that_arrived_last():
+def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other_tower():
     import bench_timing
-    # Step 1: tower 0 reaches conv3 first and waits 0.30 s, 0.25 s of it for tower 1's compute;
-    # tower 1 waits 0.05 s (the transfer). At fc6 it is the other way round. Step 2: equal waits.
-    waits = {0: [{"conv3.forward": 0.30, "fc6.forward": 0.01}, {"conv3.forward": 0.02}],
-             1: [{"conv3.forward": 0.05, "fc6.forward": 0.04}, {"conv3.forward": 0.02, "fc7.forward": 0.1}]}
+    # (layer, direction, launch start, launch end, wait start, wait end), one clock for both towers.
+    # Step 1, conv3: tower 0 launches at 0.0 and waits from 0.1; tower 1 launches only at 0.3, so
+    # tower 0's wait until 0.3 is for tower 1's compute; from 0.3 to 0.5 both wait for the bytes.
+    # Step 2: fc6 with the towers the other way round, then fc7 blocking on both (no wait before).
+    timelines = {0: [[["conv3", "forward", 0.0, 0.01, 0.1, 0.5]],
+                     [["fc6", "forward", 1.2, 1.21, 1.25, 1.3], ["fc7", "forward", 2.0, 2.0, 2.0, 2.1]]],
+                 1: [[["conv3", "forward", 0.3, 0.31, 0.45, 0.5]],
+                     [["fc6", "forward", 1.0, 1.0, 1.0, 1.3], ["fc7", "forward", 2.0, 2.0, 2.0, 2.1]]]}
     ranks = []
     for rank in range(2):
         r = _rank(rank, [1.0, 2.0])
-        r.update(waited_by_step=waits[rank], comm_seconds=[0.4, 0.2], transfer_bytes_per_s=1e9, comm_bytes=64)
+        waited = [{f"{e[0]}.{e[1]}": (e[3] - e[2]) + (e[5] - e[4]) for e in step} for step in timelines[rank]]
+        r.update(timeline_by_step=timelines[rank], waited_by_step=waited, comm_seconds=[0.5, 0.4],
+                 transfer_bytes_per_s=1e9, comm_bytes=64)
         ranks.append(r)
-    # fc7 only on tower 1 (tower 0 did not wait there): tower 0's wait was 0.
-    assert bench_timing.critical_waits(ranks, towers=2) == pytest.approx([0.06, 0.02])
+    step1 = ((0.01 + 0.2) + (0.01 + 0.05)) / 2
+    step2 = ((0.01 + 0.05 + 0.1) + (0.1 + 0.1)) / 2  # tower 1 waited 0.2 s for tower 0 at fc6
+    assert bench_timing.exposed_waits(ranks, towers=2) == pytest.approx([step1, step2])
     comm = bench_timing.summarise_time(ranks, batch=4, input_size=67)["comm"]
-    assert comm["exposed_seconds_per_step"] == pytest.approx(0.04)
-    assert comm["exposed_share_of_step"] == pytest.approx(0.08 / 3)
-    assert comm["waited_seconds_per_step"] == pytest.approx((0.31 + 0.02 + 0.09 + 0.12) / 4)
-    # Two replicas of the pair: each pair's collectives are its own, the pairs are averaged.
-    other = [dict(r, rank=r["rank"] + 2, waited_by_step=[{"conv3.forward": 0.5}, {"conv3.forward": 0.5}])
-             for r in ranks]
-    assert bench_timing.critical_waits(ranks + other, towers=2) == pytest.approx([(0.06 + 0.5) / 2, (0.02 + 0.5) / 2])
+    assert comm["exposed_seconds_per_step"] == pytest.approx((step1 + step2) / 2)
+    assert comm["exposed_share_of_step"] == pytest.approx((step1 + step2) / 3)
+    assert comm["waited_seconds_per_step"] == pytest.approx((0.41 + 0.16 + 0.06 + 0.4) / 4)
+    assert comm["exposed_share_of_step"] < comm["waited_share_of_step"]
+    # Two replicas of the pair: each pair's collectives are matched within the pair.
+    other = [dict(r, rank=r["rank"] + 2) for r in ranks]
+    assert bench_timing.exposed_waits(ranks + other, towers=2) == pytest.approx([step1, step2])
+    # Without host timestamps (CUDA events) exposed is not measured; mismatched collectives are an error.
+    assert bench_timing.exposed_waits([dict(r, timeline_by_step=None) for r in ranks], towers=2) is None
+    odd = dict(ranks[1], timeline_by_step=[timelines[1][0], timelines[1][1][:1]])
+    with pytest.raises(RuntimeError, match="different collectives"):
+        bench_timing.exposed_waits([ranks[0], odd], towers=2)

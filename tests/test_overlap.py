@@ -151,8 +151,8 @@ def _training_step(rank: int) -> dict:
             "grads": {n: rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters()},
             "fc8 rows": tower.fc8.weight.shape[0],
             "bytes": dict(STATS.bytes), "calls": dict(STATS.calls), "seconds": dict(STATS.seconds),
-            "exposed": dict(STATS.exposed_seconds), "as_dict": STATS.as_dict(),
-            "total": STATS.total_seconds(), "total exposed": STATS.total_exposed_seconds(),
+            "waited": dict(STATS.waited_seconds), "as_dict": STATS.as_dict(),
+            "total": STATS.total_seconds(), "total waited": STATS.total_waited_seconds(),
         }
     return out
 
@@ -173,19 +173,19 @@ def test_logits_gather_backward_with_unequal_class_shares(steps, overlap):
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
-def test_exposed_and_total_seconds_recorded_for_every_crossing_layer_and_direction(steps, overlap):
+def test_waited_and_total_seconds_recorded_for_every_crossing_layer_and_direction(steps, overlap):
     for result in steps:
         r = result[overlap]
         keys = [(layer, d) for layer in CROSSING for d in ("forward", "backward")] + [("logits", "forward")]
-        assert sorted(r["seconds"]) == sorted(r["exposed"]) == sorted(keys)
+        assert sorted(r["seconds"]) == sorted(r["waited"]) == sorted(keys)
         for key in keys:
             assert r["seconds"][key] > 0, key
-            assert 0 <= r["exposed"][key] <= r["seconds"][key], (key, r["exposed"][key], r["seconds"][key])
+            assert 0 <= r["waited"][key] <= r["seconds"][key], (key, r["waited"][key], r["seconds"][key])
             entry = r["as_dict"][".".join(key)]
-            assert entry["seconds"] == r["seconds"][key] and entry["exposed_seconds"] == r["exposed"][key]
-        assert 0 < r["total exposed"] <= r["total"]
+            assert entry["seconds"] == r["seconds"][key] and entry["waited_seconds"] == r["waited"][key]
+        assert 0 < r["total waited"] <= r["total"]
         if not overlap:  # blocking collectives: the tower waits for all of each
-            assert r["total exposed"] == pytest.approx(r["total"], rel=0.05)
+            assert r["total waited"] == pytest.approx(r["total"], rel=0.05)
 
 
 def test_bytes_are_counted_per_layer_as_before(steps):
@@ -207,20 +207,20 @@ def test_bytes_are_counted_per_layer_as_before(steps):
             assert result[overlap]["calls"] == {key: 1 for key in expected}, overlap
 
 
-def test_comm_stats_keep_exposed_seconds_apart():
+def test_comm_stats_keep_waited_seconds_apart():
     stats = CommStats()
-    stats.add("fc6", "forward", 100, 0.5, exposed=0.1)
-    stats.add("fc6", "forward", 100, 0.25)  # blocking: all of it exposed
-    stats.add("fc7", "backward", 10, 0.2, exposed=0.3)  # woke up late: never more than the total
+    stats.add("fc6", "forward", 100, 0.5, waited=0.1)
+    stats.add("fc6", "forward", 100, 0.25)  # blocking: all of it waited
+    stats.add("fc7", "backward", 10, 0.2, waited=0.3)  # woke up late: never more than the total
     assert stats.bytes[("fc6", "forward")] == 200 and stats.calls[("fc6", "forward")] == 2
     assert stats.seconds[("fc6", "forward")] == pytest.approx(0.75)
-    assert stats.exposed_seconds[("fc6", "forward")] == pytest.approx(0.35)
-    assert stats.seconds[("fc7", "backward")] == pytest.approx(0.3) == stats.exposed_seconds[("fc7", "backward")]
-    assert stats.total_seconds() == pytest.approx(1.05) and stats.total_exposed_seconds() == pytest.approx(0.65)
+    assert stats.waited_seconds[("fc6", "forward")] == pytest.approx(0.35)
+    assert stats.seconds[("fc7", "backward")] == pytest.approx(0.3) == stats.waited_seconds[("fc7", "backward")]
+    assert stats.total_seconds() == pytest.approx(1.05) and stats.total_waited_seconds() == pytest.approx(0.65)
     assert stats.as_dict()["fc6.forward"] == {"bytes": 200, "seconds": pytest.approx(0.75),
-                                              "exposed_seconds": pytest.approx(0.35), "calls": 2}
+                                              "waited_seconds": pytest.approx(0.35), "calls": 2}
     stats.reset()
-    assert stats.total_seconds() == stats.total_exposed_seconds() == 0 and not stats.as_dict()
+    assert stats.total_seconds() == stats.total_waited_seconds() == 0 and not stats.as_dict()
 
 
 def test_profile_switch():

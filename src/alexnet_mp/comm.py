@@ -10,7 +10,7 @@ weight gradient while it travels.
 
 Every collective is counted in :data:`STATS`: bytes sent by this process, and
 seconds, by layer and direction; both the collective's whole time and the part
-the tower waited for it (*exposed*). On a GPU the seconds come from CUDA events
+the tower waited for it (*waited*). On a GPU the seconds come from CUDA events
 read only when the stats are read, so counting never makes the host wait;
 :func:`set_profile` times each collective alone on the host instead.
 
@@ -64,7 +64,7 @@ def set_profile(on: bool = True) -> None:
 class CommStats:
     """Bytes this process sent and seconds it spent in collectives, per (layer, direction).
 
-    ``seconds``: each collective from its launch to its completion. ``exposed_seconds``: the
+    ``seconds``: each collective from its launch to its completion. ``waited_seconds``: the
     part of that the tower waited for: all of a blocking collective; of an overlapped one,
     what the tower's own compute did not hide. Never more than ``seconds``. On a GPU both are
     CUDA event pairs until :meth:`resolve` (called by the readers below) turns them into seconds.
@@ -72,25 +72,29 @@ class CommStats:
 
     bytes: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
-    exposed_seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    waited_seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # When a list (set by a benchmark), each host-timed collective appends
+    # (layer, direction, launch start, launch end, wait start, wait end) in time.perf_counter
+    # seconds, CLOCK_MONOTONIC on Linux and so comparable between processes of one machine.
+    timeline: list | None = None
     _pending: list = field(default_factory=list, repr=False)
 
-    def add(self, layer: str, direction: str, nbytes: int, seconds: float, exposed: float | None = None) -> None:
-        """One collective; ``exposed`` defaults to ``seconds`` (the tower waited for all of it)."""
+    def add(self, layer: str, direction: str, nbytes: int, seconds: float, waited: float | None = None) -> None:
+        """One collective; ``waited`` defaults to ``seconds`` (the tower waited for all of it)."""
         self.count(layer, direction, nbytes)
-        self.add_time(layer, direction, seconds, seconds if exposed is None else exposed)
+        self.add_time(layer, direction, seconds, seconds if waited is None else waited)
 
     def count(self, layer: str, direction: str, nbytes: int) -> None:
         key = (layer, direction)
         self.bytes[key] += nbytes
         self.calls[key] += 1
 
-    def add_time(self, layer: str, direction: str, seconds: float, exposed: float) -> None:
-        exposed = max(exposed, 0.0)
-        # Waking up after the collective finished counts as waited; keep exposed <= seconds.
-        self.seconds[(layer, direction)] += max(seconds, exposed)
-        self.exposed_seconds[(layer, direction)] += exposed
+    def add_time(self, layer: str, direction: str, seconds: float, waited: float) -> None:
+        waited = max(waited, 0.0)
+        # Waking up after the collective finished counts as waited; keep waited <= seconds.
+        self.seconds[(layer, direction)] += max(seconds, waited)
+        self.waited_seconds[(layer, direction)] += waited
 
     def add_events(self, layer: str, direction: str, span: tuple, waited: tuple) -> None:
         """One collective's CUDA event pairs (start, end): its whole span and the tower's wait."""
@@ -114,9 +118,11 @@ class CommStats:
     def reset(self) -> None:
         self.bytes.clear()
         self.seconds.clear()
-        self.exposed_seconds.clear()
+        self.waited_seconds.clear()
         self.calls.clear()
         self._pending.clear()
+        if self.timeline is not None:
+            self.timeline.clear()
 
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
@@ -125,15 +131,15 @@ class CommStats:
         self.resolve()
         return sum(self.seconds.values())
 
-    def total_exposed_seconds(self) -> float:
+    def total_waited_seconds(self) -> float:
         self.resolve()
-        return sum(self.exposed_seconds.values())
+        return sum(self.waited_seconds.values())
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         self.resolve()
         return {
             f"{layer}.{direction}": {"bytes": self.bytes[(layer, direction)], "seconds": self.seconds[(layer, direction)],
-                                     "exposed_seconds": self.exposed_seconds[(layer, direction)],
+                                     "waited_seconds": self.waited_seconds[(layer, direction)],
                                      "calls": self.calls[(layer, direction)]}
             for layer, direction in sorted(self.bytes)
         }
@@ -160,8 +166,8 @@ class _InFlight:
     ``launch()`` starts it with ``async_op=True``; ``result()`` is what :meth:`wait` returns.
     On a GPU it is launched from a side stream, so that an event there marks its end, and the
     compute stream waits for it only in :meth:`wait`: nothing waits on the host. On the CPU the
-    host clock runs from the launch to completion (the work's future), and over the launch and
-    the wait for the exposed part.
+    host clock runs from the launch to completion (the work's future); the launch plus the
+    wait are the part the tower waited for.
     """
 
     def __init__(self, launch: Callable, result: Callable[[], object], device: torch.device,
@@ -215,8 +221,10 @@ class _InFlight:
             self.work.wait()
             end = time.perf_counter()
             done = end if self.done_at is None else min(self.done_at, end)
-            # Exposed: the launch and the wait, the host time the tower spent on it.
+            # Waited: the launch and the wait, the host time the tower spent on it.
             STATS.add_time(self.layer, self.direction, done - self.start, (self.launched - self.start) + (end - begin))
+            if STATS.timeline is not None:
+                STATS.timeline.append((self.layer, self.direction, self.start, self.launched, begin, end))
             self.work = None  # the future's callback holds this object
         result, self.result = self.result(), None  # release the buffers only now (stream order)
         return result
