@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.14.1 torchvision==0.29.1
 ARGS ?=
+# Two pytest workers (pytest-xdist): most tests wait on process start-up and imports, so
+# two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
+TEST_WORKERS ?= 2
 
 .PHONY: help install test train prepare reproduce figures bench-1gpu-vs-2gpu bench-data clean
 
@@ -21,8 +24,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)  ## create .venv with torch and the package (editable)
 
-test: $(STAMP)  ## run the whole test suite (two-process gloo tests included)
-	$(PY) -m pytest -q
+test: $(STAMP)  ## run the whole test suite (two-process gloo tests included); TEST_WORKERS=N pytest workers (0: one process)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 train: $(STAMP)  ## train the two-tower net, one tower per process, on the built-in synthetic data
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 launch/train.py $(ARGS)
