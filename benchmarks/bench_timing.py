@@ -16,6 +16,7 @@ import re
 import resource
 import socket
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         else:
             memory_kind = "peak resident set size of the process since start (ru_maxrss)"
 
-        steps, comm_seconds, waited, timelines = [], [], [], []
+        steps, comm_seconds, waited, timelines, helper_cpu = [], [], [], [], []
         # Host timestamps of every collective, comparable between this machine's processes
         # only on a shared monotonic clock; with CUDA events (a GPU) there are none.
         shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
@@ -204,7 +205,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
                 # What this process and the whole machine use from here on: the difference is
                 # what other processes took from the cores while we were timed.
                 cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
-            comm_before, waited_before = STATS.total_seconds(), _waited()
+            comm_before, waited_before, helper_before = STATS.total_seconds(), _waited(), _helper_threads_cpu()
             _sync(device)
             start = time.perf_counter()
             train_step(state, images, labels)
@@ -219,6 +220,8 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
                 waited.append({k: v - waited_before.get(k, 0.0) for k, v in waited_after.items()})
                 if STATS.timeline is not None:
                     timelines.append(list(STATS.timeline))
+                helper_after = _helper_threads_cpu()
+                helper_cpu.append(None if None in (helper_before, helper_after) else helper_after - helper_before)
             if STATS.timeline is not None:
                 STATS.timeline.clear()
         STATS.timeline = None
@@ -254,6 +257,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             "comm_seconds": comm_seconds,
             "waited_by_step": waited,
             "timeline_by_step": timelines or None,
+            "helper_cpu_by_step": None if None in helper_cpu else helper_cpu,
             "comm_bytes": STATS.total_bytes(),
             "comm_by_layer": STATS.as_dict(),
             "timed_wall_seconds": wall,
@@ -270,6 +274,25 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
 def _waited() -> dict[str, float]:
     """Seconds this tower has waited so far, per collective ("conv3.forward", ...)."""
     return {k: v["waited_seconds"] for k, v in STATS.as_dict().items()}
+
+
+def _helper_threads_cpu() -> float | None:
+    """CPU seconds used so far by this process's threads other than the main one (gloo's
+    workers, which move and sum the bytes on the tower's own core), from /proc; None off Linux."""
+    main = threading.main_thread().native_id
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) == main:
+                continue
+            try:
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    except OSError:
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _foreign_share(ranks: list[dict]) -> float | None:
@@ -290,8 +313,9 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
         r = dict(per_round[-1])
         for key in ("step_seconds", "comm_seconds", "waited_by_step"):
             r[key] = [x for one in per_round for x in one[key]]
-        timelines = [one.get("timeline_by_step") for one in per_round]
-        r["timeline_by_step"] = None if None in timelines else [x for one in timelines for x in one]
+        for key in ("timeline_by_step", "helper_cpu_by_step"):
+            values = [one.get(key) for one in per_round]
+            r[key] = None if None in values else [x for one in values for x in one]
         for key in ("comm_bytes", "timed_wall_seconds", "timed_cpu_seconds", "machine_busy_seconds"):
             values = [one[key] for one in per_round]
             r[key] = None if None in values else sum(values)
@@ -311,36 +335,48 @@ def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def exposed_waits(ranks: list[dict], towers: int) -> list[float] | None:
-    """Per step, the seconds a tower waited for bytes in flight, summed over its collectives and
-    averaged over the towers; None without host timestamps (``timeline_by_step``).
+def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
+    """The seconds each tower waited for bytes in flight, from the collectives' host timestamps
+    (``timeline_by_step``); None without them (CUDA events).
 
     A collective's transfer can start only once every tower of the pair has launched it. The
     part of a tower's wait before its partner's launch is a wait for the partner's compute
     (load imbalance); the launch itself and the rest of the wait, until the bytes arrived, are
-    *exposed* communication. Rank r is tower ``r % towers`` of replica ``r // towers``
-    (``alexnet_mp.parallel``); a pair's towers run the same collectives in the same order.
+    *exposed* communication. Per step: ``mean``, over the towers; ``upper``, each collective's
+    larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
+    the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
+    per rank. Rank r is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``);
+    a pair's towers run the same collectives in the same order.
     """
     if any(not r.get("timeline_by_step") for r in ranks):
         return None
     pairs: dict[int, list[dict]] = {}
     for r in ranks:
         pairs.setdefault(r["rank"] // towers, []).append(r)
-    out = []
-    for i in range(len(ranks[0]["timeline_by_step"])):
-        per_tower = []
+    steps = len(ranks[0]["timeline_by_step"])
+    mean, upper, by_collective = [], [], {}
+    for i in range(steps):
+        per_tower, per_pair = [], []
         for members in pairs.values():
             lines = [m["timeline_by_step"][i] for m in members]
             if len({tuple((e[0], e[1]) for e in line) for line in lines}) != 1:
                 raise RuntimeError(f"step {i}: the towers of a pair ran different collectives")
-            exposed = [0.0] * len(members)
+            exposed, larger = [0.0] * len(members), 0.0
             for entries in zip(*lines):  # one collective, as each tower saw it
                 partners_launched = max(e[2] for e in entries)
-                for t, (_, _, start, launched, begin, end) in enumerate(entries):
-                    exposed[t] += (launched - start) + max(0.0, end - max(begin, partners_launched))
+                each = [(launched - start) + max(0.0, end - max(begin, partners_launched))
+                        for _, _, start, launched, begin, end in entries]
+                larger += max(each)
+                key = f"{entries[0][0]}.{entries[0][1]}"
+                for m, t, x in zip(members, range(len(members)), each):
+                    exposed[t] += x
+                    rank_totals = by_collective.setdefault(key, {})
+                    rank_totals[m["rank"]] = rank_totals.get(m["rank"], 0.0) + x / steps
             per_tower += exposed
-        out.append(statistics.fmean(per_tower))
-    return out
+            per_pair.append(larger)
+        mean.append(statistics.fmean(per_tower))
+        upper.append(max(per_pair))
+    return {"mean": mean, "upper": upper, "by_collective": by_collective}
 
 
 def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
@@ -390,21 +426,34 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
         wire = per_image * local / rate
         exposed = exposed_waits(ranks, len(ranks) // replicas)
+        helper = [r.get("helper_cpu_by_step") for r in ranks]
+        # The helper threads' CPU outside the waits is taken from the tower's compute: counting all
+        # of it (inside the waits too) keeps the bound an upper one.
+        helper_steps = None if None in helper else [max(h[i] for h in helper) for i in range(len(steps))]
+        bound = (None if exposed is None or helper_steps is None
+                 else [u + h for u, h in zip(exposed["upper"], helper_steps)])
         out["comm"] = {
             "bytes_per_image_per_device": per_image,
             "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
             "seconds_per_step": seconds,
             "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
-                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute; "
-                    "exposed: the part of that spent launching it and waiting for bytes in flight, after the partner "
-                    "tower had launched it (host timestamps; None with CUDA events); the rest of the wait is for the "
-                    "partner's compute (load imbalance); all means over the towers",
+                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute "
+                    "(mean over the towers); exposed: the part of that spent launching and waiting for bytes in "
+                    "flight, after the partner tower had launched the collective (host timestamps; None with CUDA "
+                    "events), the rest being a wait for the partner's compute (load imbalance): mean over the "
+                    "towers, and upper: each collective's larger figure of the pair; helper CPU: the CPU time of "
+                    "the processes' other threads (gloo's, moving the bytes on the tower's core); exposed bound: "
+                    "upper plus helper CPU, the most communication can have added to the step",
             "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
             "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
                                                         / len(r["waited_by_step"]) for r in ranks),
-            "exposed_share_of_step": None if exposed is None else sum(exposed) / sum(steps),
-            "exposed_seconds_per_step": None if exposed is None else statistics.fmean(exposed),
-            "exposed_seconds_by_step": exposed,
+            "exposed_mean_share_of_step": None if exposed is None else sum(exposed["mean"]) / sum(steps),
+            "exposed_upper_share_of_step": None if exposed is None else sum(exposed["upper"]) / sum(steps),
+            "helper_cpu_share_of_step": None if helper_steps is None else sum(helper_steps) / sum(steps),
+            "exposed_share_of_step": None if bound is None else sum(bound) / sum(steps),
+            "exposed_seconds_per_step": None if bound is None else statistics.fmean(bound),
+            "exposed_seconds_by_step": bound,
+            "exposed_by_collective": None if exposed is None else exposed["by_collective"],
             # The same bytes at the rate an all-gather reaches when no rank waits for another.
             "transfer_bytes_per_s": rate,
             "transfer_seconds_per_step_estimate": wire,

@@ -130,7 +130,9 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
     assert half["comm"] is None and full1["comm"] is None and neighbour["comm"] is None
     assert full2["comm"]["bytes_per_image_per_device"] > 0 and 0 <= full2["comm"]["share_of_step"] < 1
     comm = full2["comm"]
-    assert 0 <= comm["exposed_share_of_step"] <= comm["waited_share_of_step"] <= comm["share_of_step"] + 1e-9
+    assert 0 <= comm["exposed_mean_share_of_step"] <= comm["waited_share_of_step"] <= comm["share_of_step"] + 1e-9
+    assert comm["exposed_mean_share_of_step"] <= comm["exposed_upper_share_of_step"] <= comm["exposed_share_of_step"]
+    assert comm["helper_cpu_share_of_step"] >= 0  # measured (in clock ticks: a tiny step may take none)
     assert {"conv3.forward", "fc6.forward", "fc7.forward", "fc8.forward", "logits.forward",
             "conv3.backward"} <= full2["per_device"][0]["comm_by_layer"].keys()
 
@@ -248,7 +250,8 @@ def _rank(rank: int, steps: list[float], macs: int = 1000) -> dict:
             "forward_macs_per_image": macs, "peak_flops_per_s": 1e9, "peak_flops_alone_per_s": 1e9,
             "transfer_bytes_per_s": None, "peak_memory_bytes": 100 + rank, "baseline_memory_bytes": 1,
             "memory_kind": "rss", "step_seconds": steps, "comm_seconds": [0.0] * len(steps),
-            "waited_by_step": [{} for _ in steps], "timeline_by_step": None, "comm_bytes": 0, "comm_by_layer": {},
+            "waited_by_step": [{} for _ in steps], "timeline_by_step": None, "helper_cpu_by_step": None,
+            "comm_bytes": 0, "comm_by_layer": {},
             "timed_wall_seconds": sum(steps), "timed_cpu_seconds": sum(steps), "machine_busy_seconds": None}
 
 
@@ -314,6 +317,9 @@ def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other
                      [["fc6", "forward", 1.2, 1.21, 1.25, 1.3], ["fc7", "forward", 2.0, 2.0, 2.0, 2.1]]],
                  1: [[["conv3", "forward", 0.3, 0.31, 0.45, 0.5]],
                      [["fc6", "forward", 1.0, 1.0, 1.0, 1.3], ["fc7", "forward", 2.0, 2.0, 2.0, 2.1]]]}
+    def comm_of(ranks):
+        return bench_timing.summarise_time(ranks, batch=4, input_size=67)["comm"]
+
     ranks = []
     for rank in range(2):
         r = _rank(rank, [1.0, 2.0])
@@ -323,15 +329,26 @@ def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other
         ranks.append(r)
     step1 = ((0.01 + 0.2) + (0.01 + 0.05)) / 2
     step2 = ((0.01 + 0.05 + 0.1) + (0.1 + 0.1)) / 2  # tower 1 waited 0.2 s for tower 0 at fc6
-    assert bench_timing.exposed_waits(ranks, towers=2) == pytest.approx([step1, step2])
-    comm = bench_timing.summarise_time(ranks, batch=4, input_size=67)["comm"]
-    assert comm["exposed_seconds_per_step"] == pytest.approx((step1 + step2) / 2)
-    assert comm["exposed_share_of_step"] == pytest.approx((step1 + step2) / 3)
+    exposed = bench_timing.exposed_waits(ranks, towers=2)
+    assert exposed["mean"] == pytest.approx([step1, step2])
+    # The larger figure of the pair at each collective: tower 0 at conv3 and fc7, tower 1 at fc6.
+    assert exposed["upper"] == pytest.approx([0.21, 0.1 + 0.1])
+    assert exposed["by_collective"]["fc6.forward"] == pytest.approx({0: 0.06 / 2, 1: 0.1 / 2})
+    assert comm_of(ranks)["exposed_mean_share_of_step"] == pytest.approx((step1 + step2) / 3)
+    # gloo's threads: 0.02 and 0.03 s of CPU in step 1 on the two towers, 0.01 in step 2.
+    for r, cpu in zip(ranks, ([0.02, 0.01], [0.03, 0.01])):
+        r["helper_cpu_by_step"] = cpu
+    comm = comm_of(ranks)
+    bound = [0.21 + 0.03, 0.2 + 0.01]
+    assert comm["exposed_seconds_by_step"] == pytest.approx(bound)
+    assert comm["exposed_seconds_per_step"] == pytest.approx(sum(bound) / 2)
+    assert comm["exposed_share_of_step"] == pytest.approx(sum(bound) / 3)
+    assert comm["helper_cpu_share_of_step"] == pytest.approx(0.04 / 3)
     assert comm["waited_seconds_per_step"] == pytest.approx((0.41 + 0.16 + 0.06 + 0.4) / 4)
-    assert comm["exposed_share_of_step"] < comm["waited_share_of_step"]
+    assert comm["exposed_mean_share_of_step"] <= comm["exposed_upper_share_of_step"] <= comm["exposed_share_of_step"]
     # Two replicas of the pair: each pair's collectives are matched within the pair.
     other = [dict(r, rank=r["rank"] + 2) for r in ranks]
-    assert bench_timing.exposed_waits(ranks + other, towers=2) == pytest.approx([step1, step2])
+    assert bench_timing.exposed_waits(ranks + other, towers=2)["mean"] == pytest.approx([step1, step2])
     # Without host timestamps (CUDA events) exposed is not measured; mismatched collectives are an error.
     assert bench_timing.exposed_waits([dict(r, timeline_by_step=None) for r in ranks], towers=2) is None
     odd = dict(ranks[1], timeline_by_step=[timelines[1][0], timelines[1][1][:1]])
