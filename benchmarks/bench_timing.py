@@ -367,11 +367,10 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
                 each = [(launched - start) + max(0.0, end - max(begin, partners_launched))
                         for _, _, start, launched, begin, end in entries]
                 larger += max(each)
-                key = f"{entries[0][0]}.{entries[0][1]}"
-                for m, t, x in zip(members, range(len(members)), each):
+                totals = by_collective.setdefault(f"{entries[0][0]}.{entries[0][1]}", {})
+                for t, (m, x) in enumerate(zip(members, each)):
                     exposed[t] += x
-                    rank_totals = by_collective.setdefault(key, {})
-                    rank_totals[m["rank"]] = rank_totals.get(m["rank"], 0.0) + x / steps
+                    totals[m["rank"]] = totals.get(m["rank"], 0.0) + x / steps
             per_tower += exposed
             per_pair.append(larger)
         mean.append(statistics.fmean(per_tower))
