@@ -126,8 +126,9 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
 def _comm_share(comm: dict | None) -> str:
     if not comm:
         return "-"
-    return (f"{_pct(comm['share_of_step'])} ({_pct(comm['waited_share_of_step'])}; "
-            f"{_pct(comm['exposed_mean_share_of_step'])}-{_pct(comm['exposed_share_of_step'])})")
+    exposed = ("-" if comm["exposed_share_of_step"] is None  # no host timestamps (CUDA events)
+               else f"{_pct(comm['exposed_mean_share_of_step'])}-{_pct(comm['exposed_share_of_step'])}")
+    return f"{_pct(comm['share_of_step'])} ({_pct(comm['waited_share_of_step'])}; {exposed})"
 
 
 def _gflops(x: float) -> str:

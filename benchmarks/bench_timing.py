@@ -205,7 +205,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
                 # What this process and the whole machine use from here on: the difference is
                 # what other processes took from the cores while we were timed.
                 cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
-            comm_before, waited_before, helper_before = STATS.total_seconds(), _waited(), _helper_threads_cpu()
+            before, helper_before = STATS.as_dict(), _helper_threads_cpu()
             _sync(device)
             start = time.perf_counter()
             train_step(state, images, labels)
@@ -215,9 +215,11 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             _log(f"step {i + 1}/{total} ({phase}): {seconds:.2f} s")
             if i >= job["warmup"]:
                 steps.append(seconds)
-                comm_seconds.append(STATS.total_seconds() - comm_before)
-                waited_after = _waited()
-                waited.append({k: v - waited_before.get(k, 0.0) for k, v in waited_after.items()})
+                after = STATS.as_dict()  # per collective, since the counts began
+                since = {k: {f: v[f] - before.get(k, {}).get(f, 0.0) for f in ("seconds", "waited_seconds")}
+                         for k, v in after.items()}
+                comm_seconds.append(sum(v["seconds"] for v in since.values()))
+                waited.append({k: v["waited_seconds"] for k, v in since.items()})
                 if STATS.timeline is not None:
                     timelines.append(list(STATS.timeline))
                 helper_after = _helper_threads_cpu()
@@ -269,11 +271,6 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
     finally:
         if world > 1:
             dist.destroy_process_group()
-
-
-def _waited() -> dict[str, float]:
-    """Seconds this tower has waited so far, per collective ("conv3.forward", ...)."""
-    return {k: v["waited_seconds"] for k, v in STATS.as_dict().items()}
 
 
 def _helper_threads_cpu() -> float | None:
