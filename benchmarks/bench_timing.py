@@ -197,6 +197,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         # only on a shared monotonic clock; with CUDA events (a GPU) there are none.
         shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
         STATS.timeline = [] if shared_clock and not cuda and towers > 1 else None
+        STATS.cpu_clock = _helper_threads_cpu  # read at each wait's begin and end (timeline only)
         cpu_start = busy_start = wall_start = None
         total = job["warmup"] + job["timed"]
         for i in range(total):
@@ -226,7 +227,7 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
                 helper_cpu.append(None if None in (helper_before, helper_after) else helper_after - helper_before)
             if STATS.timeline is not None:
                 STATS.timeline.clear()
-        STATS.timeline = None
+        STATS.timeline = STATS.cpu_clock = None
 
         if cuda:
             peak_memory = torch.cuda.max_memory_allocated(device)
@@ -273,6 +274,11 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             dist.destroy_process_group()
 
 
+# A thread's CPU time in nanoseconds (the first field of schedstat) where the kernel keeps it;
+# else utime + stime in clock ticks (fields 14 and 15 of stat), which only counts whole ticks.
+_SCHEDSTAT = os.path.exists("/proc/self/schedstat")
+
+
 def _helper_threads_cpu() -> float | None:
     """CPU seconds used so far by this process's threads other than the main one (gloo's
     workers, which move and sum the bytes on the tower's own core), from /proc; None off Linux."""
@@ -283,13 +289,16 @@ def _helper_threads_cpu() -> float | None:
             if int(tid) == main:
                 continue
             try:
-                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                if _SCHEDSTAT:
+                    total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+                else:
+                    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
             except OSError:  # the thread ended meanwhile
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     except OSError:
         return None
-    return total / os.sysconf("SC_CLK_TCK")
+    return total / 1e9 if _SCHEDSTAT else total / os.sysconf("SC_CLK_TCK")
 
 
 def _foreign_share(ranks: list[dict]) -> float | None:
@@ -342,7 +351,8 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
     *exposed* communication. Per step: ``mean``, over the towers; ``upper``, each collective's
     larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
     the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
-    per rank. Rank r is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``);
+    per rank. ``helper_in_waits``: per rank, per step, the CPU time the process's other threads
+    (gloo's) took during the waits, from the entries' CPU readings; None without them. Rank r is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``);
     a pair's towers run the same collectives in the same order.
     """
     if any(not r.get("timeline_by_step") for r in ranks):
@@ -352,6 +362,9 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
         pairs.setdefault(r["rank"] // towers, []).append(r)
     steps = len(ranks[0]["timeline_by_step"])
     mean, upper, by_collective = [], [], {}
+    readings = all(len(e) == 8 and None not in e[6:] for r in ranks for line in r["timeline_by_step"] for e in line)
+    helper_in_waits = ({r["rank"]: [sum(e[7] - e[6] for e in line) for line in r["timeline_by_step"]] for r in ranks}
+                       if readings else None)
     for i in range(steps):
         per_tower, per_pair = [], []
         for members in pairs.values():
@@ -362,7 +375,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
             for entries in zip(*lines):  # one collective, as each tower saw it
                 partners_launched = max(e[2] for e in entries)
                 each = [(launched - start) + max(0.0, end - max(begin, partners_launched))
-                        for _, _, start, launched, begin, end in entries]
+                        for _, _, start, launched, begin, end, *_ in entries]
                 larger += max(each)
                 totals = by_collective.setdefault(f"{entries[0][0]}.{entries[0][1]}", {})
                 for t, (m, x) in enumerate(zip(members, each)):
@@ -372,7 +385,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
             per_pair.append(larger)
         mean.append(statistics.fmean(per_tower))
         upper.append(max(per_pair))
-    return {"mean": mean, "upper": upper, "by_collective": by_collective}
+    return {"mean": mean, "upper": upper, "by_collective": by_collective, "helper_in_waits": helper_in_waits}
 
 
 def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
@@ -422,12 +435,19 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
         wire = per_image * local / rate
         exposed = exposed_waits(ranks, len(ranks) // replicas)
-        helper = [r.get("helper_cpu_by_step") for r in ranks]
-        # The helper threads' CPU outside the waits is taken from the tower's compute: counting all
-        # of it (inside the waits too) keeps the bound an upper one.
-        helper_steps = None if None in helper else [max(h[i] for h in helper) for i in range(len(steps))]
-        bound = (None if exposed is None or helper_steps is None
-                 else [u + h for u, h in zip(exposed["upper"], helper_steps)])
+        helper = {r["rank"]: r.get("helper_cpu_by_step") for r in ranks}
+        # gloo's threads share the tower's core. What they take while the main thread computes
+        # is taken from the compute; what they take while it is blocked in a wait takes nothing (the
+        # core is otherwise idle: the tower waits for bytes, counted above, or for its partner).
+        # Without CPU readings at each wait (old results), all of their CPU time is counted.
+        inside = exposed["helper_in_waits"] if exposed else None
+        helper_steps = outside_steps = None
+        if None not in helper.values():
+            helper_steps = [max(h[i] for h in helper.values()) for i in range(len(steps))]
+            outside_steps = [max(max(0.0, h[i] - (inside[rk][i] if inside else 0.0)) for rk, h in helper.items())
+                             for i in range(len(steps))]
+        bound = (None if exposed is None or outside_steps is None
+                 else [u + h for u, h in zip(exposed["upper"], outside_steps)])
         out["comm"] = {
             "bytes_per_image_per_device": per_image,
             "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
@@ -438,14 +458,17 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
                     "flight, after the partner tower had launched the collective (host timestamps; None with CUDA "
                     "events), the rest being a wait for the partner's compute (load imbalance): mean over the "
                     "towers, and upper: each collective's larger figure of the pair; helper CPU: the CPU time of "
-                    "the processes' other threads (gloo's, moving the bytes on the tower's core); exposed bound: "
-                    "upper plus helper CPU, the most communication can have added to the step",
+                    "the processes' other threads (gloo's, moving the bytes on the tower's core), all of it and the "
+                    "part outside the waits (taken from the compute; all of it without readings at each wait); "
+                    "exposed bound: upper plus helper CPU outside the waits, the most communication can have added "
+                    "to the step",
             "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
             "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
                                                         / len(r["waited_by_step"]) for r in ranks),
             "exposed_mean_share_of_step": None if exposed is None else sum(exposed["mean"]) / sum(steps),
             "exposed_upper_share_of_step": None if exposed is None else sum(exposed["upper"]) / sum(steps),
             "helper_cpu_share_of_step": None if helper_steps is None else sum(helper_steps) / sum(steps),
+            "helper_cpu_outside_waits_share_of_step": None if outside_steps is None else sum(outside_steps) / sum(steps),
             "exposed_share_of_step": None if bound is None else sum(bound) / sum(steps),
             "exposed_seconds_per_step": None if bound is None else statistics.fmean(bound),
             "exposed_seconds_by_step": bound,

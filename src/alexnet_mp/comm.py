@@ -75,9 +75,12 @@ class CommStats:
     waited_seconds: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     # When a list (set by a benchmark), each host-timed collective appends
-    # (layer, direction, launch start, launch end, wait start, wait end) in time.perf_counter
-    # seconds, CLOCK_MONOTONIC on Linux and so comparable between processes of one machine.
+    # (layer, direction, launch start, launch end, wait start, wait end, cpu at wait start,
+    # cpu at wait end): times in time.perf_counter seconds, CLOCK_MONOTONIC on Linux and so
+    # comparable between processes of one machine; cpu: ``cpu_clock()`` read just outside the
+    # wait (a benchmark's clock of the CPU time of the process's other threads), else None.
     timeline: list | None = None
+    cpu_clock: Callable[[], float | None] | None = None
     _pending: list = field(default_factory=list, repr=False)
 
     def add(self, layer: str, direction: str, nbytes: int, seconds: float, waited: float | None = None) -> None:
@@ -217,14 +220,17 @@ class _InFlight:
             STATS.add_events(self.layer, self.direction, self.span, waited)
             self.launch = None
         elif self.work is not None:
+            clock = STATS.cpu_clock if STATS.timeline is not None else None
+            cpu_begin = clock() if clock else None
             begin = time.perf_counter()
             self.work.wait()
             end = time.perf_counter()
+            cpu_end = clock() if clock else None
             done = end if self.done_at is None else min(self.done_at, end)
             # Waited: the launch and the wait, the host time the tower spent on it.
             STATS.add_time(self.layer, self.direction, done - self.start, (self.launched - self.start) + (end - begin))
             if STATS.timeline is not None:
-                STATS.timeline.append((self.layer, self.direction, self.start, self.launched, begin, end))
+                STATS.timeline.append((self.layer, self.direction, self.start, self.launched, begin, end, cpu_begin, cpu_end))
             self.work = None  # the future's callback holds this object
         result, self.result = self.result(), None  # release the buffers only now (stream order)
         return result
