@@ -11,8 +11,8 @@ writes ``docs/scaling.md``:
 
 Inputs (each printed in the document):
 - bytes exchanged per image, by layer: ``benchmarks/results/bench-1gpu-vs-2gpu.json``
-  (``comm_by_layer`` of full-2dev, forward; the backward moves as many bytes, with NCCL's
-  reduce-scatter or gloo's all-to-all);
+  (``comm_by_layer`` of full-2dev, forward; the backward moves as many bytes with NCCL's
+  reduce-scatter, twice as many with gloo's all-reduce stand-in, which is not used here);
 - parameters per tower and of the half net: the same file and ``build_model``;
 - one tower's compute per step: ``benchmarks/results/gpu-check.json`` (H200, bf16,
   channels_last, compiled; batch 128 and 512, fitted as a fixed cost plus a cost per image).

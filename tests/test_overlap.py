@@ -52,7 +52,7 @@ def _crossing_both_ways(rank: int) -> dict:
         for name, sizes, width, conv in CASES:
             if backends and len(set(sizes)) > 1:
                 continue
-            name = f"{name} ({'reduce-scatter' if backends else 'all-to-all'})"
+            name = f"{name} ({'reduce-scatter' if backends else 'all-reduce'})"
             outs = split_sizes(width, 2)
             g = torch.Generator().manual_seed(len(name))  # the same draws on both ranks
             shape = (lambda n: (3, n, 5, 5)) if conv else (lambda n: (3, n))
@@ -190,8 +190,7 @@ def test_waited_and_total_seconds_recorded_for_every_crossing_layer_and_directio
 
 def test_bytes_are_counted_per_layer_as_before(steps):
     """Overlapped or not, each crossing layer sends its input units forward (the smaller share
-    padded to the larger) and backward sends the other tower its slice of the input gradient
-    (an all-to-all on gloo, as many bytes as NCCL's reduce-scatter)."""
+    padded to the larger) and, on gloo, all-reduces the whole input gradient backward."""
     full = build_model("full", num_classes=CLASSES, input_size=SIZE)
     side = feature_map_sizes(SIZE, "224")
     area = {"conv3": side["conv2"] ** 2, "fc6": side["conv5"] ** 2, "fc7": 1, "fc8": 1}
@@ -200,8 +199,7 @@ def test_bytes_are_counted_per_layer_as_before(steps):
     for name in CROSSING:
         width = previous[name].width
         expected[(name, "forward")] = BATCH * max(split_sizes(width, 2)) * area[name] * 4
-        assert width % 2 == 0  # equal shares: either tower sends half
-        expected[(name, "backward")] = BATCH * width // 2 * area[name] * 4
+        expected[(name, "backward")] = 2 * BATCH * width * area[name] * 4 // 2
     expected[("logits", "forward")] = BATCH * max(split_sizes(CLASSES, 2)) * 4
     for result in steps:
         for overlap in (True, False):

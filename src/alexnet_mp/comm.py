@@ -274,7 +274,7 @@ def _offset(sizes: list[int], rank: int) -> int:
 class _GatherFromTowers(torch.autograd.Function):
     """forward: all-gather every tower's units (concatenated in tower order);
     backward: reduce-scatter, i.e. sum the gradient over towers and keep this tower's slice
-    (NCCL's reduce-scatter; on gloo an all-to-all of the slices, summed here).
+    (NCCL's reduce-scatter; an all-reduce and a slice on gloo).
 
     The gathered tensor feeds *different* weights on each device, so the gradient of
     this tower's units is the sum of what every tower's layer sends back (spec, sec. 7).
@@ -290,21 +290,23 @@ class _GatherFromTowers(torch.autograd.Function):
         return _reduce_scatter(grad, ctx.dim, ctx.sizes, ctx.group, ctx.layer), None, None, None, None
 
 
-# Backends whose own reduce-scatter is used. gloo implements reduce-scatter with all-reduces,
-# which measured twice as slow as one all-reduce here (communication 4.7% of the step against
-# 2.4%, make bench-1gpu-vs-2gpu on 2 CPU cores); there an all-to-all does the same job.
+# Backends whose reduce-scatter moves fewer bytes than an all-reduce. gloo implements
+# reduce-scatter with all-reduces, and measured twice as slow as one all-reduce here
+# (communication 4.7% of the step against 2.4%, make bench-1gpu-vs-2gpu on 2 CPU cores).
+# An all-to-all of the slices, summed locally, sends half the bytes of the all-reduce but
+# was slower still in the step, overlapped with compute on the tower's core (conv3's
+# backward 0.31 s per step inside the collective against 0.08 s; communication 8.1% of the
+# step against 5.4%), though faster alone (gloo's threads' CPU 8 ms against 18 ms).
 REDUCE_SCATTER_BACKENDS = {"nccl"}
 
 
 def _start_reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer: str) -> _InFlight:
     """Sum ``grad`` over ranks; ``wait()`` returns this rank's slice along ``dim``.
 
-    Every rank sends each other rank only the slice that rank owns. With equal shares on NCCL
-    that is its reduce-scatter. Elsewhere (gloo), or when the shares differ in size, it is an
-    all-to-all of the slices, which this rank then sums: the same bytes, where an all-reduce
-    sends twice as many (on gloo with conv3's input gradient, 2 CPU cores: 8 ms of gloo's
-    threads' CPU against 18 ms). The choice depends only on the backend and the sizes, so
-    every rank makes the same one.
+    NCCL's reduce-scatter sends each rank only the slices the others own, (n-1)/n of the
+    tensor. Elsewhere (gloo), or when the shares differ in size, an all-reduce followed by
+    a slice gives the same numbers. The choice depends only on the backend, so every rank
+    makes the same one.
     """
     rank, n = dist.get_rank(group), len(sizes)
     nbytes = grad.numel() * grad.element_size()
@@ -313,20 +315,11 @@ def _start_reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer
         out = torch.empty_like(parts[rank])
         return _InFlight(lambda: dist.reduce_scatter(out, parts, op=dist.ReduceOp.SUM, group=group, async_op=True),
                          lambda: out, grad.device, layer, "backward", nbytes * (n - 1) // n)
-    # Each rank's slice, flat and in rank order (one copy), so that slice r goes to rank r.
-    send, offset = grad.new_empty(grad.numel()), 0
-    for part in grad.split(sizes, dim=dim):
-        send.narrow(0, offset, part.numel()).view(part.shape).copy_(part)
-        offset += part.numel()
-    mine = list(grad.shape)
-    mine[dim] = sizes[rank]
-    per_rank = grad.numel() // grad.shape[dim] * sizes[rank]  # what each rank sends this one
-    received = grad.new_empty(n * per_rank)
-    splits = [grad.numel() // grad.shape[dim] * size for size in sizes]
-    return _InFlight(lambda: dist.all_to_all_single(received, send, [per_rank] * n, splits, group=group,
-                                                    async_op=True),
-                     lambda: received.view(n, *mine).sum(0),
-                     grad.device, layer, "backward", nbytes - splits[rank] * grad.element_size())
+    grad = grad.contiguous()
+    # A ring all-reduce sends about 2 (n-1)/n of the tensor per rank.
+    return _InFlight(lambda: dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=group, async_op=True),
+                     lambda: grad.narrow(dim, _offset(sizes, rank), sizes[rank]).contiguous(),
+                     grad.device, layer, "backward", 2 * nbytes * (n - 1) // n)
 
 
 def _reduce_scatter(grad: Tensor, dim: int, sizes: list[int], group, layer: str) -> Tensor:
@@ -341,7 +334,7 @@ class _CrossingLayer(torch.autograd.Function):
     forward: async all-gather of every tower's units, overlapped with this tower's block
     W_own x_own + b; the other towers' blocks are added when their units have arrived.
     backward: the gradient of the whole gathered input first, then its async reduce-scatter
-    (sum over towers, keep this tower's slice; an all-to-all and a sum on gloo), overlapped
+    (sum over towers, keep this tower's slice; an all-reduce and a slice on gloo), overlapped
     with the weight and bias gradients.
 
     ``conv`` is (stride, padding, dilation) for a convolution, None for a linear layer;
