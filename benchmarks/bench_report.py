@@ -178,8 +178,8 @@ def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
             notes.append(
                 f"missed '{target['target']}' ({100 * target['value']:.1f}%, a bound): {comm['exposed_seconds_per_step']:.3f}"
                 f" s per step launching collectives, waiting for bytes in flight (the larger figure of the pair) and "
-                f"in gloo's threads outside the waits, of {comm['waited_seconds_per_step']:.3f} s a tower waited (the rest for the other "
-                f"tower's compute) and {comm['seconds_per_step']:.3f} s inside "
+                f"in gloo's threads outside the waits, of {comm['waited_seconds_per_step']:.3f} s a tower waited "
+                f"(the rest for the other tower's compute) and {comm['seconds_per_step']:.3f} s inside "
                 f"collectives (largest: {worst}); moving the {comm['bytes_per_image_per_device'] / 1024:.0f} KiB per "
                 f"image at the {comm['transfer_bytes_per_s'] / 1e9:.2f} GB/s an all-gather reaches without waiting "
                 f"takes about {comm['transfer_seconds_per_step_estimate']:.3f} s")

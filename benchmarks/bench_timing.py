@@ -352,8 +352,9 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
     larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
     the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
     per rank. ``helper_in_waits``: per rank, per step, the CPU time the process's other threads
-    (gloo's) took during the waits, from the entries' CPU readings; None without them. Rank r is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``);
-    a pair's towers run the same collectives in the same order.
+    (gloo's) took during the waits, from the entries' CPU readings; None without them. Rank r
+    is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``); a pair's
+    towers run the same collectives in the same order.
     """
     if any(not r.get("timeline_by_step") for r in ranks):
         return None
@@ -468,7 +469,8 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
             "exposed_mean_share_of_step": None if exposed is None else sum(exposed["mean"]) / sum(steps),
             "exposed_upper_share_of_step": None if exposed is None else sum(exposed["upper"]) / sum(steps),
             "helper_cpu_share_of_step": None if helper_steps is None else sum(helper_steps) / sum(steps),
-            "helper_cpu_outside_waits_share_of_step": None if outside_steps is None else sum(outside_steps) / sum(steps),
+            "helper_cpu_outside_waits_share_of_step": (None if outside_steps is None
+                                                       else sum(outside_steps) / sum(steps)),
             "exposed_share_of_step": None if bound is None else sum(bound) / sum(steps),
             "exposed_seconds_per_step": None if bound is None else statistics.fmean(bound),
             "exposed_seconds_by_step": bound,

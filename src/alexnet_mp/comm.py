@@ -230,7 +230,8 @@ class _InFlight:
             # Waited: the launch and the wait, the host time the tower spent on it.
             STATS.add_time(self.layer, self.direction, done - self.start, (self.launched - self.start) + (end - begin))
             if STATS.timeline is not None:
-                STATS.timeline.append((self.layer, self.direction, self.start, self.launched, begin, end, cpu_begin, cpu_end))
+                STATS.timeline.append((self.layer, self.direction, self.start, self.launched, begin, end,
+                                       cpu_begin, cpu_end))
             self.work = None  # the future's callback holds this object
         result, self.result = self.result(), None  # release the buffers only now (stream order)
         return result
