@@ -274,7 +274,7 @@ def markdown(results: dict) -> str:
                       "had launched the collective (host timestamps; the rest of the wait is for the other tower's "
                       "compute, load imbalance), as the mean over the towers and as a bound: each collective's "
                       "larger figure of the pair, plus the CPU time gloo's threads took on the towers' cores "
-                      "while the towers computed (outside their waits)."]
+                      "outside the towers' waits."]
     lines += ["", "| ratio | step time | images/s | other |", "|---|---|---|---|"]
     for key, r in results["ratios"].items():
         if r is None:

@@ -437,9 +437,10 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         wire = per_image * local / rate
         exposed = exposed_waits(ranks, len(ranks) // replicas)
         helper = {r["rank"]: r.get("helper_cpu_by_step") for r in ranks}
-        # gloo's threads share the tower's core. What they take while the main thread computes
-        # is taken from the compute; what they take while it is blocked in a wait takes nothing (the
-        # core is otherwise idle: the tower waits for bytes, counted above, or for its partner).
+        # gloo's threads share the tower's core. What they take outside the waits is counted as
+        # taken from the compute (a launch, counted above too, is a sliver); what they take while
+        # the main thread is blocked in a wait takes nothing (the core is otherwise idle: the
+        # tower waits for bytes, counted above, or for its partner).
         # Without CPU readings at each wait (old results), all of their CPU time is counted.
         inside = exposed["helper_in_waits"] if exposed else None
         helper_steps = outside_steps = None

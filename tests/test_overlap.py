@@ -145,9 +145,15 @@ def _training_step(rank: int) -> dict:
         tower = parallelize(full, overlap=overlap)
         ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, tower)
         STATS.reset()
+        # As the benchmark does: host timestamps of every collective, and a CPU clock read
+        # around each wait (a counter here, so that each reading is known).
+        readings = iter(range(1000))
+        STATS.timeline, STATS.cpu_clock = [], lambda: float(next(readings))
         torch.manual_seed(100)  # the same dropout masks
         F.cross_entropy(tower(x), y).backward()
+        timeline, STATS.timeline, STATS.cpu_clock = STATS.timeline, None, None
         out[overlap] = {
+            "timeline": timeline,
             "grads": {n: rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters()},
             "fc8 rows": tower.fc8.weight.shape[0],
             "bytes": dict(STATS.bytes), "calls": dict(STATS.calls), "seconds": dict(STATS.seconds),
@@ -170,6 +176,18 @@ def test_logits_gather_backward_with_unequal_class_shares(steps, overlap):
         for name in ("fc8.weight", "fc8.bias"):
             assert result[overlap]["grads"][name] < TOL, (rank, name)
         assert max(result[overlap]["grads"].values()) < TOL, (rank, result[overlap]["grads"])
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
+def test_timeline_records_each_collective_with_the_cpu_clock_around_its_wait(steps, overlap):
+    for result in steps:
+        timeline = result[overlap]["timeline"]
+        keys = [(layer, d) for layer in CROSSING for d in ("forward", "backward")] + [("logits", "forward")]
+        assert sorted((e[0], e[1]) for e in timeline) == sorted(keys)
+        for layer, direction, start, launched, begin, end, cpu_begin, cpu_end in timeline:
+            assert start <= launched <= begin <= end, (layer, direction)
+        # Two readings per wait, in the order the waits ran.
+        assert [v for e in timeline for v in e[6:]] == [float(i) for i in range(2 * len(timeline))]
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
