@@ -197,7 +197,9 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         # only on a shared monotonic clock; with CUDA events (a GPU) there are none.
         shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
         STATS.timeline = [] if shared_clock and not cuda and towers > 1 else None
-        STATS.cpu_clock = _helper_threads_cpu  # read at each wait's begin and end (timeline only)
+        # Read at each wait's begin and end (timeline only): about 0.3 ms a reading with gloo's 5
+        # threads on this 2-core machine, 18 readings a step, under 0.1% of a CPU step.
+        STATS.cpu_clock = _helper_threads_cpu
         cpu_start = busy_start = wall_start = None
         total = job["warmup"] + job["timed"]
         for i in range(total):
