@@ -10,7 +10,6 @@ Every file is written to a temporary name and renamed, and loaded with
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,46 +18,15 @@ import torch
 
 from alexnet_mp.comm import barrier
 from alexnet_mp.errors import UserError
+from alexnet_mp.io import atomic_save, atomic_write, fsync_dir
 from alexnet_mp.model import ARCH_DEFAULTS
 
 __all__ = ["atomic_save", "atomic_write_text", "CheckpointStore", "fsync_dir", "load_file"]
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Kept for callers of the old name: :func:`alexnet_mp.io.atomic_write`."""
+    atomic_write(path, text)
 
 
 def load_file(path: Path) -> dict:
