@@ -39,10 +39,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from alexnet_mp import data
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.errors import UserError
-from alexnet_mp.prepared import PreparedImages
 from bench_1gpu_vs_2gpu import _cpu_name  # benchmarks/ is on the path when run as a script
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import PaperTransform  # noqa: E402  the per-image reference, the "before" of this benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-data"
@@ -70,7 +72,7 @@ def _pil_shorter_side_centre_crop(path: Path, size: int) -> torch.Tensor:
 class _Before:
     """Per image: decode and resize the original file, then the float32 transform of one image."""
 
-    def __init__(self, folder: data.ImageFolderImages, transform: data.PaperTransform):
+    def __init__(self, folder: data.ImageFolderImages, transform: PaperTransform):
         self.folder, self.transform = folder, transform
 
     def batch(self, indices: list[int], epoch: int) -> torch.Tensor:
@@ -106,7 +108,7 @@ def _measure_paths(src: Path, prepared: dict[str, Path], cfg: DictConfig) -> dic
     n = min(len(folder), int(cfg.max_images))
     rows = {}
 
-    before = _Before(folder, data.PaperTransform(stats, crop, train=True))
+    before = _Before(folder, PaperTransform(stats, crop, train=True))
     rows["imagefolder, before"] = {"with_augmentation": _rate(before.batch, n, batch, repeats),
                                    "note": "PIL decode+resize and the float32 transform, image by image"}
     sources = {"imagefolder": folder, **{f"prepared {fmt}": PreparedImages(path, "train", size)

@@ -227,39 +227,45 @@ def _mib(x: float | None) -> str:
     return "-" if x is None else f"{x / 2**20:.0f} MiB"
 
 
-def markdown(results: dict) -> str:
+def _header(results: dict) -> list[str]:
     env, s = results["environment"], results["settings"]
-    lines = [f"# {NAME}", "",
-             f"{results['claim']}.", "",
-             f"Device: {env['device_meaning']} ({', '.join(env['device_names'])}). Batch {s['batch']}, "
-             f"{s['input_size']}px, {s['warmup_steps']} warm-up + {s['timed_steps']} timed steps"
-             f"{_rounds_text(s.get('rounds', 1))}; "
-             f"speed options {', '.join(f'{k}={v}' for k, v in s['speed'].items())}, comm.overlap={s['overlap']}; "
-             f"torch {env['torch']}, "
-             f"commit {(env['git_commit'] or '?')[:10]}{' (dirty)' if env['git_dirty'] else ''}, {results['created']}.",
-             "", "## Time (one training step)", "",
+    return [f"# {NAME}", "",
+            f"{results['claim']}.", "",
+            f"Device: {env['device_meaning']} ({', '.join(env['device_names'])}). Batch {s['batch']}, "
+            f"{s['input_size']}px, {s['warmup_steps']} warm-up + {s['timed_steps']} timed steps"
+            f"{_rounds_text(s.get('rounds', 1))}; "
+            f"speed options {', '.join(f'{k}={v}' for k, v in s['speed'].items())}, comm.overlap={s['overlap']}; "
+            f"torch {env['torch']}, "
+            f"commit {(env['git_commit'] or '?')[:10]}{' (dirty)' if env['git_dirty'] else ''}, {results['created']}."]
+
+
+def _time_row(name: str, t: dict) -> str:
+    """One configuration's row of the time table."""
+    if "skipped" in t:
+        return f"| {name} | skipped: {t['skipped']} | | | | | | | | |"
+    d = t["per_device"]
+    st = t["step_seconds"]
+    params = " / ".join(f"{x['parameters'] / 1e6:.2f}M" for x in d)
+    memory = " / ".join(_mib(x["peak_memory_bytes"]) + (f" (+{_mib(x['peak_memory_bytes'] - base)})"
+                                                      if (base := x["baseline_memory_bytes"]) else "") for x in d)
+    mfu = " / ".join(_pct(x["mfu"]) + (f" ({_pct(x['mfu_vs_alone'])})" if t["devices"] > 1 else "") for x in d)
+    peak = " / ".join(_gflops(x["peak_flops_per_s"]) + (f" ({_gflops(x['peak_flops_alone_per_s'])} alone)"
+                                                        if t["devices"] > 1 else "") for x in d)
+    comm_bytes = f"{t['comm']['bytes_per_image_per_device'] / 1024:.0f} KiB" if t["comm"] else "-"
+    comm_share = _comm_share(t["comm"])
+    return (f"| {name} | {st['median']:.3f} s ({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} "
+            f"| {params} | {memory} | {mfu} | {peak} | {comm_bytes} | {comm_share} "
+            f"| {_pct(t['other_processes_cpu_share'], 0)} |")
+
+
+def _time_section(results: dict) -> list[str]:
+    lines = ["", "## Time (one training step)", "",
              "| configuration | step median (min-max) | images/s | params / device | peak memory / device "
-             "| MFU / device | peak matmul / device | comm bytes / image / device | comm share (waited; exposed: mean-bound) "
+             "| MFU / device | peak matmul / device | comm bytes / image / device "
+             "| comm share (waited; exposed: mean-bound) "
              "| other processes' CPU |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, c in results["configurations"].items():
-        t = c["time"]
-        if "skipped" in t:
-            lines.append(f"| {name} | skipped: {t['skipped']} | | | | | | | | |")
-            continue
-        d = t["per_device"]
-        st = t["step_seconds"]
-        params = " / ".join(f"{x['parameters'] / 1e6:.2f}M" for x in d)
-        memory = " / ".join(_mib(x["peak_memory_bytes"]) + (f" (+{_mib(x['peak_memory_bytes'] - base)})"
-                                                          if (base := x["baseline_memory_bytes"]) else "") for x in d)
-        mfu = " / ".join(_pct(x["mfu"]) + (f" ({_pct(x['mfu_vs_alone'])})" if t["devices"] > 1 else "") for x in d)
-        peak = " / ".join(_gflops(x["peak_flops_per_s"]) + (f" ({_gflops(x['peak_flops_alone_per_s'])} alone)"
-                                                            if t["devices"] > 1 else "") for x in d)
-        comm_bytes = f"{t['comm']['bytes_per_image_per_device'] / 1024:.0f} KiB" if t["comm"] else "-"
-        comm_share = _comm_share(t["comm"])
-        lines.append(f"| {name} | {st['median']:.3f} s ({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} "
-                     f"| {params} | {memory} | {mfu} | {peak} | {comm_bytes} | {comm_share} "
-                     f"| {_pct(t['other_processes_cpu_share'], 0)} |")
+    lines += [_time_row(name, c["time"]) for name, c in results["configurations"].items()]
     memory_kinds = {x["memory_kind"] for c in results["configurations"].values() if "skipped" not in c["time"]
                     for x in c["time"]["per_device"]}
     if memory_kinds:
@@ -275,62 +281,81 @@ def markdown(results: dict) -> str:
                       "compute, load imbalance), as the mean over the towers and as a bound: each collective's "
                       "larger figure of the pair, plus the CPU time gloo's threads took on the towers' cores "
                       "outside the towers' waits."]
-    lines += ["", "| ratio | step time | images/s | other |", "|---|---|---|---|"]
-    for key, r in results["ratios"].items():
-        if r is None:
-            lines.append(f"| {key} | - | - | |")
-            continue
-        other = []
-        if "arithmetic_per_device" in r:
-            other.append(f"arithmetic per device {r['arithmetic_per_device']:.3f}")
-        if "train_images_per_s" in r:
-            other.append(f"training images/s (error part) {r['train_images_per_s']:.3f}")
-        if "per_round" in r:
-            other.append(f"median of the rounds' {', '.join(f'{x:.3f}' for x in r['per_round'])}")
-        lines.append(f"| {key} | {r['step_time']:.3f} | {r['images_per_s']:.3f} | {'; '.join(other)} |"
-                     if "step_time" in r else f"| {key} | - | - | {'; '.join(other)} |")
-    lines += ["", "| target | value | met |", "|---|---|---|"]
-    for t in results["targets"]:
-        value = "-" if t["value"] is None else f"{t['value']:.3f}"
-        if t.get("beside"):
-            value += " (" + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in t["beside"].items()) + ")"
-        lines.append(f"| {t['target']} | {value} | {'-' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
+    return lines
 
-    lines += ["", "## Error (validation)", ""]
+
+def _ratio_row(key: str, r: dict | None) -> str:
+    if r is None:
+        return f"| {key} | - | - | |"
+    other = []
+    if "arithmetic_per_device" in r:
+        other.append(f"arithmetic per device {r['arithmetic_per_device']:.3f}")
+    if "train_images_per_s" in r:
+        other.append(f"training images/s (error part) {r['train_images_per_s']:.3f}")
+    if "per_round" in r:
+        other.append(f"median of the rounds' {', '.join(f'{x:.3f}' for x in r['per_round'])}")
+    return (f"| {key} | {r['step_time']:.3f} | {r['images_per_s']:.3f} | {'; '.join(other)} |"
+            if "step_time" in r else f"| {key} | - | - | {'; '.join(other)} |")
+
+
+def _target_row(t: dict) -> str:
+    value = "-" if t["value"] is None else f"{t['value']:.3f}"
+    if t.get("beside"):
+        value += " (" + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in t["beside"].items()) + ")"
+    return f"| {t['target']} | {value} | {'-' if t['met'] is None else ('yes' if t['met'] else 'no')} |"
+
+
+def _error_section(results: dict) -> list[str]:
+    s = results["settings"]
+    lines = ["", "## Error (validation)", ""]
     ec = {n: results["configurations"][n]["error"] for n in TRAINED}
-    if all("skipped" not in e for e in ec.values()):
-        lines += [f"Data: {' '.join(s['data'])}; {s['epochs']} epochs; seeds {s['seeds']}. Mean (std over seeds).", "",
-                  "| configuration | centre top-1 | centre top-5 | ten-crop top-1 | ten-crop top-5 "
-                  "| training images/s |",
-                  "|---|---|---|---|---|---|"]
-        for name, e in ec.items():
-            cells = [f"{_pct(e[c][k]['mean'], 2)} ({_spread_text(e[c][k]['std'])})"
-                     for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
-            lines.append(f"| {name} | {' | '.join(cells)} | {e['train_images_per_s']:.1f} |")
-        d = results["error_differences"]
-        cells = [f"{100 * d[c][k]['mean']:+.2f} ({_spread_text(d[c][k]['std'], points=True)}{_interval(d[c][k])})"
+    if any("skipped" in e for e in ec.values()):
+        return lines + [f"- {n}: skipped: {e['skipped']}" for n, e in ec.items() if "skipped" in e]
+    lines += [f"Data: {' '.join(s['data'])}; {s['epochs']} epochs; seeds {s['seeds']}. Mean (std over seeds).", "",
+              "| configuration | centre top-1 | centre top-5 | ten-crop top-1 | ten-crop top-5 "
+              "| training images/s |",
+              "|---|---|---|---|---|---|"]
+    for name, e in ec.items():
+        cells = [f"{_pct(e[c][k]['mean'], 2)} ({_spread_text(e[c][k]['std'])})"
                  for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
-        lines.append(f"| full-2dev - half-1dev (points) | {' | '.join(cells)} | |")
-        paper = f"{100 * PAPER_DELTAS['top1_err']:+.1f} | {100 * PAPER_DELTAS['top5_err']:+.1f}"
-        lines.append(f"| paper, sec. 3.2 fn. 2 (points) | {paper} | {paper} | |")
-    else:
-        lines += [f"- {n}: skipped: {e['skipped']}" for n, e in ec.items() if "skipped" in e]
+        lines.append(f"| {name} | {' | '.join(cells)} | {e['train_images_per_s']:.1f} |")
+    d = results["error_differences"]
+    cells = [f"{100 * d[c][k]['mean']:+.2f} ({_spread_text(d[c][k]['std'], points=True)}{_interval(d[c][k])})"
+             for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
+    lines.append(f"| full-2dev - half-1dev (points) | {' | '.join(cells)} | |")
+    paper = f"{100 * PAPER_DELTAS['top1_err']:+.1f} | {100 * PAPER_DELTAS['top5_err']:+.1f}"
+    lines.append(f"| paper, sec. 3.2 fn. 2 (points) | {paper} | {paper} | |")
+    return lines
+
+
+def _scale_section(sc: dict) -> list[str]:
+    n = sc["devices"]
+    lines = ["", f"## {n} devices: the half net as {n} data-parallel replicas against the full net as "
+                 f"{n // 2} replicas of the tower pair", "",
+             "| configuration | replicas x towers | step median (min-max) | images/s "
+             "| tower exchange share (waited; exposed: mean-bound) |",
+             "|---|---|---|---|---|"]
+    for name, t in sc["configurations"].items():
+        st = t["step_seconds"]
+        share = _comm_share(t.get("comm"))
+        lines.append(f"| {name} | {t['replicas']} x {t['towers']} | {st['median']:.3f} s "
+                     f"({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} | {share} |")
+    return lines + ["", f"full-{n}dev / half-{n}dev step time: {sc['full/half step']:.3f}. The gradient all-reduce "
+                        "over the replicas (DDP) is inside the step time, not in the exchange share."]
+
+
+def markdown(results: dict) -> str:
+    """The benchmark's results as the Markdown report: time, ratios, targets, error, notes, scale-out."""
+    lines = _header(results) + _time_section(results)
+    lines += ["", "| ratio | step time | images/s | other |", "|---|---|---|---|"]
+    lines += [_ratio_row(key, r) for key, r in results["ratios"].items()]
+    lines += ["", "| target | value | met |", "|---|---|---|"]
+    lines += [_target_row(t) for t in results["targets"]]
+    lines += _error_section(results)
     if results["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
-    sc = results.get("scale")
-    if sc:
-        n = sc["devices"]
-        lines += ["", f"## {n} devices: the half net as {n} data-parallel replicas against the full net as "
-                      f"{n // 2} replicas of the tower pair", "",
-                  "| configuration | replicas x towers | step median (min-max) | images/s | tower exchange share (waited; exposed: mean-bound) |",
-                  "|---|---|---|---|---|"]
-        for name, t in sc["configurations"].items():
-            st = t["step_seconds"]
-            share = _comm_share(t.get("comm"))
-            lines.append(f"| {name} | {t['replicas']} x {t['towers']} | {st['median']:.3f} s "
-                         f"({st['min']:.3f}-{st['max']:.3f}) | {t['images_per_s']:.1f} | {share} |")
-        lines += ["", f"full-{n}dev / half-{n}dev step time: {sc['full/half step']:.3f}. The gradient all-reduce "
-                      "over the replicas (DDP) is inside the step time, not in the exchange share."]
+    if results.get("scale"):
+        lines += _scale_section(results["scale"])
     return "\n".join(lines) + "\n"
 
 

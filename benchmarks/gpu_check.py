@@ -42,12 +42,11 @@ import torch.nn.functional as F
 
 from alexnet_mp import data
 from alexnet_mp.arch import LRN_OPTIONS, full_spec
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.lrn import local_response_norm
 from alexnet_mp.model import AlexNet, Exchange, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
-from alexnet_mp.prepared import PreparedImages
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from alexnet_mp.cli import run_entry_point
-from alexnet_mp.prepared import prepare
+from alexnet_mp.data.prepare import prepare
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from alexnet_mp import data
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment
 from alexnet_mp.errors import UserError
+from reference import PaperTransform
 
 S, CROP, N = 40, 34, 48
 
@@ -25,7 +26,7 @@ def synth():
 def test_batch_augmentation_equals_the_per_image_transform_bit_for_bit(synth, flip, sigma, scale, mean):
     _, stats, images = synth
     ref_stats = stats if mean else data.DatasetStats(torch.zeros_like(stats.mean_image), stats.eigvals, stats.eigvecs)
-    per_image = data.PaperTransform(ref_stats, CROP, train=True, flip=flip, pca_sigma=sigma, pca_scale=scale, seed=3)
+    per_image = PaperTransform(ref_stats, CROP, train=True, flip=flip, pca_sigma=sigma, pca_scale=scale, seed=3)
     augment = BatchAugment(stats, CROP, seed=3, flip=flip, pca_sigma=sigma, pca_scale=scale, mean_subtraction=mean)
     indices = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:20]
     for epoch in (0, 5):
@@ -44,7 +45,7 @@ def test_batch_augmentation_equals_the_per_image_transform_bit_for_bit(synth, fl
 def test_centre_and_ten_crop_equal_the_per_image_versions(synth):
     _, stats, images = synth
     augment = BatchAugment(stats, CROP, seed=0)
-    per_image = data.PaperTransform(stats, CROP, train=False)
+    per_image = PaperTransform(stats, CROP, train=False)
     assert torch.equal(augment.centre(images), torch.stack([per_image(img, i, 0) for i, img in enumerate(images)]))
     assert torch.equal(augment.ten_crop(images), torch.stack([per_image.test_ten_crop(img) for img in images]))
 

@@ -10,7 +10,7 @@ import torch
 import torch._inductor.config
 
 from alexnet_mp import data
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment
 from alexnet_mp.train import Speed, build_run_state, train_step
 
 pytestmark = [pytest.mark.cuda,

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+import alexnet_mp.io
 from alexnet_mp import data
 from alexnet_mp.data import (
     ImageFolderImages,
     BatchLoader,
-    PaperTransform,
     SyntheticImages,
     check_same_classes,
     compute_stats,
@@ -26,6 +26,7 @@ from alexnet_mp.data import (
     ten_crop,
 )
 from alexnet_mp.errors import UserError
+from reference import PaperTransform
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -296,7 +297,7 @@ def test_stats_sample_is_deterministic_and_bounded():
 def test_stats_cache_reused_and_recomputed_on_mismatch(tmp_path, monkeypatch):
     calls = []
     real = data.compute_stats
-    monkeypatch.setattr(data, "compute_stats", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(data.stats, "compute_stats", lambda *a, **k: calls.append(a) or real(*a, **k))
     cache = tmp_path / "cache" / "stats.pt"
     ds = _Tiny(n=20)
     first = load_or_compute_stats(ds, cache, max_samples=10, seed=0)
@@ -327,7 +328,7 @@ def test_stats_cache_in_unwritable_place_does_not_fail(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(alexnet_mp.io, "temporary_name", read_only)
     stats2 = load_or_compute_stats(ds, tmp_path / "ro" / "stats.pt", max_samples=100, seed=0)
     assert torch.equal(stats.mean_image, stats2.mean_image)
     assert not (tmp_path / "ro" / "stats.pt").exists()

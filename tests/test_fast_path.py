@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from alexnet_mp import data
-from alexnet_mp.augment import BatchAugment
-from alexnet_mp.prepared import PreparedImages
+from alexnet_mp.data import BatchAugment
+from alexnet_mp.data import PreparedImages
 from test_train import ROOT, error_line, final_state, launch, ok
 
 pytestmark = pytest.mark.slow

@@ -24,10 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_mp import prepared as prep
-from alexnet_mp.data import ImageFolderImages, compute_stats
+from alexnet_mp.data import ImageFolderImages, PreparedImages, compute_stats, open_prepared, read_manifest
+from alexnet_mp.data import prepare as prep
+from alexnet_mp.data.prepare import bytes_on_disk, prepare_dataset
+from alexnet_mp.data.shards import RawWriter
 from alexnet_mp.errors import UserError
-from alexnet_mp.prepared import PreparedImages, open_prepared, prepare_dataset
+from alexnet_mp.io import disk_full_error
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -114,7 +116,7 @@ def test_raw_shards_equal_the_image_folder_bit_for_bit(src, raw, reference):
             assert torch.equal(got, img) and got_label == label
     # The corrupt file: skipped, counted and named (relative to the source root).
     assert train.skipped == ["train/dog/05-corrupt.jpg"] and val.skipped == []
-    manifest = prep.read_manifest(raw)
+    manifest = read_manifest(raw)
     assert manifest["splits"]["train"]["skipped_count"] == 1
     assert manifest["splits"]["train"]["files"] == 25 and manifest["splits"]["train"]["count"] == 24
     assert len(manifest["splits"]["train"]["shards"]) == 5  # 25 files in shards of 5
@@ -146,7 +148,7 @@ def test_jpeg_format_is_close_smaller_and_has_the_pre_encoding_statistics(src, r
         assert (images.float() - want.float()).abs().mean() < 3
     stats, raw_stats = PreparedImages(out, "train").stats(), PreparedImages(raw, "train").stats()
     assert torch.equal(stats.mean_image, raw_stats.mean_image) and torch.equal(stats.eigvecs, raw_stats.eigvecs)
-    assert prep._bytes_on_disk(out / "train") < prep._bytes_on_disk(raw / "train")
+    assert bytes_on_disk(out / "train") < bytes_on_disk(raw / "train")
 
 
 def test_read_batch_in_any_order_after_pickling_and_in_a_spawned_loader(raw):
@@ -218,25 +220,29 @@ def test_an_interrupted_prepare_resumes_without_redoing_shards_and_equals_an_uni
 
 def test_a_full_disk_is_one_line_marks_nothing_complete_and_a_rerun_finishes(src, tmp_path, monkeypatch):
     out = tmp_path / "full"
-    original = prep._RawWriter.commit
+    original = RawWriter.commit
 
     def commit(self):
         if self.path.name != "images-00000.npy":
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self)
 
-    monkeypatch.setattr(prep._RawWriter, "commit", commit)  # forked workers inherit the patch
+    monkeypatch.setattr(RawWriter, "commit", commit)  # forked workers inherit the patch
     with pytest.raises(UserError) as err:
         prepare_dataset(src, out, image_size=SIZE, workers=2, shard_size=10, progress=False)
     msg = _one_line(err)
     assert "no space left on device while writing" in msg and "images-0000" in msg and "re-run" in msg
     assert not (out / "manifest.json").exists() and not list(out.rglob(".*.tmp-*"))
-    monkeypatch.setattr(prep._RawWriter, "commit", original)
+    monkeypatch.setattr(RawWriter, "commit", original)
 
-    def full(path, text):  # the disk fills up again while writing the manifest
-        raise OSError(errno.ENOSPC, "No space left on device")
+    write = prep.atomic_write
 
-    monkeypatch.setattr(prep, "atomic_write_text", full)
+    def full(path, data):  # the disk fills up again while writing the manifest: what io.atomic_write raises
+        if path.name != "manifest.json":
+            return write(path, data)
+        raise disk_full_error(OSError(errno.ENOSPC, "No space left on device"), path)
+
+    monkeypatch.setattr(prep, "atomic_write", full)
     with pytest.raises(UserError) as err:
         prepare_dataset(src, out, image_size=SIZE, workers=2, shard_size=10, progress=False)
     assert "manifest.json" in _one_line(err) and not (out / "manifest.json").exists()

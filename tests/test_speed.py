@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alexnet_mp import data
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment
 from alexnet_mp.train import Speed, build_run_state, train_step
 
 MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "he"}

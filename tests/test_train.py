@@ -48,7 +48,7 @@ def final_state(run_dir: Path) -> dict:
 # -- both towers see the same batches -----------------------------------------------------------
 
 def _batches_on_both_towers(rank: int) -> list[bool]:
-    from alexnet_mp.augment import BatchAugment
+    from alexnet_mp.data import BatchAugment
 
     ds = data.SyntheticImages("train", 10, 48, 77, seed=0)
     stats = data.compute_stats(ds, 48, 0, progress=False)

@@ -16,12 +16,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import data
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.checkpoint import atomic_write_text, load_file
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import arch_options, build_model
 from alexnet_mp.progress import Progress
-from alexnet_mp.train import _base_datasets, topk_wrong
+from alexnet_mp.train import topk_wrong
 
 __all__ = ["evaluate_checkpoint", "load_trained_model", "open_data"]
 
@@ -54,7 +54,7 @@ def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch
     if int(dcfg.image_size) != blob["data"]["image_size"]:
         raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
                         f"{blob['data']['image_size']}px images")
-    train_base, val_base, _, _ = _base_datasets(dcfg)
+    train_base, val_base, _, _ = base_datasets(dcfg)
     base = val_base if split == "val" else train_base
     if len(base.classes) != blob["model"]["num_classes"]:
         raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 from alexnet_mp.arch import split_sizes
+from alexnet_mp.io import atomic_write
+from alexnet_mp.report import save_png
 
 __all__ = ["chromatic_share", "tower_chromatic_shares", "nearest_neighbours", "running_nearest", "kernel_grid", "draw_figures"]
 
@@ -115,31 +117,11 @@ def _crop_view(img: Tensor, crop: int) -> Tensor:
     return img[:, c:c + crop, c:c + crop].permute(1, 2, 0)
 
 
-def draw_figures(cfg) -> dict:
-    """Figures 3 and 4 of a trained run (``launch/figures.py``); returns what it wrote and measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _figure3(weight: Tensor, towers: int, out: Path) -> tuple[list[float], str]:
+    """Figure 3, the conv1 kernels with each tower's chromatic share: (the shares, the file)."""
     import matplotlib.pyplot as plt
 
-    from alexnet_mp.arch import spec_for
-    from alexnet_mp.checkpoint import atomic_write_text
-    from alexnet_mp.errors import UserError
-    from alexnet_mp.evaluate import load_trained_model, open_data
-
-    torch.set_num_threads(int(cfg.threads))
-    checkpoint = Path(str(cfg.checkpoint))
-    model, blob = load_trained_model(checkpoint)
-    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    out = Path(str(cfg.output_dir)) if cfg.output_dir else run_dir / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    towers = spec_for(blob["model"]["name"], 2).towers
-    result: dict = {"checkpoint": str(checkpoint), "files": {}}
-
-    # Figure 3
-    weight = blob["state_dict"]["conv1.weight"]
     shares = tower_chromatic_shares(weight, towers)
-    result["chromatic_share"] = shares
     grid = kernel_grid(weight, towers)
     fig, ax = plt.subplots(figsize=(8, 8 * grid.shape[0] / grid.shape[1] + 0.8))
     ax.imshow(grid.numpy(), interpolation="nearest")
@@ -147,27 +129,18 @@ def draw_figures(cfg) -> dict:
     names = [f"tower {t}" for t in range(towers)] if towers > 1 else ["the half net"]
     ax.set_title(f"{weight.shape[0]} conv1 kernels ({weight.shape[-1]}x{weight.shape[-1]}x3); chromatic share of "
                  "energy: " + ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(names, shares)), fontsize=9)
-    result["files"]["figure3"] = str(out / "figure3-conv1-kernels.png")
-    fig.savefig(result["files"]["figure3"], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    path = save_png(fig, out / "figure3-conv1-kernels.png", dpi=120, bbox_inches="tight")
     print("conv1 kernels, chromatic share of energy: " +
           ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(names, shares)) +
           " (grey kernels 0%; random kernels about 66.7%)", flush=True)
+    return shares, path
 
-    # Figure 4
-    device = torch.device("cpu")
-    val, augment, _ = open_data(blob, cfg.get("data"), "val", device)
-    train, _, _ = open_data(blob, cfg.get("data"), "train", device)
-    classes = list(val.classes)
-    crop = blob["data"]["crop"]
-    g = torch.Generator().manual_seed(int(cfg.seed))
-    needed = int(cfg.top5_images) + int(cfg.neighbour_queries)
-    if len(val) < needed:
-        raise UserError(f"the validation set has {len(val)} images; the figures need {needed}")
-    picks = torch.randperm(len(val), generator=g)[:needed].tolist()
-    images, logits, labels, _ = _features(model, augment, val, picks)
-    probs = logits.softmax(1)
-    n_top = min(int(cfg.top5_images), len(images))
+
+def _figure4_top5(images: Tensor, probs: Tensor, labels: Tensor, classes: list[str], crop: int, out: Path) -> str:
+    """Figure 4 (left): validation images with the net's top-5 as bars (red: the correct label)."""
+    import matplotlib.pyplot as plt
+
+    n_top = len(images)
     fig, axes = plt.subplots(2, n_top, figsize=(2.2 * n_top, 4.6), gridspec_kw={"height_ratios": [3, 2]})
     axes = axes.reshape(2, -1)
     for j in range(n_top):
@@ -182,14 +155,14 @@ def draw_figures(cfg) -> dict:
         axes[1, j].tick_params(axis="x", labelsize=6)
     fig.suptitle("validation images and the net's top-5 (red: the correct label)", fontsize=9)
     fig.tight_layout()
-    result["files"]["figure4_top5"] = str(out / "figure4-top5.png")
-    fig.savefig(result["files"]["figure4_top5"], dpi=110)
-    plt.close(fig)
+    return save_png(fig, out / "figure4-top5.png", dpi=110)
 
-    queries = picks[n_top:]
-    q_images, q_feats, q_labels, _ = _features(model, augment, val, queries, until="fc7")
-    limit = int(cfg.train_images) if int(cfg.train_images) > 0 else len(train)
-    k = int(cfg.neighbours)
+
+def _nearest_train(model, augment, train, q_feats: Tensor, limit: int, k: int) -> tuple[Tensor, Tensor, int]:
+    """(indices, distances) of the ``k`` training images nearest on fc7 to each query, and how
+    many readable training images were searched."""
+    from alexnet_mp.errors import UserError
+
     # The training set is read in chunks and only each query's k nearest so far are kept, so
     # memory does not grow with the training set (ImageNet's is 1.28M images).
     order = list(range(min(limit, len(train))))
@@ -205,9 +178,15 @@ def draw_figures(cfg) -> dict:
     best_i, best_d = running_nearest(q_feats, chunks(), k)
     if best_i.shape[1] < k:
         raise UserError(f"{searched} readable training images; Figure 4 needs at least {k}")
-    index, dist = best_i, best_d
-    neighbours = {int(i): train[int(i)] for i in index.flatten().unique()}  # read again, only these
-    t_labels = {i: int(item[1]) for i, item in neighbours.items()}
+    return best_i, best_d, searched
+
+
+def _figure4_neighbours(q_images: Tensor, q_labels: Tensor, index: Tensor, dist: Tensor, neighbours: dict,
+                        classes: list[str], crop: int, features: int, out: Path) -> str:
+    """Figure 4 (right): each validation image and its nearest training images on fc7."""
+    import matplotlib.pyplot as plt
+
+    k = index.shape[1]
     fig, axes = plt.subplots(len(q_images), k + 1, figsize=(1.4 * (k + 1), 1.5 * len(q_images)))
     axes = axes.reshape(len(q_images), k + 1)
     for r in range(len(q_images)):
@@ -216,22 +195,63 @@ def draw_figures(cfg) -> dict:
         for c in range(k):
             i = int(index[r, c])
             axes[r, c + 1].imshow(_crop_view(neighbours[i][0], crop).numpy())
-            axes[r, c + 1].set_title(f"{classes[t_labels[i]]} ({dist[r, c]:.0f})", fontsize=7)
+            axes[r, c + 1].set_title(f"{classes[int(neighbours[i][1])]} ({dist[r, c]:.0f})", fontsize=7)
         for a in axes[r]:
             a.set_axis_off()
     fig.suptitle(f"each validation image (left) and the {k} training images nearest on the "
-                 f"{q_feats.shape[1]} fc7 activations (Euclidean distance)", fontsize=8)
+                 f"{features} fc7 activations (Euclidean distance)", fontsize=8)
     fig.tight_layout()
-    result["files"]["figure4_neighbours"] = str(out / "figure4-neighbours.png")
-    fig.savefig(result["files"]["figure4_neighbours"], dpi=110)
-    plt.close(fig)
-    same = sum(t_labels[int(i)] == int(q_labels[r]) for r in range(len(index)) for i in index[r]) / index.numel()
-    result["neighbours_same_class"] = same
-    result["neighbours"] = index.tolist()
-    result["neighbour_distances"] = dist.tolist()
-    result["train_images_searched"] = searched
-    atomic_write_text(out / "figures.json", json.dumps(result, indent=1))
+    return save_png(fig, out / "figure4-neighbours.png", dpi=110)
+
+
+def _figure4(cfg, model, blob: dict, out: Path, result: dict) -> None:
+    """Both panels of Figure 4 and the share of neighbours in the query's class, into ``result``."""
+    from alexnet_mp.errors import UserError
+    from alexnet_mp.evaluate import open_data
+
+    device = torch.device("cpu")
+    val, augment, _ = open_data(blob, cfg.get("data"), "val", device)
+    train, _, _ = open_data(blob, cfg.get("data"), "train", device)
+    classes, crop = list(val.classes), blob["data"]["crop"]
+    needed = int(cfg.top5_images) + int(cfg.neighbour_queries)
+    if len(val) < needed:
+        raise UserError(f"the validation set has {len(val)} images; the figures need {needed}")
+    picks = torch.randperm(len(val), generator=torch.Generator().manual_seed(int(cfg.seed)))[:needed].tolist()
+    images, logits, labels, _ = _features(model, augment, val, picks)
+    n_top = min(int(cfg.top5_images), len(images))
+    result["files"]["figure4_top5"] = _figure4_top5(images[:n_top], logits.softmax(1), labels, classes, crop, out)
+    q_images, q_feats, q_labels, _ = _features(model, augment, val, picks[n_top:], until="fc7")
+    limit = int(cfg.train_images) if int(cfg.train_images) > 0 else len(train)
+    index, dist, searched = _nearest_train(model, augment, train, q_feats, limit, int(cfg.neighbours))
+    neighbours = {int(i): train[int(i)] for i in index.flatten().unique()}  # read again, only these
+    result["files"]["figure4_neighbours"] = _figure4_neighbours(q_images, q_labels, index, dist, neighbours,
+                                                                classes, crop, q_feats.shape[1], out)
+    same = sum(int(neighbours[int(i)][1]) == int(q_labels[r]) for r in range(len(index))
+               for i in index[r]) / index.numel()
+    result.update(neighbours_same_class=same, neighbours=index.tolist(), neighbour_distances=dist.tolist(),
+                  train_images_searched=searched)
     print(f"fc7 neighbours: {100 * same:.0f}% share the query's class (among {searched} training images)",
           flush=True)
+
+
+def draw_figures(cfg) -> dict:
+    """Figures 3 and 4 of a trained run (``launch/figures.py``); returns what it wrote and measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from alexnet_mp.arch import spec_for
+    from alexnet_mp.evaluate import load_trained_model
+
+    torch.set_num_threads(int(cfg.threads))
+    checkpoint = Path(str(cfg.checkpoint))
+    model, blob = load_trained_model(checkpoint)
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    out = Path(str(cfg.output_dir)) if cfg.output_dir else run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    towers = spec_for(blob["model"]["name"], 2).towers
+    result: dict = {"checkpoint": str(checkpoint), "files": {}}
+    result["chromatic_share"], result["files"]["figure3"] = _figure3(blob["state_dict"]["conv1.weight"], towers, out)
+    _figure4(cfg, model, blob, out, result)
+    atomic_write(out / "figures.json", json.dumps(result, indent=1))
     print("wrote " + ", ".join(result["files"].values()), flush=True)
     return result

@@ -25,7 +25,7 @@ from typing import Any
 from alexnet_mp.errors import UserError
 
 __all__ = ["DiskFull", "atomic_write", "atomic_save", "torch_bytes", "fsync_dir", "temporary_name",
-           "is_temporary", "remove_temporaries", "disk_full_error", "human_bytes"]
+           "is_temporary", "remove", "remove_temporaries", "disk_full_error", "human_bytes", "publish"]
 
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
               errno.EFBIG: "file too large for this filesystem or limit"}
@@ -130,6 +130,23 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
     done_with(tmp)
     fsync_dir(path.parent)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Make ``tmp``, a :func:`temporary_name` written in place (a memory map, a stream of
+    records), the file ``path``: fsync it, rename it over ``path`` and forget it.
+
+    For files too large to hold in memory for :func:`atomic_write`. The writer turns its
+    own ``OSError`` into :func:`disk_full_error` and removes ``tmp`` on failure; fsyncing
+    the folder (:func:`fsync_dir`) is left to the caller, once for all the files it renames.
+    """
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    done_with(tmp)
 
 
 def torch_bytes(obj: Any) -> bytes:

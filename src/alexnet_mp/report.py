@@ -6,13 +6,14 @@ rank can build the same summary.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from alexnet_mp import comm
-from alexnet_mp.checkpoint import atomic_write_text
+from alexnet_mp.io import atomic_write
 
-__all__ = ["MetricsLog", "plot_learning_curves"]
+__all__ = ["MetricsLog", "plot_learning_curves", "save_png"]
 
 
 def _read_rows(path: Path, last_epoch: int) -> list[dict]:
@@ -37,7 +38,7 @@ class MetricsLog:
         rows = _read_rows(self.path, last_epoch) if enabled else None
         self._rows: list[dict] = comm.broadcast_object(rows) or []
         if enabled and self.path.is_file():
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
         self._writer = None
         if enabled:
             try:
@@ -91,7 +92,16 @@ def plot_learning_curves(rows: list[dict], path: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    save_png(fig, path, dpi=100)
+
+
+def save_png(fig, path: Path, **savefig: object) -> str:
+    """``fig`` (a matplotlib figure, closed after) as a PNG at ``path``: rendered in memory and
+    written with :func:`alexnet_mp.io.atomic_write`, so a reader never sees half a file."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue())
+    return str(path)

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import comm, data
-from alexnet_mp.augment import BatchAugment
+from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
 from alexnet_mp.errors import UserError
 from alexnet_mp.arch import POOLINGS, REMOVABLE
@@ -131,33 +131,10 @@ class Data:
     crop: int
 
 
-def _base_datasets(dcfg: DictConfig):
-    """(train, val, folder for a statistics cache or None, statistics when the data has them)."""
-    if dcfg.name == "synthetic":
-        make = lambda split, n: data.SyntheticImages(split, int(dcfg.num_classes), int(n), int(dcfg.image_size),  # noqa: E731
-                                                     int(dcfg.seed))
-        return make("train", dcfg.train_size), make("val", dcfg.val_size), None, None
-    if dcfg.name in ("imagefolder", "prepared"):
-        if OmegaConf.is_missing(dcfg, "root") or dcfg.root in (None, ""):
-            what = "a folder with train/ and val/" if dcfg.name == "imagefolder" else "a folder made by launch/prepare.py"
-            raise UserError(f"data={dcfg.name} needs data.root=PATH ({what})")
-        root = Path(str(dcfg.root)).expanduser()
-        if dcfg.name == "prepared":
-            from alexnet_mp.prepared import open_prepared
-
-            train, val = open_prepared(root, int(dcfg.image_size))
-            return train, val, None, train.stats()  # over the whole training set, computed by prepare
-        train = data.ImageFolderImages(root, "train", int(dcfg.image_size))
-        val = data.ImageFolderImages(root, "val", int(dcfg.image_size))
-        data.check_same_classes(train, val)
-        return train, val, root, None
-    raise UserError(f"unknown data {dcfg.name!r}: choose synthetic, imagefolder or prepared")
-
-
 def build_data(cfg: DictConfig, run_dir: Path, main: bool) -> Data:
     """Both splits; the statistics come from the prepared dataset or from the main process's cache."""
     dcfg = cfg.data
-    train_base, val_base, root, stats = _base_datasets(dcfg)
+    train_base, val_base, root, stats = base_datasets(dcfg)
     crop = data.crop_size_for(int(dcfg.image_size), str(cfg.model.geometry))
     if stats is None:
         outcome = None
