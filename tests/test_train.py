@@ -155,7 +155,7 @@ def test_bad_data_root_is_a_one_line_error(tmp_path, case):
 @pytest.mark.parametrize("override, words", [
     ("batch_size=abc", "batch_size must be a positive integer"),
     ("log_every_steps=0", "log_every_steps must be a positive integer"),
-    ("resume=no", "resume must be false, true or auto"),
+    ("resume=no", "resume must be true, false or auto"),
     ("data.pca_scale=cubic", "data.pca_scale must be sqrt or eigenvalue"),
     ("compile_mode=fast", "compile_mode must be default, reduce-overhead or max-autotune-no-cudagraphs"),
     ("batch_size=4096", "larger than the 128 training images"),

@@ -22,7 +22,9 @@ class DataConfig:
     """What every data group has. ``root`` and the loader settings may change on resume."""
 
     name: str = setting("synthetic", choices=DATA_NAMES)
-    root: Optional[str] = setting(None, resume=MAY_CHANGE)
+    # ??? here: a group merged over this node cannot set a value back to missing (OmegaConf
+    # keeps the old value), so the folders' groups inherit it and synthetic sets null.
+    root: Optional[str] = setting(MISSING, resume=MAY_CHANGE)
     num_classes: Any = setting("auto", auto=True, ge=2)   # auto: from the class folders
     seed: int = setting(0, ge=0)                          # which images sample the statistics
     image_size: int = setting(256, ge=1)                  # the stored size (sec. 2: 256)
@@ -39,6 +41,7 @@ class SyntheticData(DataConfig):
     """Images the project generates, deterministic from ``seed``; no files."""
 
     name: str = setting("synthetic", choices=DATA_NAMES)
+    root: Optional[str] = setting(None, resume=MAY_CHANGE)
     num_classes: int = setting(10, ge=2)
     train_size: int = setting(2000, ge=1)
     val_size: int = setting(500, ge=1)
@@ -52,7 +55,6 @@ class ImageFolderData(DataConfig):
     """``root`` with ``train/`` and ``val/`` folders of class folders of JPEG/PNG files."""
 
     name: str = setting("imagefolder", choices=DATA_NAMES)
-    root: Optional[str] = setting(MISSING, resume=MAY_CHANGE)
     stats_samples: int = setting(10000, ge=1)
     stats_cache: str = setting("data", choices=("data", "run"), resume=MAY_CHANGE)
 
@@ -62,7 +64,6 @@ class PreparedData(DataConfig):
     """The ``out`` folder of ``launch/prepare.py``; its statistics cover the whole training set."""
 
     name: str = setting("prepared", choices=DATA_NAMES)
-    root: Optional[str] = setting(MISSING, resume=MAY_CHANGE)
 
 
 def store(cs) -> None:

@@ -19,7 +19,7 @@ import dataclasses
 import re
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from alexnet_mp.errors import UserError
@@ -145,6 +145,8 @@ def check(cfg: DictConfig, prefix: str = "") -> None:
         value = cfg[f.name]
         if isinstance(value, DictConfig):
             check(value, f"{key}.")
+        elif isinstance(value, ListConfig):
+            continue  # OmegaConf has typed its elements (List[int], List[str])
         elif not _ok(value, f):
             raise UserError(f"{key} must be {describe(f)}, not {value!r}")
 

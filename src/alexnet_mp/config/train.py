@@ -101,7 +101,7 @@ class TrainConfig:
     device: str = setting("auto", choices=DEVICES, resume=MAY_CHANGE)
     threads: int = setting(1, ge=1, resume=MAY_CHANGE)
     # auto: continue when the run directory holds a checkpoint, else start
-    resume: Any = setting(False, choices=(False, True, "auto"), resume=MAY_CHANGE)
+    resume: Any = setting(False, choices=(True, False, "auto"), resume=MAY_CHANGE)
     dist_timeout_s: float = setting(300.0, gt=0, resume=MAY_CHANGE)
     dist_backend: str = setting("auto", choices=("auto", "nccl", "gloo"), resume=MAY_CHANGE)
     deterministic: bool = setting(False, resume=MAY_CHANGE)
