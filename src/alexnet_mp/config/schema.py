@@ -16,6 +16,7 @@ config is composed; :func:`explain` turns either failure into the one line the l
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from typing import Any
 
@@ -57,22 +58,22 @@ def _is_int(v: Any) -> bool:
 
 
 def _number_words(rule: dict, integer: bool) -> str:
-    ge, gt, le, lt = (rule.get(k) for k in ("ge", "gt", "le", "lt"))
+    """"a positive integer", "an integer from 1 to 100", "a number in (0, 1)", ..."""
     noun = "integer" if integer else "number"
-    if integer and ge == 1 and le is None or (gt == 0 and le is None and lt is None):
+    low = ("ge", rule["ge"]) if "ge" in rule else ("gt", rule["gt"]) if "gt" in rule else None
+    high = ("le", rule["le"]) if "le" in rule else ("lt", rule["lt"]) if "lt" in rule else None
+    if high is None and low in (("gt", 0), ("ge", 1) if integer else None):
         return f"a positive {noun}"
-    if ge == 0 and le is None and lt is None:
+    if high is None and low == ("ge", 0):
         return f"a non-negative {noun}"
-    low, high = ge if ge is not None else gt, le if le is not None else lt
-    if low is not None and high is not None:
-        if integer and ge is not None and le is not None:
-            return f"an integer from {ge} to {le}"
-        return f"a number in {'[' if ge is not None else '('}{low}, {high}{']' if le is not None else ')'}"
-    if low is not None:
-        return f"an {noun} {'>=' if ge is not None else '>'} {low}" if integer else f"a number {'>=' if ge is not None else '>'} {low}"
-    if high is not None:
-        return f"a{'n' if integer else ''} {noun} {'<=' if le is not None else '<'} {high}"
-    return f"an {noun}" if integer else "a number"
+    if low and high:
+        if integer and low[0] == "ge" and high[0] == "le":
+            return f"an integer from {low[1]} to {high[1]}"
+        return f"a {noun} in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
+    sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bound = low or high
+    article = "an" if integer else "a"
+    return f"{article} {noun} {sign[bound[0]]} {bound[1]}" if bound else f"{article} {noun}"
 
 
 def _kind(f: dataclasses.Field) -> str:
@@ -89,7 +90,7 @@ def describe(f: dataclasses.Field) -> str:
     rule, kind = f.metadata, _kind(f)
     if "means" in rule:
         return rule["means"]
-    optional = "Optional" in str(f.type) or "None" in str(f.type)
+    optional = "Optional" in str(f.type)
     if "choices" in rule:
         text = _words([_show(c) for c in rule["choices"]])
     elif kind == "bool":
@@ -105,27 +106,33 @@ def describe(f: dataclasses.Field) -> str:
     return f"null or {text}" if optional and "choices" not in rule else text
 
 
+_BOUNDS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+
+
 def _ok(value: Any, f: dataclasses.Field) -> bool:
     rule, kind = f.metadata, _kind(f)
     if value is None:
-        return "Optional" in str(f.type) or "None" in str(f.type) or None in rule.get("choices", ())
+        return "Optional" in str(f.type) or None in rule.get("choices", ())
     if rule.get("auto") and value == "auto":
         return True
-    if "choices" in rule:
+    if "choices" in rule:  # by type too: 1 is not true, "1" is not 1
         return any(type(value) is type(c) and value == c for c in rule["choices"])
-    if kind == "int" or (kind == "any" and any(k in rule for k in ("ge", "gt", "le", "lt"))):
-        if not (_is_int(value) or (kind != "int" and isinstance(value, float) and not rule.get("auto"))):
-            return False
-    if kind == "float" and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if kind in ("int", "any") and not _is_int(value):  # an untyped field with a range: auto or an integer
         return False
-    bounds = (("ge", lambda v, b: v >= b), ("gt", lambda v, b: v > b), ("le", lambda v, b: v <= b),
-              ("lt", lambda v, b: v < b))
-    return all(test(value, rule[k]) for k, test in bounds if k in rule)
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return False
+    if kind not in ("int", "float", "any"):
+        return True
+    return all(test(value, rule[k]) for k, test in _BOUNDS.items() if k in rule)
 
 
 def _fields(node: DictConfig) -> list[dataclasses.Field]:
     schema = OmegaConf.get_type(node)
     return list(dataclasses.fields(schema)) if schema is not None and dataclasses.is_dataclass(schema) else []
+
+
+def _unknown(key: str) -> str:
+    return f"unknown key {key}: no setting of this command has that name (--cfg job lists every key)"
 
 
 def check(cfg: DictConfig, prefix: str = "") -> None:
@@ -136,8 +143,7 @@ def check(cfg: DictConfig, prefix: str = "") -> None:
     fields = _fields(cfg)
     unknown = sorted(set(map(str, cfg.keys())) - {f.name for f in fields}) if fields else []
     if unknown:  # Hydra's +key=value adds a key even to a structured config
-        raise UserError(f"unknown key {prefix}{unknown[0]}: no setting of this command has that name "
-                        f"(--cfg job lists every key)")
+        raise UserError(_unknown(f"{prefix}{unknown[0]}"))
     for f in fields:
         key = f"{prefix}{f.name}"
         if OmegaConf.is_missing(cfg, f.name) or OmegaConf.is_interpolation(cfg, f.name):
@@ -202,8 +208,7 @@ def explain(err: BaseException) -> str:
         if f is not None and isinstance(cause, ValidationError):
             return f"{full_key} must be {describe(f)}, not {getattr(cause, 'value', None)!r}"
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return (f"unknown key {full_key}: no setting of this command has that name "
-                    f"(--cfg job lists every key)")
+            return _unknown(full_key)
     text = str(err) + (f": {cause}" if cause is not None and cause is not err else "")
     lines = [line.strip() for line in text.splitlines() if line.strip()
              and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
