@@ -36,7 +36,8 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp.cli import data_overrides, override_value as _override_value
+from alexnet_mp import config
+from alexnet_mp.cli import data_overrides, override_value as _override_value, run_hydra
 from alexnet_mp.errors import UserError
 from alexnet_mp.train import Speed
 
@@ -52,8 +53,6 @@ from bench_timing import _cpu_name, _free_port, _time_worker, merge_rounds, summ
 
 def plan_devices(device: str) -> dict[str, Any]:
     """What a "device" is on this machine and which configurations can run."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
     gpus = torch.cuda.device_count() if device != "cpu" else 0
     if device == "cuda" and gpus == 0:
         raise UserError("device=cuda but no GPU is visible")
@@ -211,15 +210,12 @@ def summarise_errors(runs: list[dict], seeds: list[int]) -> dict:
 
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]]:
     """Both parts, then the three result files. Returns the results and the files' paths."""
+    config.check(cfg)  # every number and word against conf/bench.yaml's schema (alexnet_mp.config.bench)
     plan = plan_devices(str(cfg.device))
     seeds = [int(s) for s in cfg.seeds]
     if not seeds:
         raise UserError("seeds must list at least one seed, e.g. seeds=[0]")
-    if int(cfg.timed_steps) < 1 or int(cfg.warmup_steps) < 0 or int(cfg.batch) < 1:
-        raise UserError("timed_steps and batch must be at least 1, warmup_steps at least 0")
-    rounds = int(cfg.get("rounds", 1))
-    if rounds < 1:
-        raise UserError(f"rounds={rounds}: time the configurations at least once (rounds=1)")
+    rounds = int(cfg.rounds)
     plain = OmegaConf.to_container(cfg, resolve=True)
     settings = {k: plain[k]
                 for k in ("device", "batch", "input_size", "geometry", "num_classes", "warmup_steps", "timed_steps",
@@ -294,4 +290,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

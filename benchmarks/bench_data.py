@@ -38,7 +38,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from alexnet_mp import data
+from alexnet_mp import config, data
+from alexnet_mp.cli import run_hydra
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.errors import UserError
 from bench_1gpu_vs_2gpu import _cpu_name  # benchmarks/ is on the path when run as a script
@@ -236,6 +237,7 @@ def run(cfg: DictConfig) -> dict:
 @hydra.main(config_path="../conf", config_name="bench_data", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
+        config.check(cfg)  # against conf/bench_data.yaml's schema (alexnet_mp.config.bench)
         result = run(cfg)
     except UserError as err:
         print(f"{NAME}: error: {err}", file=sys.stderr, flush=True)
@@ -248,4 +250,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

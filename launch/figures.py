@@ -6,14 +6,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from alexnet_mp.cli import run_entry_point
+import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
+from alexnet_mp.cli import run_entry_point, run_hydra
 from alexnet_mp.figures import draw_figures
 
 
 @hydra.main(config_path="../conf", config_name="figures", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: draw_figures(cfg))
+    run_entry_point(lambda: draw_figures(cfg), cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

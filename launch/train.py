@@ -7,14 +7,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from alexnet_mp.cli import hydra_run_dir, run_entry_point
+import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
+from alexnet_mp.cli import hydra_run_dir, run_entry_point, run_hydra
 from alexnet_mp.train import train
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: train(cfg, hydra_run_dir()))
+    run_entry_point(lambda: train(cfg, hydra_run_dir()), cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -283,7 +283,7 @@ def test_rounds_take_each_ratio_within_a_round(tmp_path, monkeypatch):
     assert results["ratios"]["full-2dev/full-1dev"]["step_time"] == pytest.approx(18 / 34)
     assert results["settings"]["rounds"] == 3
     assert "median of the rounds' 1.800, 0.900, 0.900" in paths["md"].read_text()
-    with pytest.raises(UserError, match="rounds=0"):
+    with pytest.raises(UserError, match="rounds must be a positive integer, not 0"):
         bench.run_benchmark(_cfg(tmp_path, "device=cpu", "skip_error=true", "rounds=0"), tmp_path / "runs0")
 
 

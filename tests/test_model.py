@@ -8,6 +8,7 @@ import torch
 from alexnet_mp import build_model, count_parameters
 from alexnet_mp.arch import LRN_OPTIONS, feature_map_sizes
 from alexnet_mp.errors import UserError
+from conftest import config_error
 
 # Per-layer counts with biases, from the specification (sec. 1).
 PAPER_COUNTS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,
@@ -126,14 +127,24 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize("kwargs, words", [
     (dict(name="full", input_size=66), "too small"),
     (dict(name="quarter"), "unknown model"),
-    (dict(name="full", geometry="225"), "geometry"),
-    (dict(name="full", lrn="caffe"), "lrn"),
-    (dict(name="full", num_classes=1), "num_classes"),
+    (dict(name="full", num_classes=1), "num_classes"),  # a folder's class count is known only at run time
 ])
 def test_bad_options_are_one_line_errors(kwargs, words):
     with pytest.raises(UserError, match=words) as err:
         build_model(**kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.geometry=225", "model.geometry must be 224 or 227, not '225'"),
+    ("model.lrn=caffe", "model.lrn must be paper, cuda-convnet or none, not 'caffe'"),
+    ("model=quarter", "no model called 'quarter': choose one of full, half (model=NAME)"),
+    ("data.num_classes=1", "data.num_classes must be an integer >= 2, not 1"),
+])
+def test_bad_model_settings_are_one_line_errors(override, words):
+    # A config's words are the schema's to check (alexnet_mp.config.train), once.
+    line = config_error("config", override)
+    assert words in line and "\n" not in line
 
 
 def test_wrong_image_shape_is_a_clear_error():

@@ -155,7 +155,7 @@ def test_bad_data_root_is_a_one_line_error(tmp_path, case):
 @pytest.mark.parametrize("override, words", [
     ("batch_size=abc", "batch_size must be a positive integer"),
     ("log_every_steps=0", "log_every_steps must be a positive integer"),
-    ("resume=no", "resume must be true or false"),
+    ("resume=no", "resume must be true, false or auto"),
     ("data.pca_scale=cubic", "data.pca_scale must be sqrt or eigenvalue"),
     ("compile_mode=fast", "compile_mode must be default, reduce-overhead or max-autotune-no-cudagraphs"),
     ("batch_size=4096", "larger than the 128 training images"),
@@ -257,7 +257,7 @@ def test_paper_rule_trains_and_resumes_bit_for_bit_across_a_drop(paper_rule_runs
 def test_experiment_paper_composes_with_the_papers_values():
     from hydra import compose, initialize_config_dir
 
-    from alexnet_mp.train import validate_config
+    from alexnet_mp.config import check
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=paper", "data.root=/data/ilsvrc2012-256"])
@@ -266,4 +266,4 @@ def test_experiment_paper_composes_with_the_papers_values():
     assert (cfg.model.pool, cfg.model.dropout, cfg.model.remove) == ("overlap", 0.5, None)
     assert (cfg.data.name, cfg.data.image_size, cfg.schedule.warmup_steps, cfg.schedule.factor) == ("prepared", 256, 0, 0.1)
     assert cfg.schedule.max_drops == 3 and cfg.optim.bias_decay is True and cfg.optim.bias_lr_mult == 1.0
-    validate_config(cfg)
+    check(cfg)

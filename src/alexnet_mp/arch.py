@@ -135,8 +135,8 @@ def spec_for(name: str, num_classes: int) -> NetSpec:
 
 def conv1_padding(input_size: int, geometry: str) -> int:
     """Zero rows/columns added at the bottom and right of the image before conv1."""
-    if geometry not in GEOMETRIES:
-        raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
+    # model.geometry is checked by the config's schema (alexnet_mp.config.train); from Python, assert.
+    assert geometry in GEOMETRIES, f"geometry={geometry!r}: one of {GEOMETRIES}"
     if input_size < MIN_INPUT_SIZE:
         raise UserError(f"input_size {input_size} is too small: AlexNet needs at least {MIN_INPUT_SIZE} px")
     if geometry == "227":
@@ -177,20 +177,16 @@ def ablate(spec: NetSpec, *, lrn: bool | None = None, pool: str | None = None, d
     if lrn is not None:
         layers = [replace(l, lrn=l.lrn and lrn) for l in layers]
     if remove is not None:
-        if remove not in REMOVABLE:
-            raise UserError(f"model.remove={remove!r}: choose one of {list(REMOVABLE)} (a middle conv layer), or null")
+        assert remove in REMOVABLE, f"remove={remove!r}: one of {REMOVABLE}"
         i = [l.name for l in layers].index(remove)
         gone = layers.pop(i)
         layers[i - 1] = replace(layers[i - 1], pool=layers[i - 1].pool or gone.pool, lrn=layers[i - 1].lrn or gone.lrn)
         layers[i] = replace(layers[i], crosses=layers[i].crosses or gone.crosses)
     changes: dict = {"layers": tuple(layers)}
     if pool is not None:
-        if pool not in POOLINGS:
-            raise UserError(f"model.pool={pool!r}: choose one of {sorted(POOLINGS)}")
         changes["pool"] = POOLINGS[pool]
     if dropout is not None:
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"model.dropout={dropout}: a drop probability in [0, 1)")
+        assert 0.0 <= dropout < 1.0, f"dropout={dropout}: a drop probability in [0, 1)"
         changes["dropout_p"] = float(dropout)
     return replace(spec, **changes)
 

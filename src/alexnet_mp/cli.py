@@ -1,4 +1,6 @@
-"""What the launchers in ``launch/`` share: logging per rank and one-line errors."""
+"""What the launchers in ``launch/`` share: logging per rank, the schema check, and one-line
+errors (a bad value on the command line, from Hydra's composition or from the schema, is one
+``alexnet_mp: error: ...`` line like every other user error)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["run_entry_point", "hydra_run_dir", "override_value", "data_overrides"]
+__all__ = ["run_entry_point", "run_hydra", "hydra_run_dir", "override_value", "data_overrides"]
 
 
 def hydra_run_dir() -> Path:
@@ -34,11 +36,41 @@ def _fail(message: str) -> None:
     os._exit(1)
 
 
-def run_entry_point(fn: Callable[[], object]) -> None:
-    """Call ``fn``; a :class:`UserError` becomes one line on stderr and exit status 1."""
+_task_started = False  # composition is over: an OmegaConf error from now on is a bug, not input
+
+
+def run_hydra(main: Callable[[], object]) -> None:
+    """Call a ``@hydra.main`` function; an error composing the config (a value of the wrong
+    type, an unknown key or group option, an override Hydra cannot parse) becomes one line.
+
+    Hydra prints such errors over several lines and exits itself; with ``HYDRA_FULL_ERROR``
+    it raises them instead, so that they can be said in one line here."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from alexnet_mp import config
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if _task_started:
+            raise
+        _fail(config.explain(err))
+
+
+def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> None:
+    """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one
+    line on stderr and exit status 1."""
+    global _task_started
+    _task_started = True
     rank = int(os.environ.get("RANK", "0"))
     logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
+        if cfg is not None:
+            from alexnet_mp import config
+
+            config.check(cfg)
         fn()
     except UserError as err:
         _fail(str(err))

@@ -68,10 +68,7 @@ def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch
 @torch.no_grad()
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.threads))
-    if cfg.split not in ("val", "train"):
-        raise UserError(f"split must be val or train, not {cfg.split!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, not {cfg.device!r}")
+    # split, device and the numbers are checked by the schema (alexnet_mp.config.evaluate).
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no GPU is visible")
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))

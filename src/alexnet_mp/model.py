@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet_mp.arch import (
-    GEOMETRIES,
     LRN_OPTIONS,
     WEIGHT_STD,
     Layer,
@@ -104,8 +103,8 @@ class AlexNet(nn.Module):
         init: str | None = "paper",
     ):
         super().__init__()
-        if lrn not in LRN_CHOICES:
-            raise UserError(f"unknown lrn option {lrn!r}: choose one of {list(LRN_CHOICES)}")
+        # A config's words are checked by its schema (alexnet_mp.config.train); from Python, assert.
+        assert lrn in LRN_CHOICES, f"lrn={lrn!r}: one of {LRN_CHOICES}"
         if lrn == "none":
             spec = ablate(spec, lrn=False)
         if tower is not None and tower[1] != spec.towers:
@@ -174,8 +173,7 @@ class AlexNet(nn.Module):
         paper trains on, so every layer starts with unit-scale activations. Not the paper's;
         it starts learning within a few hundred steps, which the paper's does not (README).
         """
-        if init not in INITS:
-            raise UserError(f"unknown init {init!r}: choose one of {list(INITS)}")
+        assert init in INITS, f"init={init!r}: one of {INITS}"
         for layer in self.spec.layers:
             module = getattr(self, layer.name)
             if init == "paper":
@@ -265,8 +263,6 @@ def build_model(
     ``"none"``. ``init`` is ``"paper"`` (sec. 5) or ``"he"`` (see :meth:`AlexNet.reset_parameters`).
     ``pool``, ``dropout`` and ``remove`` are the paper's ablations (:func:`alexnet_mp.arch.ablate`).
     """
-    if geometry not in GEOMETRIES:
-        raise UserError(f"unknown conv1 geometry {geometry!r}: choose '224' (cuda-convnet) or '227' (Caffe)")
     spec = ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove)
     return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init)
 

@@ -86,8 +86,6 @@ def plan_runs(configs: list[str], seeds: list[int], ablation_seeds: int) -> list
         raise UserError("configs must include full: every difference is taken against it")
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must list distinct seeds, got {seeds}")
-    if ablation_seeds < 1:
-        raise UserError(f"ablation_seeds must be at least 1, got {ablation_seeds}")
     return [(c, s) for i, s in enumerate(seeds) for c in configs if c in ("full", "half") or i < ablation_seeds]
 
 
@@ -98,12 +96,7 @@ class Sweep:
         self.cfg = cfg
         self.dir = Path(str(cfg.sweep_dir)).resolve()
         self.threads = int(cfg.threads)
-        self.full_processes = int(cfg.full_processes)
-        if self.full_processes not in (1, 2):
-            raise UserError(f"full_processes must be 1 (one process, groups=2) or 2 (one tower each), "
-                            f"not {self.full_processes}")
-        if int(cfg.epochs) < 1 or self.threads < 1:
-            raise UserError("epochs and threads must be at least 1")
+        self.full_processes = int(cfg.full_processes)  # 1 or 2, epochs and threads >= 1: the schema's
         self.lock = threading.Lock()
 
     # -- data ------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from alexnet_mp import comm, data
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
 from alexnet_mp.errors import UserError
-from alexnet_mp.arch import POOLINGS, REMOVABLE
-from alexnet_mp.model import LRN_CHOICES, AlexNet, arch_options, build_model
+from alexnet_mp.config.schema import flatten
+from alexnet_mp.config.train import RESUME_MAY_CHANGE
+from alexnet_mp.model import AlexNet, arch_options, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
 from alexnet_mp.parallel import Placement, full_state_dict, parallelize, place
 from alexnet_mp.progress import Progress
@@ -48,60 +49,8 @@ log = logging.getLogger("alexnet_mp")
 
 
 # -- the configuration ----------------------------------------------------------------------
-
-def _integer(low: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _number(positive: bool):
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if positive else v >= 0)
-
-
-# torch.compile's modes that a run may ask for (``compile_mode``, used with ``compile=true``).
-# reduce-overhead replays the compiled forward and backward as CUDA graphs (on a GPU; elsewhere
-# it is the default mode): on one H200 it took the whole net's bf16 step at batch 128 from
-# 9.17 ms to 7.97 ms and one tower's from 5.64 ms to 3.84 ms (benchmarks/results/gpu-profile.log).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-
-_CHECKS = (  # (keys, what they must be, test)
-    (("epochs", "batch_size", "threads", "log_every_steps", "data.image_size"),
-     "a positive integer", _integer(1)),
-    (("debug.kill_rank",), "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    (("seed", "data.seed", "checkpoint.every_steps", "checkpoint.keep", "debug.kill_at_step", "debug.max_steps",
-      "schedule.patience", "schedule.max_drops", "schedule.warmup_steps"), "a non-negative integer", _integer(0)),
-    (("optim.lr", "dist_timeout_s"), "a positive number", _number(positive=True)),
-    (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
-     "a non-negative number", _number(positive=False)),
-    (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches", "channels_last", "compile",
-      "cudnn_benchmark", "tf32", "profile", "comm.overlap"), "true or false", lambda v: isinstance(v, bool)),
-    (("precision",), "fp32 or bf16", lambda v: v in ("fp32", "bf16")),
-    (("compile_mode",), "default, reduce-overhead or max-autotune-no-cudagraphs",
-     lambda v: v in COMPILE_MODES),
-    (("device",), "auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
-    (("model.lrn",), "paper, cuda-convnet or none", lambda v: v in LRN_CHOICES),
-    (("model.pool",), "overlap or 2x2", lambda v: v in POOLINGS),
-    (("model.dropout",), "a drop probability in [0, 1)", lambda v: _number(positive=False)(v) and v < 1),
-    (("model.remove",), "null or a middle conv layer (" + ", ".join(REMOVABLE) + ")",
-     lambda v: v is None or v in REMOVABLE),
-    (("optim.bias_decay",), "true or false", lambda v: v is None or isinstance(v, bool)),
-    (("optim.bias_lr_mult",), "a positive number", lambda v: v is None or _number(positive=True)(v)),
-    (("data.pca_scale",), "sqrt or eigenvalue", lambda v: v in ("sqrt", "eigenvalue")),
-    (("data.workers",), "auto or a non-negative integer", lambda v: v == "auto" or _integer(0)(v)),
-    (("data.augment",), "device or workers", lambda v: v in ("device", "workers")),
-)
-_SAMPLED_STATS_CHECKS = ((("data.stats_samples",), "a positive integer", _integer(1)),)
-_SYNTHETIC_CHECKS = ((("data.num_classes", "data.train_size", "data.val_size"), "a positive integer", _integer(1)),)
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """One-line errors for values of the wrong type or range, before any work starts."""
-    checks = _CHECKS + (_SYNTHETIC_CHECKS if cfg.data.name == "synthetic" else ()) \
-        + (_SAMPLED_STATS_CHECKS if cfg.data.name != "prepared" else ())
-    for keys, meaning, ok in checks:
-        for key in keys:
-            value = OmegaConf.select(cfg, key, default=None)
-            if not ok(value):
-                raise UserError(f"{key} must be {meaning}, not {value!r}")
+# The schema (alexnet_mp.config.train) types and checks every key; the launcher checks the
+# composed config before train() runs.
 
 
 # -- processes and devices -----------------------------------------------------------------------
@@ -280,27 +229,12 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
                         f"or choose another hydra.run.dir")
 
 
-# What may differ between a run and its resumption: how long it runs and how it reports.
-_RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "dist_timeout_s", "log_every_steps", "checkpoint.", "debug.", "threads",
-                      "device", "data.workers", "data.root", "data.stats_cache", "data.augment",
-                      # how fast, not what: execution options may change between a run and its resumption
-                      "precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "profile", "comm.")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_resumable(saved: dict, now: dict, folder: Path) -> None:
-    before, after = _flatten(saved), _flatten(now)
+    """What may differ between a run and its resumption is the schema's: the fields marked
+    ``resume="may_change"`` (how long the run goes, how it reports, how fast it runs)."""
+    before, after = flatten(saved), flatten(now)
     changed = sorted(k for k in set(before) | set(after)
-                     if before.get(k) != after.get(k) and not k.startswith(_RESUME_MAY_CHANGE))
+                     if before.get(k) != after.get(k) and not k.startswith(RESUME_MAY_CHANGE))
     if changed:
         listed = ", ".join(f"{k}={before.get(k)!r} here {after.get(k)!r}" for k in changed[:6])
         raise UserError(f"checkpoint {folder} was written with another configuration ({listed}); "
@@ -367,7 +301,7 @@ class Speed:
     collectives are graph breaks). ``cudnn_benchmark``: let cuDNN time its algorithms.
     ``tf32``: TF32 matmuls and convolutions on Ampere and later GPUs; off by default, so fp32
     means fp32 (PyTorch's own defaults differ: on for convolutions, off for matmuls).
-    ``compile_mode``: torch.compile's mode (:data:`COMPILE_MODES`); ``reduce-overhead`` adds
+    ``compile_mode``: torch.compile's mode (:data:`alexnet_mp.config.train.COMPILE_MODES`); ``reduce-overhead`` adds
     CUDA graphs, which take the kernel launches off the host.
     """
 
@@ -648,8 +582,10 @@ def _lost_processes_stop_the_run(placement: Placement, store: CheckpointStore):
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run (or resume) one training run in ``run_dir``; return the summary (every rank)."""
-    validate_config(cfg)
+    """Run (or resume) one training run in ``run_dir``; return the summary (every rank).
+
+    ``cfg`` is composed over :class:`alexnet_mp.config.train.TrainConfig` and checked with
+    :func:`alexnet_mp.config.check` (``launch/train.py`` does both)."""
     placement = _place(cfg)
     main = placement.main
     run_dir = _agree_on_run_dir(run_dir)

@@ -1,0 +1,67 @@
+"""The schemas of the benchmarks: ``benchmarks/bench_1gpu_vs_2gpu.py`` (``conf/bench.yaml``:
+the paper's half net against the two-tower net, sec. 3.2) and ``benchmarks/bench_data.py``
+(``conf/bench_data.yaml``: images/s of each data path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from alexnet_mp.arch import GEOMETRIES
+from alexnet_mp.config.data import DataConfig
+from alexnet_mp.config.schema import setting
+from alexnet_mp.config.train import COMPILE_MODES, DEVICES, CommConfig
+
+__all__ = ["BenchConfig", "BenchDataConfig", "store"]
+
+
+@dataclass
+class BenchConfig:
+    data: DataConfig = MISSING
+    device: str = setting("auto", choices=DEVICES)
+    output_dir: str = "benchmarks/results"
+    devices: int = setting(0, ge=0)            # N > 0: also time N-device data parallelism (even N)
+    skip_time: bool = False
+    batch: int = setting(128, ge=1)
+    input_size: int = setting(224, ge=1)
+    geometry: str = setting("224", choices=GEOMETRIES)
+    num_classes: int = setting(1000, ge=2)
+    warmup_steps: int = setting(2, ge=0)
+    timed_steps: int = setting(8, ge=1)
+    rounds: int = setting(1, ge=1)
+    threads: int = setting(1, ge=1)
+    peak_matmul_size: Any = setting("auto", auto=True, ge=1)
+    peak_matmul_seconds: float = setting(1.5, gt=0)
+    precision: str = setting("fp32", choices=("fp32", "bf16"))
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = setting("default", choices=COMPILE_MODES)
+    cudnn_benchmark: bool = False
+    tf32: bool = False
+    comm: CommConfig = setting(factory=CommConfig)
+    skip_error: bool = False
+    seeds: List[int] = setting(factory=lambda: [0])
+    epochs: int = setting(10, ge=1)
+    train_overrides: List[str] = setting(factory=lambda: ["progress=false"])
+    eval_overrides: List[str] = setting(factory=lambda: ["progress=false"])
+
+
+@dataclass
+class BenchDataConfig:
+    images: str = "../shared/data/imagenet-sample"
+    image_size: int = setting(256, ge=1)
+    crop: int = setting(224, ge=1)
+    batch: int = setting(32, ge=1)
+    max_images: int = setting(200, ge=1)
+    repeats: int = setting(3, ge=1)
+    skip_train: bool = False
+    train_batch: int = setting(32, ge=1)
+    work_dir: Optional[str] = None
+    output_dir: str = "benchmarks/results"
+
+
+def store(cs) -> None:
+    cs.store(name="base_bench", node=BenchConfig)
+    cs.store(name="base_bench_data", node=BenchDataConfig)
