@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from alexnet_mp import build_model, count_parameters
 from alexnet_mp.arch import feature_map_sizes
-from alexnet_mp.errors import UserError
 from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
 from alexnet_mp.parallel import parallelize, shard_state_dict
 from conftest import config_error

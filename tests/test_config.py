@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from alexnet_mp import config
 from alexnet_mp.config.train import RESUME_MAY_CHANGE, TrainConfig
 from alexnet_mp.errors import UserError
-from conftest import CONF, compose_config, config_error
+from conftest import compose_config, config_error
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -105,7 +105,7 @@ class TrainConfig:
     dist_timeout_s: float = setting(300.0, gt=0, resume=MAY_CHANGE)
     dist_backend: str = setting("auto", choices=("auto", "nccl", "gloo"), resume=MAY_CHANGE)
     deterministic: bool = setting(False, resume=MAY_CHANGE)
-    # How fast, not what (docs/speed.md): each may change when a run is resumed.
+    # How fast, not what (README, "Speed"): each may change when a run is resumed.
     precision: str = setting("fp32", choices=("fp32", "bf16"), resume=MAY_CHANGE)
     channels_last: bool = setting(False, resume=MAY_CHANGE)
     compile: bool = setting(False, resume=MAY_CHANGE)
