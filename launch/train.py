@@ -4,10 +4,12 @@
     python launch/train.py model=half
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from alexnet_mp.cli import hydra_run_dir, run_entry_point
+from alexnet_mp.cli import check_run_dir_override, hydra_run_dir, run_entry_point
 from alexnet_mp.train import train
 
 
@@ -17,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_run_dir_override(sys.argv[1:])
     main()

@@ -18,7 +18,7 @@ from omegaconf.errors import MissingMandatoryValue
 from alexnet_mp.errors import QuietStop, UserError
 from alexnet_mp.preempt import Preempted, exit_preempted
 
-__all__ = ["run_entry_point", "hydra_run_dir", "override_value", "data_overrides", "first_error_of_job",
+__all__ = ["run_entry_point", "check_run_dir_override", "hydra_run_dir", "override_value", "data_overrides", "first_error_of_job",
            "another_rank_reported"]
 
 
@@ -68,6 +68,22 @@ def _fail(message: str) -> None:
     # inside a collective, and destroying an NCCL group then can block. torchrun stops the
     # other ranks when this one exits.
     os._exit(1)
+
+
+def check_run_dir_override(argv: list[str]) -> None:
+    """An unwritable ``hydra.run.dir=`` as one line, before Hydra makes the folder (it would
+    print a traceback) and before any training."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "++hydra.run.dir="))]
+    if not given or "${" in given[-1]:
+        return
+    from alexnet_mp.rundir import check_writable, make_run_dir
+
+    try:
+        folder = Path(given[-1].strip("'\"")).expanduser()
+        make_run_dir(folder)
+        check_writable(folder)
+    except UserError as err:
+        _fail(str(err))
 
 
 def run_entry_point(fn: Callable[[], object]) -> None:
