@@ -688,15 +688,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = _agree_on_run_dir(run_dir)
     store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=main,
                             keep=int(cfg.checkpoint.keep))
-    try:
-        with _lost_processes_stop_the_run(placement, store):
-            lock = RunLock(run_dir, main)  # and the run directory is writable
-            try:
-                return _run(cfg, run_dir, placement, store, stop)
-            finally:
-                lock.release()
-    finally:
-        stop.restore()
+    with _lost_processes_stop_the_run(placement, store):
+        lock = RunLock(run_dir, main)  # and the run directory is writable
+        try:
+            summary = _run(cfg, run_dir, placement, store, stop)
+        finally:
+            lock.release()
+    # Only now: on an error the flag stays, so torchrun's SIGTERM cannot cut the one line short.
+    stop.restore()
+    return summary
 
 
 def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore,
