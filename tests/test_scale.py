@@ -18,16 +18,29 @@ from test_train import TINY, final_state, launch, ok
 pytestmark = pytest.mark.slow
 
 # A rate at which training is not chaotic, and the simple exchange (see test_parallel.py for
-# the overlapped one, step by step). Seed 1: with seed 0 all three agree to 5e-7 for six steps,
-# then at step 7 one rounding difference (2 replicas sum each layer's gradient over 8 rows
-# where one process sums 16) tips a near-tie (a max-pool window or a ReLU at zero) and the
-# runs part by 1e-2; seeds 1 and 2 stay within 5e-7 over the whole epoch.
-ARGS = [*TINY, "epochs=1", "seed=1", "optim.lr=0.0001", "comm.overlap=false", "debug.check_batches=true"]
+# the overlapped one, step by step). Processes sum each layer's gradient over other rows (two
+# replicas over 8 rows each where one process sums 16), so their fp32 runs part by rounding,
+# and a rounding difference can tip a near-tie (a max-pool window or a ReLU at zero): here with
+# seed 0 at step 7 that moved one layer by 1e-4 of its scale, and another CPU's kernels tip
+# others. Exactness is therefore claimed in float64 (the half-net test below); these fp32 runs
+# must make the same progress: the whole model's distance between two runs at most 1% of the
+# distance training moved it. A tipped near-tie measured 1.5e-4 of it; a real fault (gradients
+# summed instead of averaged, another dropout mask, a replica on other rows) is of order 1.
+ARGS = [*TINY, "epochs=1", "seed=0", "optim.lr=0.0001", "comm.overlap=false", "debug.check_batches=true"]
 
 
-def _close(a: dict, b: dict, tolerance: float = 1e-5) -> None:
-    for name, ref in a.items():
-        assert (b[name] - ref).abs().max().item() / ref.abs().max().item() <= tolerance, name
+def _whole_model_distance(a: dict, b: dict) -> float:
+    return sum(((a[n].double() - b[n].double()) ** 2).sum().item() for n in a) ** 0.5
+
+
+def _initial(model: str = "full") -> dict:
+    torch.manual_seed(0)
+    return build_model(model, num_classes=10, input_size=67, init="he").state_dict()
+
+
+def _close(a: dict, b: dict, model: str = "full") -> None:
+    moved = _whole_model_distance(a, _initial(model))
+    assert moved > 0 and _whole_model_distance(a, b) <= 1e-2 * moved, (_whole_model_distance(a, b), moved)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +56,7 @@ def test_one_two_and_four_processes_train_the_same_net(four, tmp_path):
     one, two, four_ = (final_state(d) for d in (tmp_path / "one", tmp_path / "two", four))
     _close(one, two)
     _close(one, four_)
-    torch.manual_seed(1)
-    from alexnet_mp import build_model
-    initial = build_model("full", num_classes=10, input_size=67, init="he").state_dict()
+    initial = _initial()
     assert max((one[n] - initial[n]).abs().max().item() / one[n].abs().max().item() for n in one) > 1e-2
     summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "one", tmp_path / "two", four)]
     assert [(s["towers"], s["replicas"], s["steps"]) for s in summaries] == [(1, 1, 8), (2, 1, 8), (2, 2, 8)]
@@ -116,24 +127,17 @@ def test_two_data_parallel_replicas_of_the_half_net_are_one_process_in_float64()
     assert max((one[n] - initial[n]).abs().max().item() for n in one) > 1e-3  # it trained
 
 
-def _whole_model_distance(a: dict, b: dict) -> float:
-    return sum(((a[n].double() - b[n].double()) ** 2).sum().item() for n in a) ** 0.5
-
-
 def test_the_half_net_on_two_processes_is_two_data_parallel_replicas(tmp_path):
     """The launch path (torchrun, the loader's sharding, DDP) in fp32. Exactness is the float64
     test's; here the two runs must make the same progress: the whole model's distance between
     them is a small fraction of the distance training moved it, which a near-tie tipped by
-    rounding (a few entries) cannot break, on any CPU."""
+    rounding (a few entries) cannot break, on any CPU (the bound is _close's, above)."""
     half = [*ARGS, "model=half", "debug.max_steps=4"]
     ok(launch([*half, f"hydra.run.dir={tmp_path / 'one'}"], nproc=0))
     two = launch([*half, f"hydra.run.dir={tmp_path / 'two'}"], nproc=2)
     ok(two)
     assert "2 replica(s) x 1 tower(s)" in two.stdout + two.stderr
-    one, two_ = final_state(tmp_path / "one"), final_state(tmp_path / "two")
-    torch.manual_seed(1)
-    initial = build_model("half", num_classes=10, input_size=67, init="he").state_dict()
-    assert _whole_model_distance(one, two_) <= 0.02 * _whole_model_distance(one, initial)
+    _close(final_state(tmp_path / "one"), final_state(tmp_path / "two"), model="half")
 
 
 def test_a_lost_process_stops_the_other_and_torchrun_restarts_the_job_from_its_checkpoint(tmp_path):

@@ -117,8 +117,13 @@ class CheckpointStore:
             raise DiskFull(failed[0])
         meta = {**meta, "shards": {f"tower{t}.pt": rec for t, rec, _ in gathered if rec is not None}}
         if self.main:
-            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
-            atomic_write_text(self.root / "latest", folder.name)
+            try:
+                atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
+                atomic_write_text(self.root / "latest", folder.name)
+            except DiskFull:
+                if self.latest() != folder:  # unpublished: its shards only hold the space
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
             self._prune(keep_also=folder)
         barrier()
         return folder

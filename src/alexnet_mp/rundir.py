@@ -25,7 +25,7 @@ RESUME_MODES = (True, False, "auto")
 def resume_mode(value: object) -> bool | str:
     """``resume``: true, false or auto (resume when the run directory holds a run, else start)."""
     if value not in RESUME_MODES or (value != "auto" and not isinstance(value, bool)):
-        raise UserError(f"resume must be true, false or auto, not {value!r}")
+        raise UserError(f"resume must be true or false, or auto, not {value!r}")
     return value  # type: ignore[return-value]
 
 

@@ -75,7 +75,7 @@ _CHECKS = (  # (keys, what they must be, test)
     (("optim.lr", "dist_timeout_s"), "a positive number", _number(positive=True)),
     (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
      "a non-negative number", _number(positive=False)),
-    (("resume",), "true, false or auto", lambda v: v in (True, False, "auto")),
+    (("resume",), "true or false, or auto", lambda v: v in (True, False, "auto")),
     (("progress", "data.mean_subtraction", "data.flip", "debug.check_batches", "channels_last", "compile",
       "cudnn_benchmark", "tf32", "profile", "comm.overlap"), "true or false", lambda v: isinstance(v, bool)),
     (("precision",), "fp32 or bf16", lambda v: v in ("fp32", "bf16")),
