@@ -699,6 +699,34 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
+def _train_epochs(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metrics: MetricsLog, cfg: DictConfig,
+                  *, main: bool, stop: PreemptionFlag) -> bool:
+    """Every remaining epoch, each evaluated and checkpointed; True when ``debug.max_steps`` stopped it."""
+    p = state.position
+    # A stop signal: every rank saves this position and leaves (cli.py prints it, exit 75).
+    with save_on_stop(stop, lambda: checkpoints.save(state, "preempted"), lambda: state.position.step):
+        while p.epoch < int(cfg.epochs):
+            if not train_epoch(state, inputs, checkpoints, metrics, cfg, main=main, stop=stop):
+                checkpoints.save(state, "max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on
+                return True
+            result = evaluate(state, inputs, progress=main and bool(cfg.progress), stop=stop)
+            row = {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
+                   "train_skipped": int(comm.sum_over(torch.tensor([p.skipped], device=state.device),
+                                                       state.replica_group).item()),  # every replica's rows
+                   "lr": state.schedule.lr,
+                   "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,
+                   "data_wait_share": p.data_seconds / max(p.epoch_seconds, 1e-9), "step": p.step}
+            dropped = state.schedule.step(result["val_top1_err"])
+            metrics.epoch(row)
+            if main:
+                log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%%, top-5 %.2f%%, %.0f images/s%s",
+                         p.epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
+                         row["images_per_s"], f"; learning rate now {state.schedule.lr:.2g}" if dropped else "")
+            p.next_epoch()
+            checkpoints.save(state, "epoch")
+    return False
+
+
 def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore,
          stop: PreemptionFlag) -> dict:
     device, main = placement.device, placement.main
@@ -744,29 +772,7 @@ def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Checkpoint
                  "loader workers" if inputs.in_workers else device.type, run_dir)
 
     run_start = time.perf_counter()
-    stopped_early = False
-    # A stop signal: every rank saves this position and leaves (cli.py prints it, exit 75).
-    with save_on_stop(stop, lambda: checkpoints.save(state, "preempted"), lambda: state.position.step):
-        while p.epoch < int(cfg.epochs):
-            if not train_epoch(state, inputs, checkpoints, metrics, cfg, main=main, stop=stop):
-                stopped_early = True
-                checkpoints.save(state, "max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on
-                break
-            result = evaluate(state, inputs, progress=main and bool(cfg.progress), stop=stop)
-            row = {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
-                   "train_skipped": int(comm.sum_over(torch.tensor([p.skipped], device=device),
-                                                       state.replica_group).item()),  # every replica's rows
-                   "lr": state.schedule.lr,
-                   "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,
-                   "data_wait_share": p.data_seconds / max(p.epoch_seconds, 1e-9), "step": p.step}
-            dropped = state.schedule.step(result["val_top1_err"])
-            metrics.epoch(row)
-            if main:
-                log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%%, top-5 %.2f%%, %.0f images/s%s",
-                         p.epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
-                         row["images_per_s"], f"; learning rate now {state.schedule.lr:.2g}" if dropped else "")
-            p.next_epoch()
-            checkpoints.save(state, "epoch")
+    stopped_early = _train_epochs(state, inputs, checkpoints, metrics, cfg, main=main, stop=stop)
 
     model = state.model
     final_state = (full_state_dict(model) if placement.towers == 2
