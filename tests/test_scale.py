@@ -20,12 +20,14 @@ pytestmark = pytest.mark.slow
 # A rate at which training is not chaotic, and the simple exchange (see test_parallel.py for
 # the overlapped one, step by step). Processes sum each layer's gradient over other rows (two
 # replicas over 8 rows each where one process sums 16), so their fp32 runs part by rounding,
-# and a rounding difference can tip a near-tie (a max-pool window or a ReLU at zero): here with
-# seed 0 at step 7 that moved one layer by 1e-4 of its scale, and another CPU's kernels tip
-# others. Exactness is therefore claimed in float64 (the half-net test below); these fp32 runs
-# must make the same progress: the whole model's distance between two runs at most 1% of the
-# distance training moved it. A tipped near-tie measured 1.5e-4 of it; a real fault (gradients
-# summed instead of averaged, another dropout mask, a replica on other rows) is of order 1.
+# and a rounding difference can tip a near-tie (a max-pool window or a ReLU at zero): with
+# seed 0 at step 7 that moved one layer by 1e-4 of its scale here. Exactness is therefore
+# claimed in float64 (the half-net test below). These fp32 runs must make the same progress:
+# the whole model's distance between two runs at most 10% of the distance training moved it.
+# Measured noise floor over this epoch: 1.5e-4 of it with this machine's AVX2 kernels, 1.3e-2
+# under ATEN_CPU_CAPABILITY=default (other kernels, standing in for another CPU). A real fault
+# (gradients summed instead of averaged, another dropout mask, a replica on other rows) changes
+# every step's update, of order 1.
 ARGS = [*TINY, "epochs=1", "seed=0", "optim.lr=0.0001", "comm.overlap=false", "debug.check_batches=true"]
 
 
@@ -40,7 +42,7 @@ def _initial(model: str = "full") -> dict:
 
 def _close(a: dict, b: dict, model: str = "full") -> None:
     moved = _whole_model_distance(a, _initial(model))
-    assert moved > 0 and _whole_model_distance(a, b) <= 1e-2 * moved, (_whole_model_distance(a, b), moved)
+    assert moved > 0 and _whole_model_distance(a, b) <= 0.1 * moved, (_whole_model_distance(a, b), moved)
 
 
 @pytest.fixture(scope="module")
