@@ -4,11 +4,13 @@
     python launch/train.py model=half
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.cli import hydra_run_dir, run_entry_point, run_hydra
+from alexnet_mp.cli import check_run_dir_override, hydra_run_dir, run_entry_point, run_hydra
 from alexnet_mp.train import train
 
 
@@ -18,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_run_dir_override(sys.argv[1:])
     run_hydra(main)

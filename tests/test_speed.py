@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -58,6 +60,9 @@ def test_speed_option_gives_the_fp32_losses_and_gradients(inputs, speed, toleran
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "default",
+                    reason="under ATEN_CPU_CAPABILITY=default inductor's generated C++ does not compile "
+                           "('at::vec' has not been declared): torch's limitation, not this project's")
 def test_compiled_net_gives_the_eager_losses(inputs):
     # Inductor's fused kernels round differently, and its max-pool backward breaks ties (windows
     # of ReLU zeros) differently too: losses within 1e-4, gradients 3e-3 (relative norm) apart.

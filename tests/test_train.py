@@ -107,6 +107,47 @@ def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, straight_
     assert list((tmp_path / "crash" / "tensorboard").iterdir())
 
 
+def _published(run: Path) -> str:
+    try:
+        return (run / "checkpoints" / "latest").read_text()
+    except OSError:
+        return ""
+
+
+def test_sigterm_to_the_whole_job_saves_the_step_reached_and_resumes_bit_for_bit(tmp_path, straight_run):
+    """A scheduler's SIGTERM to every process of a torchrun job (torchrun forwards it too, so
+    each rank gets it twice), sent after the periodic checkpoint at step 5: every rank stops at
+    one step, saves it, and prints nothing about a lost rank; resuming ends where the straight run does."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [*TINY, "checkpoint.every_steps=5"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
+           *args, f"hydra.run.dir={run}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as a scheduler's job has
+    deadline = time.monotonic() + 180
+    while not _published(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]
+    assert len(lines) == 1 and lines[0].startswith("alexnet_mp: stopped by SIGTERM at step "), out[-3000:]
+    assert "lost rank" not in out and "alexnet_mp: error" not in out
+    step = int(lines[0].split("at step ")[1].split(";")[0])
+    latest = _published(run)
+    assert 5 <= step < 16 and latest.startswith(f"step-{step:08d}") and f"saved {run / 'checkpoints' / latest};" in lines[0]
+    meta = json.loads((run / "checkpoints" / latest / "meta.json").read_text())
+    assert meta["step"] == step and meta["reason"] in ("preempted", "every_steps")
+    assert not (run / "summary.json").exists()
+    ok(launch([*args, f"hydra.run.dir={run}", "resume=auto"]))
+    straight, resumed = final_state(straight_run), final_state(run)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
 def test_a_finished_run_is_never_overwritten(tmp_path):
     run = tmp_path / "run"
     ok(launch([*TINY, "epochs=1", f"hydra.run.dir={run}"], nproc=0))

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from alexnet_mp.errors import UserError
+from alexnet_mp.errors import QuietStop, UserError
+from alexnet_mp.preempt import Preempted, exit_preempted
 
-__all__ = ["run_entry_point", "run_hydra", "hydra_run_dir", "override_value", "data_overrides"]
+__all__ = ["run_entry_point", "run_hydra", "check_run_dir_override", "hydra_run_dir", "override_value",
+           "data_overrides", "first_error_of_job", "another_rank_reported"]
 
 
 def hydra_run_dir() -> Path:
@@ -27,13 +30,62 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _job_note_dir() -> Path | None:
+    """A folder every process of this job (on this machine) shares and no other job does:
+    torchrun's run id, its restart count and the agent's pid (the workers' parent)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    key = "-".join((os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
+                    str(os.getppid())))
+    return Path(tempfile.gettempdir()) / f"alexnet_mp-job-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
+
+
+def first_error_of_job() -> bool:
+    """True in the first process of the job to report an error, False in any later one: the
+    first leaves a note (created exclusively) before it exits, so a rank whose peer failed
+    finds it and stays quiet instead of printing a second line onto the terminal."""
+    folder = _job_note_dir()
+    if folder is None:
+        return True
+    try:
+        folder.mkdir(exist_ok=True)
+        os.close(os.open(folder / "error", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True  # no shared note possible: better twice than never
+    return True
+
+
+def another_rank_reported() -> bool:
+    folder = _job_note_dir()
+    return folder is not None and (folder / "error").exists()
+
+
 def _fail(message: str) -> None:
-    print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
+    if first_error_of_job():
+        print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     # Leave at once, without tearing down the process group: another rank may still be
     # inside a collective, and destroying an NCCL group then can block. torchrun stops the
     # other ranks when this one exits.
     os._exit(1)
+
+
+def check_run_dir_override(argv: list[str]) -> None:
+    """An unwritable ``hydra.run.dir=`` as one line, before Hydra makes the folder (it would
+    print a traceback) and before any training."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "++hydra.run.dir="))]
+    if not given or "${" in given[-1]:
+        return
+    from alexnet_mp.rundir import check_writable, make_run_dir
+
+    try:
+        folder = Path(given[-1].strip("'\"")).expanduser()
+        make_run_dir(folder)
+        check_writable(folder)
+    except UserError as err:
+        _fail(str(err))
 
 
 _task_started = False  # composition is over: an OmegaConf error from now on is a bug, not input
@@ -60,8 +112,9 @@ def run_hydra(main: Callable[[], object]) -> None:
 
 
 def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> None:
-    """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one
-    line on stderr and exit status 1."""
+    """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one line
+    on stderr (once per job) and exit status 1; a preemption (:class:`Preempted`) one line from
+    rank 0 and exit status 75."""
     global _task_started
     _task_started = True
     rank = int(os.environ.get("RANK", "0"))
@@ -72,6 +125,11 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> 
 
             config.check(cfg)
         fn()
+    except Preempted as stop:
+        exit_preempted(str(stop), main=rank == 0)
+    except QuietStop:
+        sys.stdout.flush()
+        os._exit(1)  # another rank has printed the job's one line
     except UserError as err:
         _fail(str(err))
     except MissingMandatoryValue as err:

@@ -8,8 +8,12 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "QuietStop"]
 
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+class QuietStop(Exception):
+    """This rank stops because another rank failed and has already printed the job's one line."""

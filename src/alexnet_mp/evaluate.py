@@ -21,6 +21,7 @@ from alexnet_mp.checkpoint import atomic_write_text, load_file
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import arch_options, build_model
 from alexnet_mp.progress import Progress
+from alexnet_mp.rundir import check_writable, make_run_dir
 from alexnet_mp.train import topk_wrong
 
 __all__ = ["evaluate_checkpoint", "load_trained_model", "open_data"]
@@ -65,12 +66,25 @@ def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch
     return base, augment, dcfg
 
 
+def _output_path(cfg: DictConfig) -> Path:
+    """Where the result goes, checked writable before any evaluation (one line otherwise)."""
+    ckpt = Path(str(cfg.checkpoint))
+    data_name = cfg.data.name if cfg.get("data") is not None else ""
+    out = Path(str(cfg.output)) if cfg.output else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{data_name}.json"
+    if cfg.output:
+        make_run_dir(out.parent, "the output folder", "choose another output=")
+    if out.parent.is_dir():  # else the checkpoint is not there, which loading reports
+        check_writable(out.parent, "the output folder")
+    return out
+
+
 @torch.no_grad()
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.threads))
     # split, device and the numbers are checked by the schema (alexnet_mp.config.evaluate).
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no GPU is visible")
+    out = _output_path(cfg)
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -99,9 +113,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     result = {k: {"top1_err": v[0] / max(seen, 1), "top5_err": v[1] / max(seen, 1)} for k, v in counts.items()}
     result.update(images=seen, skipped_images=skipped, checkpoint=str(cfg.checkpoint), split=str(cfg.split),
                   data=str(dcfg.name))
-    ckpt = Path(str(cfg.checkpoint))
-    out = Path(str(cfg.output)) if cfg.output else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{dcfg.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.name == "eval-.json":
+        out = out.with_name(f"eval-{dcfg.name}.json")
     atomic_write_text(out, json.dumps(result, indent=1))
     log.info("centre crop: top-1 %.2f%%, top-5 %.2f%%; ten-crop: top-1 %.2f%%, top-5 %.2f%% (%d images) -> %s",
              100 * result["center"]["top1_err"], 100 * result["center"]["top5_err"],

@@ -1,17 +1,21 @@
 """What a run writes for people: metrics.jsonl, TensorBoard events and a learning-curve plot.
 
 Only rank 0 writes (``enabled``); other ranks keep the history in memory so every
-rank can build the same summary.
+rank can build the same summary. Every file goes through :func:`alexnet_mp.io.atomic_write`
+(metrics.jsonl is rewritten whole each epoch: a few rows), and a full disk under TensorBoard's
+writer becomes the same one-line :class:`~alexnet_mp.io.DiskFull`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from alexnet_mp import comm
-from alexnet_mp.io import atomic_write
+from alexnet_mp.io import atomic_write, disk_full_error
 
 __all__ = ["MetricsLog", "plot_learning_curves", "save_png"]
 
@@ -48,21 +52,32 @@ class MetricsLog:
             except ImportError:  # tensorboard is optional at run time
                 self._writer = None
 
+    @contextlib.contextmanager
+    def _tensorboard(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as err:
+            full = disk_full_error(err, self.run_dir / "tensorboard" / "events")
+            if full is None:
+                raise
+            self._writer = None  # nothing more can be written there
+            raise full from None
+
     def scalar(self, name: str, value: float, step: int) -> None:
         if self._writer is not None:
-            self._writer.add_scalar(name, value, step)
+            with self._tensorboard():
+                self._writer.add_scalar(name, value, step)
 
     def epoch(self, row: dict) -> None:
         self._rows.append(row)
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
         for key in ("train_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s"):
             self.scalar(f"epoch/{key}", row[key], row["epoch"])
         if self._writer is not None:
-            self._writer.flush()
+            with self._tensorboard():
+                self._writer.flush()
         plot_learning_curves(self._rows, self.run_dir / "learning_curves.png")
 
     def history(self) -> list[dict]:
@@ -70,7 +85,8 @@ class MetricsLog:
 
     def close(self, plot: bool = True) -> None:
         if self._writer is not None:
-            self._writer.close()
+            with self._tensorboard():
+                self._writer.close()
         if plot and self.enabled and self._rows:
             plot_learning_curves(self._rows, self.run_dir / "learning_curves.png")
 

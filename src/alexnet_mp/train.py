@@ -33,9 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp import comm, data
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
-from alexnet_mp.errors import UserError
+from alexnet_mp.cli import another_rank_reported
 from alexnet_mp.config.schema import flatten
 from alexnet_mp.config.train import RESUME_MAY_CHANGE
+from alexnet_mp.errors import QuietStop, UserError
+from alexnet_mp.preempt import PreemptionFlag, StopRequested, save_on_stop
+from alexnet_mp.rundir import RunLock, make_run_dir, resume_mode
 from alexnet_mp.model import AlexNet, arch_options, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
 from alexnet_mp.parallel import Placement, full_state_dict, parallelize, place
@@ -183,9 +186,10 @@ def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(state: "RunState", inputs: Inputs, *, progress: bool = False) -> dict:
+def evaluate(state: "RunState", inputs: Inputs, *, progress: bool = False, stop: PreemptionFlag | None = None) -> dict:
     """Centre-crop top-1 and top-5 error over the whole validation set; each replica
-    evaluates its rows of every batch and the counts are summed, so each image counts once."""
+    evaluates its rows of every batch and the counts are summed, so each image counts once.
+    ``stop``: a stop signal ends it between batches (the run re-evaluates on resume)."""
     model = state.model
     model.eval()
     wrong = torch.zeros(2, dtype=torch.int64, device=inputs.device)
@@ -196,6 +200,8 @@ def evaluate(state: "RunState", inputs: Inputs, *, progress: bool = False) -> di
         for batch in loader:
             skipped += batch.skipped
             bar.update(1)
+            if stop is not None:
+                stop.check()
             if not len(batch):
                 continue
             images, labels = inputs.val_input(batch)
@@ -224,8 +230,8 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
         if finished:
             raise UserError(f"the run in {run_dir} has already finished (summary.json); nothing to resume")
         return
-    if finished or store.latest() is not None:
-        raise UserError(f"{run_dir} already holds a run; pass resume=true to continue it, "
+    if finished or store.has_any():
+        raise UserError(f"{run_dir} already holds a run; pass resume=true (or resume=auto) to continue it, "
                         f"or choose another hydra.run.dir")
 
 
@@ -247,7 +253,7 @@ def _agree_on_run_dir(mine: Path) -> Path:
     agreed = Path(comm.broadcast_object(str(mine)))
     if agreed.resolve() != mine.resolve() and mine.is_dir() and not any(mine.iterdir()):
         mine.rmdir()
-    agreed.mkdir(parents=True, exist_ok=True)
+    make_run_dir(agreed)
     return agreed
 
 
@@ -461,7 +467,7 @@ class Checkpoints:
 
     def diverged(self, what: str, state: RunState) -> UserError:
         return UserError(f"{what} at epoch {state.position.epoch + 1}, step {state.position.step}; stopped. "
-                         f"Last good checkpoint: {self.store.latest() or 'none'} (try a lower optim.lr)")
+                         f"Last good checkpoint: {self.store.last_good([0, 1]) or 'none'} (try a lower optim.lr)")
 
     def check_loss(self, state: RunState) -> float | None:
         """Read the loss summed on the device since the last read; raise on every rank if it is not finite."""
@@ -470,7 +476,7 @@ class Checkpoints:
             raise self.diverged(f"the loss became {loss}", state)
         return loss
 
-    def save(self, state: RunState, reason: str) -> None:
+    def save(self, state: RunState, reason: str) -> Path:
         self.check_loss(state)
         finite = all(bool(torch.isfinite(p).all()) for p in state.model.parameters())
         if not comm.all_ranks(finite):
@@ -479,14 +485,18 @@ class Checkpoints:
         name = f"step-{p.step:08d}-epoch-{p.epoch:04d}-batch-{p.batch_in_epoch:07d}"
         latest = self.store.latest()
         if latest is not None and latest.name == name:
-            return  # this position is saved already (every_steps fell on the same step)
-        self.store.save(name, state.state_dict(),
+            return latest  # this position is saved already (every_steps fell on the same step)
+        return self.store.save(name, state.state_dict(),
                         {"model": self.signature, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
                          "step": p.step, "reason": reason, "config": self.config})
 
     def resume(self, state: RunState) -> Path | None:
-        latest = self.store.latest()
+        """Collective: load the newest checkpoint that passes its checks on every rank."""
+        latest, skipped = self.store.choose()
         if latest is None:
+            if skipped:
+                raise UserError(f"no usable checkpoint in {self.store.root} ({'; '.join(skipped)}); "
+                                f"start a new run directory or restore a copy")
             return None
         shard, meta = self.store.load(latest, self.signature)
         _check_resumable(meta.get("config", {}), self.config, latest)
@@ -497,8 +507,9 @@ class Checkpoints:
 # -- the epoch loop ------------------------------------------------------------------------------
 
 def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metrics: MetricsLog,
-                cfg: DictConfig, *, main: bool) -> bool:
-    """Train the rest of the current epoch; returns False when ``debug.max_steps`` stopped it."""
+                cfg: DictConfig, *, main: bool, stop: PreemptionFlag | None = None) -> bool:
+    """Train the rest of the current epoch; returns False when ``debug.max_steps`` stopped it.
+    ``stop``: every rank asks after each step whether a stop signal came (preempt.py)."""
     p = state.position
     every, log_every = int(cfg.checkpoint.every_steps), int(cfg.log_every_steps)
     max_steps, kill_at = int(cfg.debug.max_steps), int(cfg.debug.kill_at_step)
@@ -543,42 +554,39 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
             if max_steps and p.step >= max_steps:
                 p.epoch_seconds += time.perf_counter() - tick
                 return False
+            if stop is not None and stop.requested():
+                p.epoch_seconds += time.perf_counter() - tick
+                raise StopRequested()
         p.epoch_seconds += time.perf_counter() - tick
     checkpoints.check_loss(state)
     return True
 
 
-class _Stopped(Exception):
-    """torchrun stopped this process (SIGTERM), because another one of the run failed."""
-
-
 @contextlib.contextmanager
 def _lost_processes_stop_the_run(placement: Placement, store: CheckpointStore):
     """A lost process never hangs the run: a collective that loses its peer fails (at once
-    when the peer's connection closes, after ``dist_timeout_s`` when it hangs), torchrun's
-    SIGTERM is honoured, and either becomes one line naming the lost rank and the last good
-    checkpoint, which the lost process cannot have half-written (checkpoints are atomic)."""
+    when the peer's connection closes, after ``dist_timeout_s`` when it hangs) and becomes one
+    line naming the lost rank and the last good checkpoint (one whose shards pass their
+    checksums). When the peer stopped on an error it has printed, this rank stays quiet.
+    torchrun's SIGTERM to the survivors only sets the stop flag (preempt.py): the next
+    collective finds the lost peer."""
     if placement.world_size == 1:
         yield
         return
-
-    def stopped(signum, frame):  # noqa: ARG001
-        raise _Stopped("stopped by torchrun")
-
-    previous = signal.signal(signal.SIGTERM, stopped)
     try:
         yield
-    except (RuntimeError, _Stopped) as err:
-        if not isinstance(err, _Stopped) and not comm.is_lost_peer(err):
+    except RuntimeError as err:
+        if not comm.is_lost_peer(err):
             raise
+        if another_rank_reported():
+            raise QuietStop() from None
         who = (f"rank {1 - placement.rank}" if placement.world_size == 2
                else "another rank (torchrun's report names it)")
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         why = re.sub(r"^\[[^\]]*\]\s*", "", why).split(". ")[0][:160]  # gloo's "[file:line] Read error ...: reset"
         raise UserError(f"lost {who} of this run ({why}); rank {placement.rank} stopped. Last good checkpoint: "
-                        f"{store.latest() or 'none'} (relaunch with resume=true)") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+                        f"{store.last_good(list(range(placement.towers))) or 'none'} "
+                        f"(relaunch with resume=true)") from None
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -588,18 +596,55 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     :func:`alexnet_mp.config.check` (``launch/train.py`` does both)."""
     placement = _place(cfg)
     main = placement.main
+    stop = PreemptionFlag.install()  # before the loader's workers fork: they inherit the flag
     run_dir = _agree_on_run_dir(run_dir)
     store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=main,
                             keep=int(cfg.checkpoint.keep))
     with _lost_processes_stop_the_run(placement, store):
-        return _run(cfg, run_dir, placement, store)
+        lock = RunLock(run_dir, main)  # and the run directory is writable
+        try:
+            summary = _run(cfg, run_dir, placement, store, stop)
+        finally:
+            lock.release()
+    # Only now: on an error the flag stays, so torchrun's SIGTERM cannot cut the one line short.
+    stop.restore()
+    return summary
 
 
-def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore) -> dict:
+def _train_epochs(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metrics: MetricsLog, cfg: DictConfig,
+                  *, main: bool, stop: PreemptionFlag) -> bool:
+    """Every remaining epoch, each evaluated and checkpointed; True when ``debug.max_steps`` stopped it."""
+    p = state.position
+    # A stop signal: every rank saves this position and leaves (cli.py prints it, exit 75).
+    with save_on_stop(stop, lambda: checkpoints.save(state, "preempted"), lambda: state.position.step):
+        while p.epoch < int(cfg.epochs):
+            if not train_epoch(state, inputs, checkpoints, metrics, cfg, main=main, stop=stop):
+                checkpoints.save(state, "max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on
+                return True
+            result = evaluate(state, inputs, progress=main and bool(cfg.progress), stop=stop)
+            row = {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
+                   "train_skipped": int(comm.sum_over(torch.tensor([p.skipped], device=state.device),
+                                                       state.replica_group).item()),  # every replica's rows
+                   "lr": state.schedule.lr,
+                   "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,
+                   "data_wait_share": p.data_seconds / max(p.epoch_seconds, 1e-9), "step": p.step}
+            dropped = state.schedule.step(result["val_top1_err"])
+            metrics.epoch(row)
+            if main:
+                log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%%, top-5 %.2f%%, %.0f images/s%s",
+                         p.epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
+                         row["images_per_s"], f"; learning rate now {state.schedule.lr:.2g}" if dropped else "")
+            p.next_epoch()
+            checkpoints.save(state, "epoch")
+    return False
+
+
+def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore,
+         stop: PreemptionFlag) -> dict:
     device, main = placement.device, placement.main
     # A job that torchrun restarted (--max-restarts) resumes from its latest checkpoint by itself.
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    resume = bool(cfg.resume) or restarts > 0
+    resume = bool(resume_mode(cfg.resume)) or restarts > 0  # auto: as true, which starts an empty dir
     if restarts and main:
         log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, run_dir)
     _check_run_dir(run_dir, store, resume)
@@ -639,27 +684,7 @@ def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Checkpoint
                  "loader workers" if inputs.in_workers else device.type, run_dir)
 
     run_start = time.perf_counter()
-    stopped_early = False
-    while p.epoch < int(cfg.epochs):
-        if not train_epoch(state, inputs, checkpoints, metrics, cfg, main=main):
-            stopped_early = True
-            checkpoints.save(state, "max_steps")  # a clean stop: resume=true with a larger debug.max_steps goes on
-            break
-        result = evaluate(state, inputs, progress=main and bool(cfg.progress))
-        row = {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
-               "train_skipped": int(comm.sum_over(torch.tensor([p.skipped], device=device),
-                                                   state.replica_group).item()),  # every replica's rows
-               "lr": state.schedule.lr,
-               "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,
-               "data_wait_share": p.data_seconds / max(p.epoch_seconds, 1e-9), "step": p.step}
-        dropped = state.schedule.step(result["val_top1_err"])
-        metrics.epoch(row)
-        if main:
-            log.info("epoch %d/%d: train loss %.4f, val top-1 %.2f%%, top-5 %.2f%%, %.0f images/s%s",
-                     p.epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
-                     row["images_per_s"], f"; learning rate now {state.schedule.lr:.2g}" if dropped else "")
-        p.next_epoch()
-        checkpoints.save(state, "epoch")
+    stopped_early = _train_epochs(state, inputs, checkpoints, metrics, cfg, main=main, stop=stop)
 
     model = state.model
     final_state = (full_state_dict(model) if placement.towers == 2
