@@ -37,7 +37,7 @@ from alexnet_mp.errors import UserError
 from alexnet_mp.arch import POOLINGS, REMOVABLE
 from alexnet_mp.model import LRN_CHOICES, AlexNet, arch_options, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
-from alexnet_mp.parallel import Placement, full_state_dict, parallelize, place
+from alexnet_mp.parallel import BACKENDS, Placement, full_state_dict, parallelize, place
 from alexnet_mp.progress import Progress
 from alexnet_mp.report import MetricsLog
 
@@ -73,11 +73,12 @@ _CHECKS = (  # (keys, what they must be, test)
     (("optim.momentum", "optim.weight_decay", "data.pca_sigma", "schedule.threshold"),
      "a non-negative number", _number(positive=False)),
     (("resume", "progress", "data.mean_subtraction", "data.flip", "debug.check_batches", "channels_last", "compile",
-      "cudnn_benchmark", "tf32", "profile", "comm.overlap"), "true or false", lambda v: isinstance(v, bool)),
+      "cudnn_benchmark", "tf32", "profile", "comm.overlap", "deterministic"), "true or false", lambda v: isinstance(v, bool)),
     (("precision",), "fp32 or bf16", lambda v: v in ("fp32", "bf16")),
     (("compile_mode",), "default, reduce-overhead or max-autotune-no-cudagraphs",
      lambda v: v in COMPILE_MODES),
     (("device",), "auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
+    (("dist_backend",), "auto, nccl or gloo", lambda v: v in BACKENDS),
     (("model.lrn",), "paper, cuda-convnet or none", lambda v: v in LRN_CHOICES),
     (("model.pool",), "overlap or 2x2", lambda v: v in POOLINGS),
     (("model.dropout",), "a drop probability in [0, 1)", lambda v: _number(positive=False)(v) and v < 1),
@@ -110,7 +111,10 @@ def _place(cfg: DictConfig) -> Placement:
     """This process's place among the replicas of the tower pair, after checking the model
     and the global batch fit this many processes."""
     towers = 2 if cfg.model.name == "full" else 1
-    placement = place(towers, threads=int(cfg.threads), device=str(cfg.device), timeout_s=float(cfg.dist_timeout_s))
+    placement = place(towers, threads=int(cfg.threads), device=str(cfg.device), timeout_s=float(cfg.dist_timeout_s),
+                      backend=str(cfg.get("dist_backend", "auto")))
+    if placement.main:
+        log.info("%s", placement.description)
     if int(cfg.batch_size) % placement.replicas:
         raise UserError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over the "
                         f"{placement.replicas} replicas of this launch (WORLD_SIZE={placement.world_size})")
@@ -307,7 +311,8 @@ def _check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
 _RESUME_MAY_CHANGE = ("epochs", "resume", "progress", "dist_timeout_s", "log_every_steps", "checkpoint.", "debug.", "threads",
                       "device", "data.workers", "data.root", "data.stats_cache", "data.augment",
                       # how fast, not what: execution options may change between a run and its resumption
-                      "precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "profile", "comm.")
+                      "precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "profile", "comm.",
+                      "deterministic", "dist_backend")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -391,7 +396,9 @@ class Speed:
     ``tf32``: TF32 matmuls and convolutions on Ampere and later GPUs; off by default, so fp32
     means fp32 (PyTorch's own defaults differ: on for convolutions, off for matmuls).
     ``compile_mode``: torch.compile's mode (:data:`COMPILE_MODES`); ``reduce-overhead`` adds
-    CUDA graphs, which take the kernel launches off the host.
+    CUDA graphs, which take the kernel launches off the host. ``deterministic``: the same
+    numbers on every run (``torch.use_deterministic_algorithms``, deterministic cuDNN): kernels
+    built on atomics otherwise round differently from run to run.
     """
 
     precision: str = "fp32"
@@ -400,8 +407,9 @@ class Speed:
     cudnn_benchmark: bool = False
     tf32: bool = False
     compile_mode: str = "default"
+    deterministic: bool = False
 
-    KEYS = ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "compile_mode")
+    KEYS = ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "compile_mode", "deterministic")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Speed":
@@ -415,7 +423,11 @@ class Speed:
         """The process-wide switches: TF32 and cuDNN's algorithm search."""
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark and not self.deterministic
+        torch.backends.cudnn.deterministic = self.deterministic
+        if self.deterministic:  # cuBLAS reads it when it starts: deterministic matmul workspaces
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(self.deterministic)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
