@@ -42,7 +42,7 @@ from alexnet_mp import data
 from alexnet_mp.augment import BatchAugment
 from alexnet_mp.errors import UserError
 from alexnet_mp.prepared import PreparedImages
-from bench_1gpu_vs_2gpu import _cpu_name  # benchmarks/ is on the path when run as a script
+from bench_1gpu_vs_2gpu import cpu_name  # benchmarks/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-data"
@@ -226,7 +226,7 @@ def run(cfg: DictConfig) -> dict:
                         "met": wait["data_wait_share"] <= 0.02})
     return {"benchmark": NAME, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "settings": OmegaConf.to_container(cfg, resolve=True),
-            "environment": {"cpu": _cpu_name(), "torch": torch.__version__,
+            "environment": {"cpu": cpu_name(), "torch": torch.__version__,
                             "cores": len(cores) or os.cpu_count()},
             "prepare": prepare, "paths": paths, "data_wait": wait, "targets": targets}
 

@@ -1,6 +1,6 @@
 """bench-1gpu-vs-2gpu, the time part: one process per device timing the product's training step.
 
-Each configuration runs in fresh processes (``_time_worker``), which measure the device's
+Each configuration runs in fresh processes (``time_worker``), which measure the device's
 matmul peak, time warm-up and timed steps of ``alexnet_mp.train.train_step``, and report
 memory, communication and MFU; ``summarise_time`` turns the ranks' figures into one row.
 """
@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 
 from alexnet_mp import count_parameters
-from alexnet_mp.comm import STATS
+from alexnet_mp import comm_trace
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.parallel import place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -39,7 +39,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -133,7 +133,7 @@ def _transfer_rate(device: torch.device, nbytes: int = 1 << 22, repeats: int = 5
     return nbytes * (dist.get_world_size() - 1) / best
 
 
-def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
+def time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
     """Time ``job['warmup'] + job['timed']`` training steps of one configuration on this rank's device."""
     baseline_rss = _proc_status("VmRSS")
     cuda = job["kind"] == "gpu"
@@ -196,19 +196,16 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
         # Host timestamps of every collective, comparable between this machine's processes
         # only on a shared monotonic clock; with CUDA events (a GPU) there are none.
         shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
-        STATS.timeline = [] if shared_clock and not cuda and towers > 1 else None
-        # Read at each wait's begin and end (timeline only): about 0.3 ms a reading with gloo's 5
-        # threads on this 2-core machine, 18 readings a step, under 0.1% of a CPU step.
-        STATS.cpu_clock = _helper_threads_cpu
+        trace = comm_trace.start(timeline=shared_clock and not cuda and towers > 1)
         cpu_start = busy_start = wall_start = None
         total = job["warmup"] + job["timed"]
         for i in range(total):
             if i == job["warmup"]:
-                STATS.reset()  # count only the timed steps
+                trace.reset()  # count only the timed steps
                 # What this process and the whole machine use from here on: the difference is
                 # what other processes took from the cores while we were timed.
                 cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
-            before, helper_before = STATS.as_dict(), _helper_threads_cpu()
+            before, helper_before = trace.as_dict(), _helper_threads_cpu()
             _sync(device)
             start = time.perf_counter()
             train_step(state, images, labels)
@@ -218,18 +215,18 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             _log(f"step {i + 1}/{total} ({phase}): {seconds:.2f} s")
             if i >= job["warmup"]:
                 steps.append(seconds)
-                after = STATS.as_dict()  # per collective, since the counts began
+                after = trace.as_dict()  # per collective, since the counts began
                 since = {k: {f: v[f] - before.get(k, {}).get(f, 0.0) for f in ("seconds", "waited_seconds")}
                          for k, v in after.items()}
                 comm_seconds.append(sum(v["seconds"] for v in since.values()))
                 waited.append({k: v["waited_seconds"] for k, v in since.items()})
-                if STATS.timeline is not None:
-                    timelines.append(list(STATS.timeline))
+                if trace.timeline is not None:
+                    timelines.append(list(trace.timeline))
                 helper_after = _helper_threads_cpu()
                 helper_cpu.append(None if None in (helper_before, helper_after) else helper_after - helper_before)
-            if STATS.timeline is not None:
-                STATS.timeline.clear()
-        STATS.timeline = STATS.cpu_clock = None
+            if trace.timeline is not None:
+                trace.timeline.clear()
+        comm_trace.stop()
 
         if cuda:
             peak_memory = torch.cuda.max_memory_allocated(device)
@@ -263,8 +260,8 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             "waited_by_step": waited,
             "timeline_by_step": timelines or None,
             "helper_cpu_by_step": None if None in helper_cpu else helper_cpu,
-            "comm_bytes": STATS.total_bytes(),
-            "comm_by_layer": STATS.as_dict(),
+            "comm_bytes": trace.total_bytes(),
+            "comm_by_layer": trace.as_dict(),
             "timed_wall_seconds": wall,
             "timed_cpu_seconds": cpu_seconds,
             "machine_busy_seconds": machine_busy,
@@ -353,8 +350,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
     *exposed* communication. Per step: ``mean``, over the towers; ``upper``, each collective's
     larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
     the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
-    per rank. ``helper_in_waits``: per rank, per step, the CPU time the process's other threads
-    (gloo's) took during the waits, from the entries' CPU readings; None without them. Rank r
+    per rank. Rank r
     is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``); a pair's
     towers run the same collectives in the same order.
     """
@@ -365,9 +361,6 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
         pairs.setdefault(r["rank"] // towers, []).append(r)
     steps = len(ranks[0]["timeline_by_step"])
     mean, upper, by_collective = [], [], {}
-    readings = all(len(e) == 8 and None not in e[6:] for r in ranks for line in r["timeline_by_step"] for e in line)
-    helper_in_waits = ({r["rank"]: [sum(e[7] - e[6] for e in line) for line in r["timeline_by_step"]] for r in ranks}
-                       if readings else None)
     for i in range(steps):
         per_tower, per_pair = [], []
         for members in pairs.values():
@@ -388,7 +381,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
             per_pair.append(larger)
         mean.append(statistics.fmean(per_tower))
         upper.append(max(per_pair))
-    return {"mean": mean, "upper": upper, "by_collective": by_collective, "helper_in_waits": helper_in_waits}
+    return {"mean": mean, "upper": upper, "by_collective": by_collective}
 
 
 def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
@@ -439,32 +432,25 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         wire = per_image * local / rate
         exposed = exposed_waits(ranks, len(ranks) // replicas)
         helper = {r["rank"]: r.get("helper_cpu_by_step") for r in ranks}
-        # gloo's threads share the tower's core. What they take outside the waits is counted as
-        # taken from the compute (a launch, counted above too, is a sliver); what they take while
-        # the main thread is blocked in a wait takes nothing (the core is otherwise idle: the
-        # tower waits for bytes, counted above, or for its partner).
-        # Without CPU readings at each wait (old results), all of their CPU time is counted.
-        inside = exposed["helper_in_waits"] if exposed else None
-        helper_steps = outside_steps = None
+        # gloo's threads share the tower's core: all of their CPU time is counted as taken from
+        # the compute (an upper bound: what they take while the tower waits takes nothing).
+        helper_steps = None
         if None not in helper.values():
             helper_steps = [max(h[i] for h in helper.values()) for i in range(len(steps))]
-            outside_steps = [max(max(0.0, h[i] - (inside[rk][i] if inside else 0.0)) for rk, h in helper.items())
-                             for i in range(len(steps))]
-        bound = (None if exposed is None or outside_steps is None
-                 else [u + h for u, h in zip(exposed["upper"], outside_steps)])
+        bound = (None if exposed is None or helper_steps is None
+                 else [u + h for u, h in zip(exposed["upper"], helper_steps)])
         out["comm"] = {
             "bytes_per_image_per_device": per_image,
             "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
             "seconds_per_step": seconds,
             "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
-                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute "
+                    "(alexnet_mp.comm_trace); waited: the part a tower waited for, not hidden behind its own compute "
                     "(mean over the towers); exposed: the part of that spent launching and waiting for bytes in "
                     "flight, after the partner tower had launched the collective (host timestamps; None with CUDA "
                     "events), the rest being a wait for the partner's compute (load imbalance): mean over the "
                     "towers, and upper: each collective's larger figure of the pair; helper CPU: the CPU time of "
-                    "the processes' other threads (gloo's, moving the bytes on the tower's core), all of it and the "
-                    "part outside the waits (taken from the compute; all of it without readings at each wait); "
-                    "exposed bound: upper plus helper CPU outside the waits, the most communication can have added "
+                    "the processes' other threads (gloo's, moving the bytes on the tower's core; the larger of the "
+                    "pair per step); exposed bound: upper plus helper CPU, the most communication can have added "
                     "to the step",
             "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
             "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
@@ -472,8 +458,6 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
             "exposed_mean_share_of_step": None if exposed is None else sum(exposed["mean"]) / sum(steps),
             "exposed_upper_share_of_step": None if exposed is None else sum(exposed["upper"]) / sum(steps),
             "helper_cpu_share_of_step": None if helper_steps is None else sum(helper_steps) / sum(steps),
-            "helper_cpu_outside_waits_share_of_step": (None if outside_steps is None
-                                                       else sum(outside_steps) / sum(steps)),
             "exposed_share_of_step": None if bound is None else sum(bound) / sum(steps),
             "exposed_seconds_per_step": None if bound is None else statistics.fmean(bound),
             "exposed_seconds_by_step": bound,
