@@ -13,7 +13,7 @@ each recorded as it ends (``write()``), each skipped once ``deadline`` has passe
   weights with ``deterministic=true``, eager, ``compile=true`` and ``compile_mode=reduce-overhead``,
   and the largest difference without ``deterministic``.
 
-    python benchmarks/gpu_check_two.py --device cpu --steps 12 --kill-at 7 --batch 4   # a CPU dry run
+    python benchmarks/gpu_check_two.py --device cpu --train-steps 12 --kill-at 7 --batch 4   # a CPU dry run
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def straight_kill_resume(work: Path, name: str, base: list[str], env: dict, kill
 def runs(args, backend: str, env: dict, result: dict, write, deadline: float) -> None:
     """``launch/train.py`` runs: sync-free steps, kill -9 and resume, eager and compiled."""
     base = ["experiment=smoke", f"device={args.device}", f"dist_backend={backend}", "epochs=1",
-            f"data.train_size={16 * args.steps}", "checkpoint.every_steps=5", "dist_timeout_s=120"]
+            f"data.train_size={16 * args.train_steps}", "checkpoint.every_steps=5", "dist_timeout_s=120"]
     sync = "error" if backend == "nccl" else "warn"  # gloo stages CUDA tensors through the host: count instead
     env = {**env, "CHECK_SYNC_DEBUG": sync}
     variants = [("eager", ["deterministic=true"]), ("compile", ["deterministic=true", "compile=true"]),
@@ -184,7 +184,7 @@ def runs(args, backend: str, env: dict, result: dict, write, deadline: float) ->
             print(f"[gpu-check] two processes, {name}: {row}", flush=True)
             write()
     eager = result["runs"].get("eager", {})
-    result["sync_free"] = bool(eager.get("steps", 0) >= args.steps and eager.get("syncs") == 0
+    result["sync_free"] = bool(eager.get("steps", 0) >= args.train_steps and eager.get("syncs") == 0
                                and eager.get("straight_rc") == 0)
     result["steps"] = eager.get("steps", 0)
 
@@ -205,7 +205,7 @@ def two_processes(args, write, result: dict) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=100, help="training steps of each launch/train.py run")
+    p.add_argument("--train-steps", type=int, default=100, help="training steps of each launch/train.py run")
     p.add_argument("--kill-at", type=int, default=57, help="the step after which the crashed run is killed")
     p.add_argument("--two-batch", type=int, default=128)
     p.add_argument("--two-steps", type=int, default=10, help="timed steps of the two-process row")
