@@ -47,7 +47,7 @@ from alexnet_mp.train import Speed
 from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, REPO,  # noqa: F401
                            SUMMARY_KEYS, TRAINED, scale_configurations)
 from bench_report import _spread, _spread_text, build_results, environment, markdown, write_results  # noqa: F401
-from bench_timing import _cpu_name, _free_port, _time_worker, merge_rounds, summarise_time
+from bench_timing import cpu_name, free_port, time_worker, merge_rounds, summarise_time
 
 # -- where the devices are ----------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ def plan_devices(device: str) -> dict[str, Any]:
     return {"kind": "cpu", "backend": "gloo", "gpus": 0, "cores": cores,
             "meaning": "a device is one process with its own thread(s) pinned to its own CPU core; "
                        "full-2dev runs two such processes joined by gloo",
-            "names": [_cpu_name()], "skip": {}}
+            "names": [cpu_name()], "skip": {}}
 
 
 def _speed_settings(cfg: DictConfig) -> dict:
@@ -104,7 +104,7 @@ def time_configuration(name: str, cfg: DictConfig, plan: dict, shape: dict | Non
           f"{job['input_size']}px: {job['warmup']} warm-up + {job['timed']} timed steps", flush=True)
     with tempfile.TemporaryDirectory() as out_dir:
         # Fresh processes for every configuration, so each peak memory is its own.
-        mp.start_processes(_time_worker, args=(processes, _free_port(), job, out_dir), nprocs=processes,
+        mp.start_processes(time_worker, args=(processes, free_port(), job, out_dir), nprocs=processes,
                            join=True, start_method="spawn")
         return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
 

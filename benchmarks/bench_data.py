@@ -42,7 +42,7 @@ from alexnet_mp import config, data
 from alexnet_mp.cli import run_hydra
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.errors import UserError
-from bench_1gpu_vs_2gpu import _cpu_name  # benchmarks/ is on the path when run as a script
+from bench_1gpu_vs_2gpu import cpu_name  # benchmarks/ is on the path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference import PaperTransform  # noqa: E402  the per-image reference, the "before" of this benchmark
@@ -229,7 +229,7 @@ def run(cfg: DictConfig) -> dict:
                         "met": wait["data_wait_share"] <= 0.02})
     return {"benchmark": NAME, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "settings": OmegaConf.to_container(cfg, resolve=True),
-            "environment": {"cpu": _cpu_name(), "torch": torch.__version__,
+            "environment": {"cpu": cpu_name(), "torch": torch.__version__,
                             "cores": len(cores) or os.cpu_count()},
             "prepare": prepare, "paths": paths, "data_wait": wait, "targets": targets}
 

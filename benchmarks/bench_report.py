@@ -16,7 +16,7 @@ from alexnet_mp.stats import paired_difference, spread
 
 from bench_configs import (CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, REPO, TARGETS,
                            TRAINED)
-from bench_timing import _cpu_name
+from bench_timing import cpu_name
 
 
 _spread = spread  # mean, std (None for one seed), min, max, n: shared with make reproduce
@@ -35,7 +35,7 @@ def environment(plan: dict, cfg: DictConfig) -> dict:
     return {
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device_kind": plan["kind"], "backend": plan["backend"], "device_meaning": plan["meaning"],
-        "device_names": plan["names"], "cpu": _cpu_name(), "cpu_cores_available": len(plan["cores"]),
+        "device_names": plan["names"], "cpu": cpu_name(), "cpu_cores_available": len(plan["cores"]),
         "threads_per_device": int(cfg.threads) if plan["kind"] == "cpu" else None,
         "batch": int(cfg.batch), "input_size": int(cfg.input_size),
         "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,

@@ -1,6 +1,6 @@
 """bench-1gpu-vs-2gpu, the time part: one process per device timing the product's training step.
 
-Each configuration runs in fresh processes (``_time_worker``), which measure the device's
+Each configuration runs in fresh processes (``time_worker``), which measure the device's
 matmul peak, time warm-up and timed steps of ``alexnet_mp.train.train_step``, and report
 memory, communication and MFU; ``summarise_time`` turns the ranks' figures into one row.
 """
@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 
 from alexnet_mp import count_parameters
-from alexnet_mp.comm import STATS
+from alexnet_mp import comm_trace
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.parallel import place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -39,7 +39,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -133,12 +133,10 @@ def _transfer_rate(device: torch.device, nbytes: int = 1 << 22, repeats: int = 5
     return nbytes * (dist.get_world_size() - 1) / best
 
 
-def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
-    """Time ``job['warmup'] + job['timed']`` training steps of one configuration on this rank's device."""
-    baseline_rss = _proc_status("VmRSS")
-    cuda = job["kind"] == "gpu"
+def _join(rank: int, world: int, port: int, job: dict) -> tuple[torch.device, int | None, object]:
+    """This rank's device (its cores pinned on a CPU) and process group: (device, core, placement)."""
     core = None
-    if cuda:
+    if job["kind"] == "gpu":
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     else:
@@ -150,126 +148,123 @@ def _time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> N
             # threads > 1 take the next cores along; each process keeps its own set.
             mine = {cores[(rank * job["threads"] + i) % len(cores)] for i in range(job["threads"])}
             os.sched_setaffinity(0, mine)
-    towers = job["towers"]  # processes that hold a tower of one net; the others are neighbours
-    replicas = job.get("replicas", 1)
-    timed = towers * replicas  # the processes timed; the others are neighbours
-    speed = Speed(**job["speed"])
-    speed.apply_backends()
-    dtype = speed.autocast_dtype or torch.float32
     placement = None
-    if replicas > 1:
+    if job.get("replicas", 1) > 1:
         # Replicas (devices=N): the trainer's own process set-up, mesh, DDP and batch split.
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        placement = place(towers, threads=job["threads"], device="cuda" if cuda else "cpu")
+        placement = place(job["towers"], threads=job["threads"], device=device.type)
     elif world > 1:
         dist.init_process_group(job["backend"], init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        _log = (lambda msg: print(f"[{job['name']}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
-        peak_alone, peak_together = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"],
-                                                  dtype)
+    return device, core, placement
 
+
+def _batch(job: dict, device: torch.device, placement) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(job["seed"])  # identical images on every rank
+    images = torch.randn(job["batch"], 3, job["input_size"], job["input_size"], generator=gen)
+    labels = torch.randint(0, job["num_classes"], (job["batch"],), generator=gen)
+    if placement is not None:  # this replica's rows of the global batch
+        rows = job["batch"] // job.get("replicas", 1)
+        images, labels = (t[placement.replica * rows:(placement.replica + 1) * rows] for t in (images, labels))
+    return images.to(device), labels.to(device)
+
+
+def _memory_kind(device: torch.device) -> str:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "torch.cuda.max_memory_allocated during the steps"
+    if _reset_peak_rss():
+        return "peak resident set size of the process during the steps (VmHWM, reset after model build)"
+    return "peak resident set size of the process since start (ru_maxrss)"
+
+
+def _timed_steps(state, images, labels, job: dict, device: torch.device, trace, log) -> dict:
+    """Warm-up and timed steps; per timed step its seconds, collective seconds, waits and timeline."""
+    out: dict = {"steps": [], "comm": [], "waited": [], "timelines": [], "helper": []}
+    cpu_start = busy_start = wall_start = None
+    total = job["warmup"] + job["timed"]
+    for i in range(total):
+        if i == job["warmup"]:
+            trace.reset()  # count only the timed steps
+            # What this process and the whole machine use from here on: the difference is
+            # what other processes took from the cores while we were timed.
+            cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
+        before, helper_before = trace.as_dict(), _helper_threads_cpu()
+        _sync(device)
+        start = time.perf_counter()
+        train_step(state, images, labels)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        log(f"step {i + 1}/{total} ({'warm-up' if i < job['warmup'] else 'timed'}): {seconds:.2f} s")
+        if i >= job["warmup"]:
+            out["steps"].append(seconds)
+            after = trace.as_dict()  # per collective, since the counts began
+            since = {k: {f: v[f] - before.get(k, {}).get(f, 0.0) for f in ("seconds", "waited_seconds")}
+                     for k, v in after.items()}
+            out["comm"].append(sum(v["seconds"] for v in since.values()))
+            out["waited"].append({k: v["waited_seconds"] for k, v in since.items()})
+            if trace.timeline is not None:
+                out["timelines"].append(list(trace.timeline))
+            helper_after = _helper_threads_cpu()
+            out["helper"].append(None if None in (helper_before, helper_after) else helper_after - helper_before)
+        if trace.timeline is not None:
+            trace.timeline.clear()
+    busy_end = _machine_busy_seconds()
+    out.update(cpu=time.process_time() - cpu_start, wall=time.perf_counter() - wall_start,
+               busy=None if busy_start is None or busy_end is None else busy_end - busy_start)
+    return out
+
+
+def time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
+    """Time ``job['warmup'] + job['timed']`` training steps of one configuration on this rank's device."""
+    baseline_rss = _proc_status("VmRSS")
+    towers = job["towers"]  # processes that hold a tower of one net; the others are neighbours
+    speed = Speed(**job["speed"])
+    speed.apply_backends()
+    dtype = speed.autocast_dtype or torch.float32
+    device, core, placement = _join(rank, world, port, job)
+    cuda = device.type == "cuda"
+    try:
+        log = (lambda msg: print(f"[{job['name']}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+        peaks = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"], dtype)
         # The product's own run state and step (alexnet_mp.train), so what is timed is what users run.
         state = build_run_state({**job["model_cfg"], "name": job["model"]}, job["optim_cfg"], job["schedule_cfg"],
                                 num_classes=job["num_classes"], input_size=job["input_size"], seed=job["seed"],
                                 device=device, world=towers, speed=speed, overlap=job["overlap"],
                                 placement=placement)
-        net = state.model
-        gen = torch.Generator().manual_seed(job["seed"])  # identical images on every rank
-        images = torch.randn(job["batch"], 3, job["input_size"], job["input_size"], generator=gen)
-        labels = torch.randint(0, job["num_classes"], (job["batch"],), generator=gen)
-        if placement is not None:  # this replica's rows of the global batch
-            rows = job["batch"] // replicas
-            images, labels = (t[placement.replica * rows:(placement.replica + 1) * rows] for t in (images, labels))
-        images, labels = images.to(device), labels.to(device)
-
-        gc.collect()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            memory_kind = "torch.cuda.max_memory_allocated during the steps"
-        elif _reset_peak_rss():
-            memory_kind = "peak resident set size of the process during the steps (VmHWM, reset after model build)"
-        else:
-            memory_kind = "peak resident set size of the process since start (ru_maxrss)"
-
-        steps, comm_seconds, waited, timelines, helper_cpu = [], [], [], [], []
+        images, labels = _batch(job, device, placement)
+        memory_kind = _memory_kind(device)
         # Host timestamps of every collective, comparable between this machine's processes
         # only on a shared monotonic clock; with CUDA events (a GPU) there are none.
         shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
-        STATS.timeline = [] if shared_clock and not cuda and towers > 1 else None
-        # Read at each wait's begin and end (timeline only): about 0.3 ms a reading with gloo's 5
-        # threads on this 2-core machine, 18 readings a step, under 0.1% of a CPU step.
-        STATS.cpu_clock = _helper_threads_cpu
-        cpu_start = busy_start = wall_start = None
-        total = job["warmup"] + job["timed"]
-        for i in range(total):
-            if i == job["warmup"]:
-                STATS.reset()  # count only the timed steps
-                # What this process and the whole machine use from here on: the difference is
-                # what other processes took from the cores while we were timed.
-                cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
-            before, helper_before = STATS.as_dict(), _helper_threads_cpu()
-            _sync(device)
-            start = time.perf_counter()
-            train_step(state, images, labels)
-            _sync(device)
-            seconds = time.perf_counter() - start
-            phase = "warm-up" if i < job["warmup"] else "timed"
-            _log(f"step {i + 1}/{total} ({phase}): {seconds:.2f} s")
-            if i >= job["warmup"]:
-                steps.append(seconds)
-                after = STATS.as_dict()  # per collective, since the counts began
-                since = {k: {f: v[f] - before.get(k, {}).get(f, 0.0) for f in ("seconds", "waited_seconds")}
-                         for k, v in after.items()}
-                comm_seconds.append(sum(v["seconds"] for v in since.values()))
-                waited.append({k: v["waited_seconds"] for k, v in since.items()})
-                if STATS.timeline is not None:
-                    timelines.append(list(STATS.timeline))
-                helper_after = _helper_threads_cpu()
-                helper_cpu.append(None if None in (helper_before, helper_after) else helper_after - helper_before)
-            if STATS.timeline is not None:
-                STATS.timeline.clear()
-        STATS.timeline = STATS.cpu_clock = None
-
-        if cuda:
-            peak_memory = torch.cuda.max_memory_allocated(device)
-        else:
-            peak_memory = _proc_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        cpu_seconds, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
-        busy_end = _machine_busy_seconds()
-        machine_busy = None if busy_start is None or busy_end is None else busy_end - busy_start
+        trace = comm_trace.start(timeline=shared_clock and not cuda and towers > 1)
+        timed = _timed_steps(state, images, labels, job, device, trace, log)
+        comm_trace.stop()
+        peak_memory = (torch.cuda.max_memory_allocated(device) if cuda else
+                       _proc_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         transfer = _transfer_rate(device) if towers > 1 else None
         # The device's rate again after the steps: the higher of the two is the less disturbed.
         again = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"], dtype)
-        peak_alone = max(peak_alone, again[0])
-        peak_together = max(peak_together, again[1]) if peak_together is not None else None
+        peak_alone = max(peaks[0], again[0])
+        peak_together = max(peaks[1], again[1]) if peaks[1] is not None else None
         result = {
-            "rank": rank,
-            "device": torch.cuda.get_device_name(device) if cuda else f"cpu core {core}",
-            "core": core,
-            "threads": torch.get_num_threads(),
-            "parameters": count_parameters(net),
-            "forward_macs_per_image": forward_macs(net),
+            "rank": rank, "device": torch.cuda.get_device_name(device) if cuda else f"cpu core {core}", "core": core,
+            "threads": torch.get_num_threads(), "parameters": count_parameters(state.model),
+            "forward_macs_per_image": forward_macs(state.model),
             # MFU is taken against the rate the device reaches under the step's conditions:
             # with every device of the configuration busy.
-            "peak_flops_per_s": peak_together or peak_alone,
-            "peak_flops_alone_per_s": peak_alone,
-            "transfer_bytes_per_s": transfer,
-            "peak_memory_bytes": int(peak_memory),
-            "baseline_memory_bytes": None if cuda else baseline_rss,
-            "memory_kind": memory_kind,
-            "step_seconds": steps,
-            "comm_seconds": comm_seconds,
-            "waited_by_step": waited,
-            "timeline_by_step": timelines or None,
-            "helper_cpu_by_step": None if None in helper_cpu else helper_cpu,
-            "comm_bytes": STATS.total_bytes(),
-            "comm_by_layer": STATS.as_dict(),
-            "timed_wall_seconds": wall,
-            "timed_cpu_seconds": cpu_seconds,
-            "machine_busy_seconds": machine_busy,
+            "peak_flops_per_s": peak_together or peak_alone, "peak_flops_alone_per_s": peak_alone,
+            "transfer_bytes_per_s": transfer, "peak_memory_bytes": int(peak_memory),
+            "baseline_memory_bytes": None if cuda else baseline_rss, "memory_kind": memory_kind,
+            "step_seconds": timed["steps"], "comm_seconds": timed["comm"], "waited_by_step": timed["waited"],
+            "timeline_by_step": timed["timelines"] or None,
+            "helper_cpu_by_step": None if None in timed["helper"] else timed["helper"],
+            "comm_bytes": trace.total_bytes(), "comm_by_layer": trace.as_dict(),
+            "timed_wall_seconds": timed["wall"], "timed_cpu_seconds": timed["cpu"],
+            "machine_busy_seconds": timed["busy"],
         }
-        if rank < timed:  # a neighbour only keeps the other core busy
+        if rank < towers * job.get("replicas", 1):  # a neighbour only keeps the other core busy
             Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         if world > 1:
@@ -353,8 +348,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
     *exposed* communication. Per step: ``mean``, over the towers; ``upper``, each collective's
     larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
     the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
-    per rank. ``helper_in_waits``: per rank, per step, the CPU time the process's other threads
-    (gloo's) took during the waits, from the entries' CPU readings; None without them. Rank r
+    per rank. Rank r
     is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``); a pair's
     towers run the same collectives in the same order.
     """
@@ -365,9 +359,6 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
         pairs.setdefault(r["rank"] // towers, []).append(r)
     steps = len(ranks[0]["timeline_by_step"])
     mean, upper, by_collective = [], [], {}
-    readings = all(len(e) == 8 and None not in e[6:] for r in ranks for line in r["timeline_by_step"] for e in line)
-    helper_in_waits = ({r["rank"]: [sum(e[7] - e[6] for e in line) for line in r["timeline_by_step"]] for r in ranks}
-                       if readings else None)
     for i in range(steps):
         per_tower, per_pair = [], []
         for members in pairs.values():
@@ -388,7 +379,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
             per_pair.append(larger)
         mean.append(statistics.fmean(per_tower))
         upper.append(max(per_pair))
-    return {"mean": mean, "upper": upper, "by_collective": by_collective, "helper_in_waits": helper_in_waits}
+    return {"mean": mean, "upper": upper, "by_collective": by_collective}
 
 
 def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int = 1) -> dict:
@@ -433,58 +424,55 @@ def summarise_time(ranks: list[dict], batch: int, input_size: int, replicas: int
         "other_processes_cpu_share": _foreign_share(ranks),
     }
     if len(ranks) > 1 and all(r["transfer_bytes_per_s"] for r in ranks):  # towers exchanged
-        per_image = statistics.fmean(d["comm_bytes_per_image"] for d in per_device)
-        seconds = statistics.fmean(sum(r["comm_seconds"]) / len(r["comm_seconds"]) for r in ranks)
-        rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
-        wire = per_image * local / rate
-        exposed = exposed_waits(ranks, len(ranks) // replicas)
-        helper = {r["rank"]: r.get("helper_cpu_by_step") for r in ranks}
-        # gloo's threads share the tower's core. What they take outside the waits is counted as
-        # taken from the compute (a launch, counted above too, is a sliver); what they take while
-        # the main thread is blocked in a wait takes nothing (the core is otherwise idle: the
-        # tower waits for bytes, counted above, or for its partner).
-        # Without CPU readings at each wait (old results), all of their CPU time is counted.
-        inside = exposed["helper_in_waits"] if exposed else None
-        helper_steps = outside_steps = None
-        if None not in helper.values():
-            helper_steps = [max(h[i] for h in helper.values()) for i in range(len(steps))]
-            outside_steps = [max(max(0.0, h[i] - (inside[rk][i] if inside else 0.0)) for rk, h in helper.items())
-                             for i in range(len(steps))]
-        bound = (None if exposed is None or outside_steps is None
-                 else [u + h for u, h in zip(exposed["upper"], outside_steps)])
-        out["comm"] = {
-            "bytes_per_image_per_device": per_image,
-            "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
-            "seconds_per_step": seconds,
-            "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
-                    "(alexnet_mp.comm.STATS); waited: the part a tower waited for, not hidden behind its own compute "
-                    "(mean over the towers); exposed: the part of that spent launching and waiting for bytes in "
-                    "flight, after the partner tower had launched the collective (host timestamps; None with CUDA "
-                    "events), the rest being a wait for the partner's compute (load imbalance): mean over the "
-                    "towers, and upper: each collective's larger figure of the pair; helper CPU: the CPU time of "
-                    "the processes' other threads (gloo's, moving the bytes on the tower's core), all of it and the "
-                    "part outside the waits (taken from the compute; all of it without readings at each wait); "
-                    "exposed bound: upper plus helper CPU outside the waits, the most communication can have added "
-                    "to the step",
-            "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
-            "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
-                                                        / len(r["waited_by_step"]) for r in ranks),
-            "exposed_mean_share_of_step": None if exposed is None else sum(exposed["mean"]) / sum(steps),
-            "exposed_upper_share_of_step": None if exposed is None else sum(exposed["upper"]) / sum(steps),
-            "helper_cpu_share_of_step": None if helper_steps is None else sum(helper_steps) / sum(steps),
-            "helper_cpu_outside_waits_share_of_step": (None if outside_steps is None
-                                                       else sum(outside_steps) / sum(steps)),
-            "exposed_share_of_step": None if bound is None else sum(bound) / sum(steps),
-            "exposed_seconds_per_step": None if bound is None else statistics.fmean(bound),
-            "exposed_seconds_by_step": bound,
-            "exposed_by_collective": None if exposed is None else exposed["by_collective"],
-            # The same bytes at the rate an all-gather reaches when no rank waits for another.
-            "transfer_bytes_per_s": rate,
-            "transfer_seconds_per_step_estimate": wire,
-        }
+        out["comm"] = _comm_summary(ranks, per_device, steps, local, replicas)
         # Below 1 when the devices slow each other down (a shared core, memory bandwidth).
         out["device_independence"] = statistics.fmean(d["peak_flops_per_s"] / d["peak_flops_alone_per_s"]
                                                       for d in per_device)
     return out
+
+
+def _comm_summary(ranks: list[dict], per_device: list[dict], steps: list[float], local: float,
+                  replicas: int) -> dict:
+    """The towers' exchange per step: bytes, seconds, waits, the exposed part and its bound."""
+    per_image = statistics.fmean(d["comm_bytes_per_image"] for d in per_device)
+    seconds = statistics.fmean(sum(r["comm_seconds"]) / len(r["comm_seconds"]) for r in ranks)
+    rate = statistics.fmean(r["transfer_bytes_per_s"] for r in ranks)
+    wire = per_image * local / rate
+    exposed = exposed_waits(ranks, len(ranks) // replicas)
+    helper = {r["rank"]: r.get("helper_cpu_by_step") for r in ranks}
+    # gloo's threads share the tower's core: all of their CPU time is counted as taken from
+    # the compute (an upper bound: what they take while the tower waits takes nothing).
+    helper_steps = None
+    if None not in helper.values():
+        helper_steps = [max(h[i] for h in helper.values()) for i in range(len(steps))]
+    bound = (None if exposed is None or helper_steps is None
+             else [u + h for u, h in zip(exposed["upper"], helper_steps)])
+    return {
+        "bytes_per_image_per_device": per_image,
+        "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
+        "seconds_per_step": seconds,
+        "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
+                "(alexnet_mp.comm_trace); waited: the part a tower waited for, not hidden behind its own compute "
+                "(mean over the towers); exposed: the part of that spent launching and waiting for bytes in "
+                "flight, after the partner tower had launched the collective (host timestamps; None with CUDA "
+                "events), the rest being a wait for the partner's compute (load imbalance): mean over the "
+                "towers, and upper: each collective's larger figure of the pair; helper CPU: the CPU time of "
+                "the processes' other threads (gloo's, moving the bytes on the tower's core; the larger of the "
+                "pair per step); exposed bound: upper plus helper CPU, the most communication can have added "
+                "to the step",
+        "waited_share_of_step": statistics.fmean(d["waited_comm_share"] for d in per_device),
+        "waited_seconds_per_step": statistics.fmean(sum(sum(w.values()) for w in r["waited_by_step"])
+                                                    / len(r["waited_by_step"]) for r in ranks),
+        "exposed_mean_share_of_step": None if exposed is None else sum(exposed["mean"]) / sum(steps),
+        "exposed_upper_share_of_step": None if exposed is None else sum(exposed["upper"]) / sum(steps),
+        "helper_cpu_share_of_step": None if helper_steps is None else sum(helper_steps) / sum(steps),
+        "exposed_share_of_step": None if bound is None else sum(bound) / sum(steps),
+        "exposed_seconds_per_step": None if bound is None else statistics.fmean(bound),
+        "exposed_seconds_by_step": bound,
+        "exposed_by_collective": None if exposed is None else exposed["by_collective"],
+        # The same bytes at the rate an all-gather reaches when no rank waits for another.
+        "transfer_bytes_per_s": rate,
+        "transfer_seconds_per_step_estimate": wire,
+    }
 
 

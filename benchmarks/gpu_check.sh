@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The device check, one prepared script (at most about 8 minutes on an H200):
-#   1. the tests marked cuda (no host synchronisation in a step, bf16/channels_last/compile against fp32);
-#   2. benchmarks/gpu_check.py: step times of full-1dev and one tower at batch 128 and 512, fp32/bf16,
-#      +-channels_last, +-compile, and the prepared loader feeding the whole net against GPU memory.
-# Writes benchmarks/results/gpu-check.{json,md} (and the test log beside them).
+# The device check, one prepared script (at most about 8 minutes on an H200; docs/gpu.md):
+#   1. the tests marked cuda (no host synchronisation in a step, bf16/channels_last/compile against fp32)
+#      and the fused LRN's tests on the GPU (tests/test_lrn_triton.py);
+#   2. benchmarks/gpu_check.py: LRN forward+backward (torch's, alexnet_mp.lrn, the fused Triton one; eager and
+#      compiled; fp32 and bf16), two processes sharing the GPU (exactness, launch/train.py sync-free, kill -9
+#      and resume bit-identical, eager and compiled), the step rows of full-1dev and one tower, the data path.
+# Writes benchmarks/results/gpu-check.{json,md} after each part (and the test log beside them).
 # On a machine without the project's venv (the device machine: torch 2.11 preinstalled), run it with
 # PYTHON=python3 and PYTHONPATH=src, carrying the wheels of hydra-core, omegaconf and antlr4.
 set -uo pipefail
@@ -12,5 +14,7 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT_DIR:-benchmarks/results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 150 "$PY" -m pytest -q -m cuda tests/ 2>&1 | tee "$OUT/gpu-check-tests.log" | tail -15
-timeout 400 "$PY" benchmarks/gpu_check.py --output-dir "$OUT" "$@"
+{ timeout 80 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/
+  timeout 30 "$PY" -m pytest -q -p no:cacheprovider tests/test_lrn_triton.py; } 2>&1 \
+    | tee "$OUT/gpu-check-tests.log" | tail -15
+timeout 370 "$PY" benchmarks/gpu_check.py --output-dir "$OUT" --deadline-s 100 --two-deadline-s 170 "$@"

@@ -2,8 +2,8 @@
 
 The overlapped layer (``comm.crossing_layer``) must give the numbers of the simple path
 (gather every tower's units, then the layer) and of the one-process layer, count the same
-bytes, and record for every crossing layer and direction both the collective's seconds and
-the part the tower waited for.
+bytes under the opt-in tracer, and record for every crossing layer and direction both the
+collective's seconds and the part the tower waited for; without the tracer, nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet_mp import build_model, comm
+from alexnet_mp import build_model, collectives, comm, comm_trace
 from alexnet_mp.arch import feature_map_sizes, split_sizes
-from alexnet_mp.comm import STATS, CommStats, TowerExchange
+from alexnet_mp.comm import TowerExchange
+from alexnet_mp.comm_trace import CommTrace
 from alexnet_mp.parallel import parallelize, shard_state_dict
 from distributed import run_ranks
 
@@ -48,7 +49,7 @@ def _crossing_both_ways(rank: int) -> dict:
     """Per case: the overlapped layer against the simple path and the one-process layer."""
     diffs = {}
     for backends in ({"gloo"}, set()):  # with equal shares gloo can run NCCL's reduce-scatter path too
-        comm.REDUCE_SCATTER_BACKENDS = backends
+        collectives.REDUCE_SCATTER_BACKENDS = backends
         for name, sizes, width, conv in CASES:
             if backends and len(set(sizes)) > 1:
                 continue
@@ -133,7 +134,7 @@ def test_overlapped_crossing_layer_equals_the_simple_path_and_the_one_process_la
 
 def _training_step(rank: int) -> dict:
     """One step of the 7-class net (fc8 and the logits split 4 + 3), overlapped and not, against
-    the one-process net; what STATS counted for each."""
+    the one-process net; what the tracer counted for each, and that untraced nothing is."""
     torch.manual_seed(0)
     full = build_model("full", num_classes=CLASSES, input_size=SIZE)
     g = torch.Generator().manual_seed(1)
@@ -144,21 +145,23 @@ def _training_step(rank: int) -> dict:
     for overlap in (True, False):
         tower = parallelize(full, overlap=overlap)
         ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, tower)
-        STATS.reset()
-        # As the benchmark does: host timestamps of every collective, and a CPU clock read
-        # around each wait (a counter here, so that each reading is known).
-        readings = iter(range(1000))
-        STATS.timeline, STATS.cpu_clock = [], lambda: float(next(readings))
+        untraced = []
+        torch.manual_seed(100)
+        F.cross_entropy(tower(x), y).backward()  # training: no tracer, nothing recorded
+        untraced.append(comm_trace.TRACE)
+        tower.zero_grad()
+        trace = comm_trace.start(timeline=True)  # as the benchmark does: host timestamps of each
         torch.manual_seed(100)  # the same dropout masks
         F.cross_entropy(tower(x), y).backward()
-        timeline, STATS.timeline, STATS.cpu_clock = STATS.timeline, None, None
+        assert comm_trace.stop() is trace and comm_trace.TRACE is None
+
         out[overlap] = {
-            "timeline": timeline,
+            "untraced": untraced, "timeline": trace.timeline,
             "grads": {n: rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters()},
             "fc8 rows": tower.fc8.weight.shape[0],
-            "bytes": dict(STATS.bytes), "calls": dict(STATS.calls), "seconds": dict(STATS.seconds),
-            "waited": dict(STATS.waited_seconds), "as_dict": STATS.as_dict(),
-            "total": STATS.total_seconds(), "total waited": STATS.total_waited_seconds(),
+            "bytes": dict(trace.bytes), "calls": dict(trace.calls), "seconds": dict(trace.seconds),
+            "waited": dict(trace.waited_seconds), "as_dict": trace.as_dict(),
+            "total": trace.total_seconds(), "total waited": trace.total_waited_seconds(),
         }
     return out
 
@@ -179,15 +182,14 @@ def test_logits_gather_backward_with_unequal_class_shares(steps, overlap):
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
-def test_timeline_records_each_collective_with_the_cpu_clock_around_its_wait(steps, overlap):
+def test_timeline_records_each_collective_and_training_records_nothing(steps, overlap):
     for result in steps:
+        assert result[overlap]["untraced"] == [None]
         timeline = result[overlap]["timeline"]
         keys = [(layer, d) for layer in CROSSING for d in ("forward", "backward")] + [("logits", "forward")]
         assert sorted((e[0], e[1]) for e in timeline) == sorted(keys)
-        for layer, direction, start, launched, begin, end, cpu_begin, cpu_end in timeline:
+        for layer, direction, start, launched, begin, end in timeline:
             assert start <= launched <= begin <= end, (layer, direction)
-        # Two readings per wait, in the order the waits ran.
-        assert [v for e in timeline for v in e[6:]] == [float(i) for i in range(2 * len(timeline))]
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "no-overlap"])
@@ -226,7 +228,7 @@ def test_bytes_are_counted_per_layer_as_before(steps):
 
 
 def test_comm_stats_keep_waited_seconds_apart():
-    stats = CommStats()
+    stats = CommTrace()
     stats.add("fc6", "forward", 100, 0.5, waited=0.1)
     stats.add("fc6", "forward", 100, 0.25)  # blocking: all of it waited
     stats.add("fc7", "backward", 10, 0.2, waited=0.3)  # woke up late: never more than the total
@@ -242,13 +244,13 @@ def test_comm_stats_keep_waited_seconds_apart():
 
 
 def test_profile_switch():
-    assert comm.PROFILE is False  # CUDA events by default: no host synchronisation in the step
+    assert comm_trace.TRACE is None  # training: no tracer, no host synchronisation in the step
     try:
         comm.set_profile(True)
-        assert comm.PROFILE is True
+        assert comm_trace.TRACE is not None and comm_trace.TRACE.sync
     finally:
         comm.set_profile(False)
-    assert comm.PROFILE is False
+    assert comm_trace.TRACE is None
 
 
 def test_one_process_exchange_is_the_module_itself():
@@ -256,3 +258,41 @@ def test_one_process_exchange_is_the_module_itself():
     for module, x in ((nn.Conv2d(4, 3, 3, padding=1), torch.randn(2, 4, 5, 5)), (nn.Linear(6, 5), torch.randn(2, 6))):
         assert torch.equal(build_model("full", num_classes=CLASSES, input_size=SIZE).exchange.crossing(
             "fc7", module, x, [x.shape[1]]), module(x))
+
+
+def test_stack_shares_puts_each_slice_in_its_slot_in_the_gradients_layout():
+    grad = torch.randn(2, 9, 3, 3)
+    for g in (grad, grad.to(memory_format=torch.channels_last)):
+        stack = collectives.stack_shares(g, 1, [5, 4])
+        assert stack.is_contiguous() and stack.shape[0] == 2
+        slots = [s.permute(0, 3, 1, 2) if collectives.is_channels_last(g) else s for s in stack.unbind(0)]
+        assert torch.equal(slots[0], g[:, :5]) and torch.equal(slots[1][:, :4], g[:, 5:])
+        assert not slots[1][:, 4:].any()  # the smaller share's padding is zero
+
+
+def _channels_last_crossing(rank: int) -> dict:
+    """conv3-like crossing layer on NHWC shares: the numbers of NCHW shares, NHWC gradients."""
+    g = torch.Generator().manual_seed(3)
+    layer = nn.Conv2d(12, 4, 3, padding=1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x0 = [torch.randn(2, 6, 5, 5, generator=g) for _ in range(2)][rank]
+    out = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        for overlap in (True, False):
+            layer.zero_grad()
+            x = x0.clone(memory_format=fmt).requires_grad_()
+            y = TowerExchange(overlap=overlap).crossing("conv3", layer.to(memory_format=fmt), x, [6, 6])
+            y.square().sum().backward()
+            out[(fmt is torch.channels_last, overlap)] = (y.detach(), x.grad, layer.weight.grad.clone())
+    return out
+
+
+def test_channels_last_shares_travel_as_they_are_stored():
+    for result in run_ranks(_channels_last_crossing):
+        ref = result[(False, False)]
+        for key, got in result.items():
+            for a, b in zip(got, ref):
+                assert rel_diff(a, b) < TOL, key
+            assert got[1].is_contiguous(memory_format=torch.channels_last) or not key[0], key

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_mp import build_model
-from alexnet_mp.comm import STATS
+from alexnet_mp import comm_trace
 from alexnet_mp.errors import UserError
 from alexnet_mp.parallel import full_state_dict, init_towers, parallelize, shard_state_dict
 from distributed import run_ranks
@@ -54,7 +54,7 @@ def _exactness(rank: int, overlap: bool) -> dict:
     diffs["eval loss"] = rel_diff(F.cross_entropy(out, y), F.cross_entropy(ref, y))
 
     full.train(), tower.train()
-    STATS.reset()
+    trace = comm_trace.start()
     x, y = _batch(2)
     torch.manual_seed(100)
     ref = full(x)
@@ -68,7 +68,7 @@ def _exactness(rank: int, overlap: bool) -> dict:
     grads_ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, tower)
     for name, p in tower.named_parameters():
         diffs[f"grad {name}"] = rel_diff(p.grad, grads_ref[name])
-    crossed = sorted({layer for layer, _ in STATS.bytes})
+    crossed = sorted({layer for layer, _ in comm_trace.stop().bytes})
     diffs.update(_float64_gradients(full, tower, *_batch(1)))
 
     opt_ref = torch.optim.SGD(full.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -173,7 +173,7 @@ def test_wrong_process_count_is_one_line_error(monkeypatch, world):
 
 
 def _gradients_both_ways(rank: int) -> dict:
-    from alexnet_mp import comm
+    from alexnet_mp import collectives
 
     torch.manual_seed(0)
     full = build_model("full", num_classes=CLASSES, input_size=SIZE).eval()
@@ -182,12 +182,12 @@ def _gradients_both_ways(rank: int) -> dict:
     ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, parallelize(full))
     diffs = {}
     for way, backends in (("reduce-scatter", {"gloo"}), ("all-reduce fallback", set())):
-        comm.REDUCE_SCATTER_BACKENDS = backends  # gloo can run both paths; NCCL uses the first
-        comm.STATS.reset()
+        collectives.REDUCE_SCATTER_BACKENDS = backends  # gloo can run both paths; NCCL uses the first
+        trace = comm_trace.start()
         tower = parallelize(full).eval()
         F.cross_entropy(tower(x), y).backward()
         diffs[way] = max(rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters())
-        diffs[f"{way} bytes"] = comm.STATS.bytes[("fc6", "backward")]
+        diffs[f"{way} bytes"] = comm_trace.stop().bytes[("fc6", "backward")]
     return diffs
 
 

@@ -16,9 +16,14 @@ and the backward is written out:
 ``groups`` normalises each of ``groups`` equal channel blocks on its own: one process of
 the two-tower net holds both towers' channels, and the window never crosses a tower
 (cuda-convnet's norm layers have 48 and 128 channels).
+
+On a GPU with Triton the fused kernels of :mod:`alexnet_mp.lrn_triton` run instead (one
+kernel each way); this module is the fallback where Triton or a GPU is missing.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from torch import Tensor
@@ -73,15 +78,27 @@ class _LocalResponseNorm(torch.autograd.Function):
         return gx.reshape(grad.shape), None, None, None, None, None
 
 
+TRITON = importlib.util.find_spec("triton") is not None
+
+
 def local_response_norm(
-    x: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, groups: int = 1
+    x: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, groups: int = 1,
+    fused: bool | None = None,
 ) -> Tensor:
     """LRN over the channels of ``x`` ([N, C, H, W]), each of ``groups`` channel blocks alone.
 
     In fp32 when ``x`` is bf16 or fp16: the sum of squares and its 0.75 power lose too much
-    in 8 bits of mantissa (``precision=bf16`` keeps LRN in fp32); the result is cast back."""
+    in 8 bits of mantissa (``precision=bf16`` keeps LRN in fp32); the result is cast back.
+    ``fused``: the Triton kernels (:mod:`alexnet_mp.lrn_triton`); None chooses them for a
+    CUDA tensor where Triton is installed."""
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
+    if fused is None:
+        fused = TRITON and x.is_cuda
+    if fused and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4:
+        from alexnet_mp import lrn_triton  # loads Triton only where it runs
+
+        return lrn_triton.local_response_norm(x, size, alpha, beta, k, groups)
     low = x.dtype in (torch.bfloat16, torch.float16)
     y = _LocalResponseNorm.apply(x.float() if low else x, size, alpha, beta, k, groups)
     return y.to(x.dtype) if low else y

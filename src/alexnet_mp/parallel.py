@@ -16,8 +16,11 @@ from ``full_model``, and wires the crossing layers to :mod:`alexnet_mp.comm`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +32,9 @@ from alexnet_mp.comm import TowerExchange, gather_shards
 from alexnet_mp.errors import UserError
 from alexnet_mp.model import AlexNet
 
-__all__ = ["Placement", "Towers", "init_towers", "join_process_group", "place", "parallelize", "full_state_dict",
-           "shard_state_dict"]
+__all__ = ["BACKENDS", "DeviceView", "Placement", "Towers", "choose_backend", "describe_placement", "gpu_index",
+           "init_towers", "join_process_group", "local_view", "nccl_version", "place", "parallelize",
+           "full_state_dict", "shard_state_dict", "wants_cuda"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Towers:
     world_size: int
     device: torch.device
     backend: str
+    views: tuple = ()
 
 
 def _attempt_store(timeout: datetime.timedelta | None):
@@ -57,35 +62,148 @@ def _attempt_store(timeout: datetime.timedelta | None):
     return dist.PrefixStore(f"alexnet_mp/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def join_process_group(*, threads: int | None = None, device: str = "auto", init_method: str | None = None,
-                       timeout_s: float | None = None) -> Towers:
-    """Join the process group torchrun set up: NCCL with rank r on ``cuda:r`` when this
-    machine shows a GPU for every local process, gloo on the CPU otherwise.
+# NCCL lets two ranks of one job share a GPU from this version on, when NCCL_MULTI_RANK_GPU_ENABLE=1
+# (experimental in NCCL; for checking on one-GPU machines, never for speed).
+NCCL_MULTI_RANK = (2, 30)
+BACKENDS = ("auto", "nccl", "gloo")
 
-    On the CPU each rank uses ``threads`` threads (default 1), so two ranks on a
-    two-core machine do not fight over cores.
-    """
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
-    if device == "cuda" and not enough_gpus:
-        raise UserError(f"device=cuda needs {local_world} GPUs on this machine (NCCL cannot put two ranks "
-                        f"on one GPU); {torch.cuda.device_count()} visible")
-    if device != "cpu" and enough_gpus:
-        backend, dev = "nccl", torch.device("cuda", local_rank)
+
+@dataclass(frozen=True)
+class DeviceView:
+    """What one rank sees: its host, how many GPUs, the one it would use (index, UUID)."""
+
+    rank: int
+    host: str
+    gpus: int
+    local_rank: int | None
+    local_world: int | None
+    index: int | None = None
+    uuid: str = ""
+    visible: str = "unset"
+
+    def describe(self) -> str:
+        where = f"cuda:{self.index}" if self.index is not None else "no usable GPU"
+        return (f"rank {self.rank} on {self.host} sees {self.gpus} GPU(s) (CUDA_VISIBLE_DEVICES={self.visible}, "
+                f"LOCAL_RANK={self.local_rank}, LOCAL_WORLD_SIZE={self.local_world}): {where}")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def gpu_index(gpus: int, local_rank: int | None, local_world: int | None) -> int | None:
+    """The GPU a rank uses: ``cuda:LOCAL_RANK`` when it sees a GPU per local rank, ``cuda:0``
+    when it sees exactly one (a launcher binding one GPU per task); None when neither holds."""
+    if gpus == 1:
+        return 0
+    if local_rank is None or local_world is None or gpus < local_world or not 0 <= local_rank < gpus:
+        return None
+    return local_rank
+
+
+def local_view(rank: int, use_cuda: bool) -> DeviceView:
+    """This rank's :class:`DeviceView` (no GPU index or UUID when it will not use CUDA)."""
+    local_rank, local_world = _env_int("LOCAL_RANK"), _env_int("LOCAL_WORLD_SIZE")
+    gpus = torch.cuda.device_count() if use_cuda else 0
+    index = gpu_index(gpus, local_rank, local_world) if use_cuda else None
+    uuid = str(torch.cuda.get_device_properties(index).uuid) if index is not None else ""
+    return DeviceView(rank, socket.gethostname(), gpus, local_rank, local_world, index, uuid,
+                      os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+
+
+def wants_cuda(device: str, backend: str) -> bool:
+    """Whether this run puts the towers on GPUs; a one-line error where the request cannot work."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
+    if backend not in BACKENDS:
+        raise UserError(f"dist_backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise UserError("device=cuda but this machine shows no CUDA GPU (torch.cuda.is_available() is False)")
+    use_cuda = device == "cuda" or (device == "auto" and available)
+    if backend == "nccl" and not use_cuda:
+        raise UserError("dist_backend=nccl needs the towers on GPUs; on the CPU use dist_backend=gloo (or auto)"
+                        + ("" if available else ": this machine shows no CUDA GPU"))
+    return use_cuda
+
+
+def nccl_version() -> tuple[int, ...] | None:
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return tuple(version) if isinstance(version, tuple) else (version // 1000, version % 1000 // 100)
+
+
+def choose_backend(views: list[DeviceView], backend: str, use_cuda: bool) -> str:
+    """The backend every rank uses, from every rank's view (so every rank decides alike);
+    a one-line error naming what each rank sees when the ranks cannot be put on GPUs."""
+    if not use_cuda:
+        return "gloo"
+    if any(v.index is None for v in views):
+        raise UserError("no GPU per rank: " + "; ".join(v.describe() for v in views) + ". Give each rank one GPU "
+                        "(CUDA_VISIBLE_DEVICES per task) or at least LOCAL_WORLD_SIZE GPUs, or use device=cpu")
+    chosen = "nccl" if backend == "auto" else backend
+    shared = len({(v.host, v.uuid) for v in views}) < len(views)
+    if chosen == "nccl" and shared:
+        version = nccl_version()
+        enabled = os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") == "1"
+        if version is None or version < NCCL_MULTI_RANK or not enabled:
+            have = ".".join(map(str, version)) if version else "unknown"
+            raise UserError(f"ranks share a GPU ({'; '.join(v.describe() for v in views)}) and NCCL {have} "
+                            f"refuses that: use dist_backend=gloo, or NCCL 2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1")
+    return chosen
+
+
+def _all_views(mine: DeviceView, store, world: int) -> list[DeviceView]:
+    """Every rank's view, through the rendezvous store (before the group exists) or the group."""
+    if store is None:
+        views: list = [None] * world
+        dist.all_gather_object(views, mine)
+        return views
+    store = dist.PrefixStore("alexnet_mp/placement", store)
+    store.set(str(mine.rank), json.dumps(dataclasses.asdict(mine)))
+    return [DeviceView(**json.loads(store.get(str(r)))) for r in range(world)]
+
+
+def join_process_group(*, threads: int | None = None, device: str = "auto", init_method: str | None = None,
+                       timeout_s: float | None = None, backend: str = "auto") -> Towers:
+    """Join the process group torchrun set up, each rank on its GPU (:func:`gpu_index`) under
+    NCCL, or on the CPU under gloo (``threads`` threads each, default 1, so two ranks on a
+    two-core machine do not fight over cores). ``backend`` auto, nccl or gloo (gloo on GPUs:
+    it stages CUDA tensors through host memory)."""
+    use_cuda = wants_cuda(device, backend)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+    store = None
+    if not dist.is_initialized():
+        store = _attempt_store(timeout) if init_method is None else None
+        if store is None:
+            store, rank, world = next(dist.rendezvous(init_method or "env://", rank, world,
+                                                      **({"timeout": timeout} if timeout else {})))
+    mine = local_view(dist.get_rank() if store is None else rank, use_cuda)
+    views = _all_views(mine, store, dist.get_world_size() if store is None else world)
+    chosen = choose_backend(views, backend, use_cuda)
+    if use_cuda:
+        dev = torch.device("cuda", mine.index)
         torch.cuda.set_device(dev)
     else:
-        backend, dev = "gloo", torch.device("cpu")
+        dev = torch.device("cpu")
         torch.set_num_threads(threads or 1)
-    if not dist.is_initialized():
-        timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
-        store = _attempt_store(timeout) if init_method is None else None
-        if store is not None:
-            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
-                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
-        else:
-            dist.init_process_group(backend, init_method=init_method, timeout=timeout)
-    return Towers(dist.get_rank(), dist.get_world_size(), dev, backend)
+    if store is not None:
+        dist.init_process_group(chosen, store=store, rank=rank, world_size=world, timeout=timeout,
+                                device_id=dev if chosen == "nccl" else None)
+    return Towers(dist.get_rank(), dist.get_world_size(), dev, chosen, tuple(views))
+
+
+def describe_placement(towers: Towers) -> str:
+    """The run's first line: the backend (and NCCL's version) and each rank's device."""
+    version = nccl_version() if towers.backend == "nccl" else None
+    name = towers.backend + (f" (NCCL {'.'.join(map(str, version))})" if version else "")
+    ranks = ", ".join(f"rank {v.rank} {'cuda:' + str(v.index) if v.index is not None else 'cpu'}"
+                      + (f" {v.uuid[:13]}" if v.uuid else "") + f" on {v.host}" for v in towers.views)
+    return f"backend {name}; {ranks}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +224,7 @@ class Placement:
     tower_group: Any = None
     replica_group: Any = None
     mesh: Any = None
+    description: str = ""  # the run's first line: backend and each rank's device
 
     @property
     def replicas(self) -> int:
@@ -134,7 +253,7 @@ def valid_process_counts(towers: int) -> str:
 
 
 def place(towers: int, *, threads: int | None = None, device: str = "auto", timeout_s: float | None = None,
-          init_method: str | None = None) -> Placement:
+          init_method: str | None = None, backend: str = "auto") -> Placement:
     """Join the process group torchrun set up and lay the processes out as replicas of the
     tower pair (``towers=2``, the full net) or as plain replicas (``towers=1``, the half net).
     One process runs the whole net: no process group at all."""
@@ -142,13 +261,13 @@ def place(towers: int, *, threads: int | None = None, device: str = "auto", time
     if world == 1:
         if threads:
             torch.set_num_threads(threads)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but no GPU is visible")
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        return Placement(0, 1, 1, torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
+        use_cuda = wants_cuda(device, backend)
+        dev = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        return Placement(0, 1, 1, dev, description=f"one process, no process group; {dev}")
     if world % towers:
         raise UserError(f"the full net runs on {valid_process_counts(towers)}; got WORLD_SIZE={world}")
-    t = join_process_group(threads=threads, device=device, init_method=init_method, timeout_s=timeout_s)
+    t = join_process_group(threads=threads, device=device, init_method=init_method, timeout_s=timeout_s,
+                           backend=backend)
     mesh = init_device_mesh(t.device.type, (world // towers, towers), mesh_dim_names=("replica", "tower"))
     tower_group, replica_group = mesh.get_group("tower"), mesh.get_group("replica")
     if timeout_s:
@@ -157,8 +276,8 @@ def place(towers: int, *, threads: int | None = None, device: str = "auto", time
         set_timeout = getattr(dist.distributed_c10d, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
         for group in (tower_group, replica_group):
             set_timeout(datetime.timedelta(seconds=timeout_s), group)
-    return Placement(t.rank, t.world_size, towers, t.device, t.backend,
-                     tower_group=tower_group, replica_group=replica_group, mesh=mesh)
+    return Placement(t.rank, t.world_size, towers, t.device, t.backend, tower_group=tower_group,
+                     replica_group=replica_group, mesh=mesh, description=describe_placement(t))
 
 
 def init_towers(*, towers: int = 2, threads: int | None = None, device: str = "auto",

@@ -62,7 +62,10 @@ def _place(cfg: DictConfig) -> Placement:
     """This process's place among the replicas of the tower pair, after checking the model
     and the global batch fit this many processes."""
     towers = 2 if cfg.model.name == "full" else 1
-    placement = place(towers, threads=int(cfg.threads), device=str(cfg.device), timeout_s=float(cfg.dist_timeout_s))
+    placement = place(towers, threads=int(cfg.threads), device=str(cfg.device), timeout_s=float(cfg.dist_timeout_s),
+                      backend=str(cfg.get("dist_backend", "auto")))
+    if placement.main:
+        log.info("%s", placement.description)
     if int(cfg.batch_size) % placement.replicas:
         raise UserError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over the "
                         f"{placement.replicas} replicas of this launch (WORLD_SIZE={placement.world_size})")
@@ -308,7 +311,9 @@ class Speed:
     ``tf32``: TF32 matmuls and convolutions on Ampere and later GPUs; off by default, so fp32
     means fp32 (PyTorch's own defaults differ: on for convolutions, off for matmuls).
     ``compile_mode``: torch.compile's mode (:data:`alexnet_mp.config.train.COMPILE_MODES`); ``reduce-overhead`` adds
-    CUDA graphs, which take the kernel launches off the host.
+    CUDA graphs, which take the kernel launches off the host. ``deterministic``: the same
+    numbers on every run (``torch.use_deterministic_algorithms``, deterministic cuDNN): kernels
+    built on atomics otherwise round differently from run to run.
     """
 
     precision: str = "fp32"
@@ -317,8 +322,9 @@ class Speed:
     cudnn_benchmark: bool = False
     tf32: bool = False
     compile_mode: str = "default"
+    deterministic: bool = False
 
-    KEYS = ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "compile_mode")
+    KEYS = ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "compile_mode", "deterministic")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Speed":
@@ -332,7 +338,11 @@ class Speed:
         """The process-wide switches: TF32 and cuDNN's algorithm search."""
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark and not self.deterministic
+        torch.backends.cudnn.deterministic = self.deterministic
+        if self.deterministic:  # cuBLAS reads it when it starts: deterministic matmul workspaces
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(self.deterministic)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
