@@ -1,7 +1,9 @@
 """The config keys and final metrics that differ between two runs.
 
-    python launch/compare.py --help   (settings: conf/compare.yaml)
+    python launch/compare.py RUN_A RUN_B      (or a=RUN_A b=RUN_B; settings: conf/compare.yaml)
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -16,4 +18,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Two plain paths as the two runs (Hydra itself takes only key=value overrides).
+    plain = [i for i, arg in enumerate(sys.argv[1:], 1) if "=" not in arg and not arg.startswith("-")]
+    for name, i in zip("ab", plain[:2]):
+        sys.argv[i] = f"{name}={sys.argv[i]}"
     main()

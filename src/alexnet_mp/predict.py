@@ -124,7 +124,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     names = class_names(blob)
     if top_k > len(names):
-        raise UserError(f"top_k={top_k} but the net knows {len(names)} classes")
+        raise UserError(f"top_k={top_k} but the net knows {len(names)} classes: set top_k={len(names)} or less")
     paths = find_images(Path(str(cfg.images)))
     model.to(device)
     augment = eval_augment(blob, device)

@@ -54,8 +54,8 @@ def versions() -> dict[str, Any]:
             nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
         except (RuntimeError, AttributeError):  # a build with NCCL compiled in but no library to load
             nccl = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "cuda": cuda, "cudnn": cudnn, "nccl": nccl}
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "cuda": None if cuda is None else str(cuda), "cudnn": cudnn, "nccl": nccl}
 
 
 def device_names() -> list[str]:
