@@ -215,13 +215,18 @@ def test_torch_export_program_and_bad_out(trained, tmp_path):
     program = torch.export.load(str(out), extra_files=extra)
     assert close(program.module()(x), model(x)) < 1e-5
     assert json.loads(extra["metadata.json"])["crop_size"] == str(crop)
-    line = one_error_line(launch("export", f"checkpoint={run}", f"out={tmp_path / 'missing' / 'net.onnx'}"))
-    assert "does not exist" in line
-    assert "must end in .onnx" in one_error_line(launch("export", f"checkpoint={run}", f"out={tmp_path / 'n.txt'}"))
+    from alexnet_mp.export import export_model
+
+    def bad_out(out: Path) -> str:
+        with pytest.raises(UserError) as err:
+            export_model(OmegaConf.create({"checkpoint": str(run), "out": str(out), "threads": 1}))
+        return str(err.value)
+    assert "does not exist" in bad_out(tmp_path / "missing" / "net.onnx")
+    assert "must end in .onnx" in bad_out(tmp_path / "n.txt")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert "not writable" in one_error_line(launch("export", f"checkpoint={run}", f"out={locked / 'n.onnx'}"))
+        assert "not writable" in bad_out(locked / "n.onnx")
 
 
 # -- provenance and compare ------------------------------------------------------------------------
