@@ -275,7 +275,7 @@ def test_submitit_local_sweep_runs_each_job_once(submitit_swept):
     for name, job in jobs.items():
         assert (tmp / "sweep" / "submitit" / job["job_id"]).is_dir()  # submitit's logs and pickles
         launch = (tmp / "sweep" / "logs" / f"{name}.train.log").read_text().splitlines()[0]
-        assert "torch.distributed.run" in launch and "--nproc_per_node=1" in launch and "resume=auto" in launch
+        assert "torch.distributed.run" in launch and "--nproc_per_node=1" in launch and "resume" not in launch
         assert (tmp / "sweep" / "runs" / name / "result.json").is_file()
     assert again.returncode == 0 and "2 runs (2 already finished, kept)" in again.stdout + again.stderr
     assert json.loads((tmp / "sweep" / "sweep-state.json").read_text())["runs"] == jobs  # nothing resubmitted
@@ -332,7 +332,10 @@ def test_slurm_jobs_through_a_stand_in_sbatch(tmp_path):
         assert (job.config, job.seed) == (config, 0)
         cmd = Sweep(OmegaConf.create(job.cfg)).train_command(config, 0, job.data_args)
         assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        assert "resume=auto" in cmd and "seed=0" in cmd and ("+ablation=half" in cmd) == (config == "half")
+        assert "seed=0" in cmd and ("+ablation=half" in cmd) == (config == "half") and not any("resume" in a for a in cmd)
+        (tmp_path / "sweep" / "runs" / f"{config}-seed0" / "checkpoints" / "step-00000004").mkdir(parents=True)
+        requeued = Sweep(OmegaConf.create(job.cfg)).train_command(config, 0, job.data_args)
+        assert requeued == [*cmd, "resume=true"]  # a requeued job continues what its last attempt saved
     # again: the jobs are still queued (as far as anyone can tell), so nothing is submitted twice
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and len(list(record.iterdir())) == 2, again.stderr[-3000:]

@@ -2,8 +2,10 @@
 
 Each run of ``launch/reproduce.py`` (train, then evaluate and measure) becomes one
 submitit job, a :class:`RunJob`. On Slurm the job holds a node's share (two GPUs for the
-two-tower nets, one for the half net) and runs ``torchrun`` with the run's overrides and
-``resume=auto``: a requeued job continues from the checkpoint its previous attempt left.
+two-tower nets, one for the half net) and runs ``torchrun`` with the run's overrides; the
+command is built when the job starts, with ``resume=true`` when the run already has a
+checkpoint (what the trainer's ``resume=auto`` does), so a requeued job continues from
+the checkpoint its previous attempt left.
 Before the time limit (``slurm.signal_delay_s``) or at preemption Slurm signals the job;
 submitit calls :meth:`RunJob.checkpoint`, which asks the trainer to save its position
 (``SIGUSR1`` to the training processes, as the trainer's fault handling expects) and
@@ -151,11 +153,11 @@ def _still_queued(cfg: DictConfig, folder: Path, entry: dict | None):
     return job if job.state in _LIVE else None
 
 
-def submit_runs(cfg: DictConfig, sweep, todo: list[tuple[str, int]], data_args: list[str]) -> list[tuple]:
+def submit_runs(cfg: DictConfig, sweep, todo: list[tuple[str, int]], data_args: list[str],
+                state: SweepState) -> list[tuple]:
     """Submit each unfinished run once (a Slurm job still queued is kept): [(config, seed, job)]."""
     folder = sweep.dir / "submitit"
     executor = make_executor(cfg, folder)
-    state = SweepState(sweep.dir / "sweep-state.json")
     plain = OmegaConf.to_container(cfg, resolve=True)
     jobs = []
     for config, seed in todo:

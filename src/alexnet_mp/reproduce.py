@@ -149,9 +149,9 @@ class Sweep:
                         f"--nproc_per_node={self.processes(config)}", str(REPO / "launch" / "train.py")]
         named = preset_keys(config)  # the preset's own keys win over the data's
         data_args = [a for a in data_args if a.split("=", 1)[0] not in named]
+        # Decided when the job (re)starts, so a requeued Slurm job resumes what its last attempt saved:
+        # the trainer's resume=auto, which this trainer's config does not accept yet (the faults issue adds it).
         resume = ["resume=true"] if self._has_checkpoint(run_dir) else []
-        if self.launcher != "local":  # the same command on every (re)queued attempt: the trainer decides
-            resume = ["resume=auto"]
         return [*launcher, *CONFIGS[config], f"seed={seed}", f"epochs={int(self.cfg.epochs)}",
                 f"threads={self.threads}", f"device={self.cfg.device}",
                 f"hydra.run.dir={override_value(str(run_dir))}", *data_args, *map(str, self.cfg.train_overrides),
@@ -376,9 +376,10 @@ def _run_here(sweep: Sweep, todo: list[tuple[str, int]], data_args: list[str], p
             arrived(done, *futures[future], outcome)
 
 
-def _run_jobs(cfg: DictConfig, sweep: Sweep, todo: list[tuple[str, int]], data_args: list[str], arrived) -> bool:
+def _run_jobs(cfg: DictConfig, sweep: Sweep, todo: list[tuple[str, int]], data_args: list[str], arrived,
+              state: SweepState) -> bool:
     """launcher=submitit_local|slurm: each run one submitit job; False when not waiting for them."""
-    jobs = submit_runs(cfg, sweep, todo, data_args) if todo else []
+    jobs = submit_runs(cfg, sweep, todo, data_args, state) if todo else []
     if not bool(cfg.slurm.wait) and cfg.launcher == "slurm":
         log.info("%d job(s) submitted or queued (%s); run the same command again to collect the results",
                  len(jobs), ", ".join(str(j.job_id) for _, _, j in jobs) or "none")
@@ -439,7 +440,7 @@ def reproduce(cfg: DictConfig) -> dict:
 
     if sweep.launcher == "local":
         _run_here(sweep, todo, data_args, parallel, arrived)
-    elif not _run_jobs(cfg, sweep, todo, data_args, arrived):
+    elif not _run_jobs(cfg, sweep, todo, data_args, arrived, state):
         return report()[0]  # submitted, not waited for: run the same command again to collect
     summary, paths = report()
     print(markdown(summary, settings), flush=True)
