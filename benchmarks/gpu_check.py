@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from alexnet_mp import data
+from alexnet_mp import data, provenance
 from alexnet_mp.arch import LRN_OPTIONS, full_spec
 from alexnet_mp.augment import BatchAugment
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
@@ -360,6 +360,7 @@ def main() -> None:
     result = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tf32": args.tf32,
               "settings": vars(args), "steps": [], "data": None, "lrn": []}
+    result["provenance"] = provenance.record(vars(args))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
