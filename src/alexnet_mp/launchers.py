@@ -8,8 +8,8 @@ checkpoint (what the trainer's ``resume=auto`` does), so a requeued job continue
 the checkpoint its previous attempt left.
 Before the time limit (``slurm.signal_delay_s``) or at preemption Slurm signals the job;
 submitit calls :meth:`RunJob.checkpoint`, which asks the trainer to save its position
-(``SIGUSR1`` to the training processes, as the trainer's fault handling expects) and
-requeues the same job.
+(``SIGTERM`` to torchrun, which passes it to every rank; the trainer's fault handling
+saves on it) and requeues the same job.
 
 The sweep folder holds submitit's job folders (``submitit/``: scripts, logs, pickles) and
 ``sweep-state.json``: per run, the job id it was submitted under and its state. A run with
@@ -81,7 +81,7 @@ class RunJob(_Checkpointable):
         wait = float(self.cfg.get("slurm", {}).get("save_wait_s", 60))
         for proc in list(RUNNING):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGUSR1)
+                proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
         deadline = time.monotonic() + wait
         for proc in list(RUNNING):
             try:
