@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train prepare reproduce figures bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare reproduce figures predict export compare bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,15 @@ reproduce: $(STAMP)  ## the paper's comparisons over seeds: make reproduce ARGS=
 
 figures: $(STAMP)  ## the paper's Figures 3 and 4 from a trained run: make figures ARGS='checkpoint=RUN_DIR'
 	$(PY) launch/figures.py $(ARGS)
+
+predict: $(STAMP)  ## top-k classes of photographs: make predict ARGS='checkpoint=RUN_DIR images=PHOTO_OR_FOLDER'
+	$(PY) launch/predict.py $(ARGS)
+
+export: $(STAMP)  ## a trained net as ONNX or torch.export: make export ARGS='checkpoint=RUN_DIR out=alexnet.onnx'
+	$(PY) launch/export.py $(ARGS)
+
+compare: $(STAMP)  ## what differs between two runs: make compare ARGS='RUN_A RUN_B'
+	$(PY) launch/compare.py $(ARGS)
 
 bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error (devices=N: also on N)
 	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(if $(devices),devices=$(devices)) $(ARGS)

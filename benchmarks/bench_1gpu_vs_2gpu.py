@@ -36,7 +36,7 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import config
+from alexnet_mp import config, provenance
 from alexnet_mp.cli import data_overrides, override_value as _override_value, run_hydra
 from alexnet_mp.errors import UserError
 from alexnet_mp.train import Speed
@@ -270,6 +270,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
         error_part = {name: {"skipped": reason} for name in TRAINED}
 
     results = build_results(time_part, error_part, environment(plan, cfg), settings, scale)
+    results["provenance"] = provenance.record(cfg)
     paths = write_results(results, Path(str(cfg.output_dir)))
     print("\n" + markdown(results), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)

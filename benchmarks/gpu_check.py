@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from alexnet_mp import data
+from alexnet_mp import data, provenance
 from alexnet_mp.arch import LRN_OPTIONS, full_spec
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
@@ -405,6 +405,7 @@ def main() -> None:
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tf32": args.tf32,
               "settings": vars(args), "steps": [], "data": None, "lrn": [], "versions": versions(),
               "two_processes": {}}
+    result["provenance"] = provenance.record(vars(args))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -254,3 +254,93 @@ def test_a_run_that_ends_at_chance_is_named():
 
     assert "ended at chance error (the net stopped learning; their differences measure a training failure): " \
            "no_lrn (seed 0)." in markdown(s, {"data": "d", "epochs": 1})
+
+
+# -- the sweep through submitit: its local executor, and Slurm with a stand-in sbatch ----------------
+
+@pytest.fixture(scope="module")
+def submitit_swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("submitit")
+    args = ["launcher=submitit_local", 'train_overrides=["progress=false","batch_size=16"]']
+    first = sweep(tmp, *args)
+    jobs = json.loads((tmp / "sweep" / "sweep-state.json").read_text())["runs"]
+    again = sweep(tmp, *args)
+    return tmp, first, jobs, again
+
+
+def test_submitit_local_sweep_runs_each_job_once(submitit_swept):
+    tmp, first, jobs, again = submitit_swept
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert sorted(jobs) == ["full-seed0", "no_pca-seed0"] and all(j["state"] == "finished" for j in jobs.values())
+    for name, job in jobs.items():
+        assert (tmp / "sweep" / "submitit" / job["job_id"]).is_dir()  # submitit's logs and pickles
+        launch = (tmp / "sweep" / "logs" / f"{name}.train.log").read_text().splitlines()[0]
+        assert "torch.distributed.run" in launch and "--nproc_per_node=1" in launch and "resume" not in launch
+        assert (tmp / "sweep" / "runs" / name / "result.json").is_file()
+    assert again.returncode == 0 and "2 runs (2 already finished, kept)" in again.stdout + again.stderr
+    assert json.loads((tmp / "sweep" / "sweep-state.json").read_text())["runs"] == jobs  # nothing resubmitted
+    out = json.loads((tmp / "out" / "reproduce.json").read_text())
+    assert [r["config"] for r in out["runs"]] == ["full", "no_pca"]
+    assert out["settings"]["launcher"] == "submitit_local" and out["settings"]["provenance"]["versions"]["torch"]
+
+
+STAND_IN_SBATCH = """#!/bin/sh
+# A stand-in for Slurm's sbatch: keeps the script it is given, answers a job id.
+n=$(ls "{record}" | wc -l)
+cp "$1" "{record}/job$n.sh"
+echo "Submitted batch job $((4242 + n))"
+"""
+
+
+def test_slurm_jobs_through_a_stand_in_sbatch(tmp_path):
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    from alexnet_mp.reproduce import Sweep
+
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    (bin_dir / "sbatch").write_text(STAND_IN_SBATCH.format(record=record))
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it; the jobs never start here
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    args = [sys.executable, "launch/reproduce.py", "configs=[full,half]", "seeds=[0]", "launcher=slurm",
+            "slurm.wait=false", "slurm.partition=gpu", "slurm.account=lab", "slurm.time_min=600",
+            'slurm.extra=["--qos=high"]', f"sweep_dir={tmp_path / 'sweep'}", f"output_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    scripts = sorted(record.iterdir())
+    assert len(scripts) == 2
+    full, half = (p.read_text() for p in scripts)  # submitted in plan order: full, then half
+    for script in (full, half):
+        for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=600",
+                     "#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --qos=high",
+                     "#SBATCH --ntasks-per-node=1"):
+            assert line in script.splitlines(), (line, script)
+        assert "submitit" in script and str(tmp_path / "sweep" / "submitit") in script
+    assert "#SBATCH --gpus-per-node=2" in full and "#SBATCH --cpus-per-task=16" in full
+    assert "#SBATCH --gpus-per-node=1" in half and "#SBATCH --cpus-per-task=8" in half
+    state = json.loads((tmp_path / "sweep" / "sweep-state.json").read_text())["runs"]
+    assert {k: v["job_id"] for k, v in state.items()} == {"full-seed0": "4242", "half-seed0": "4243"}
+    # the job each script runs: torchrun over the run's overrides, resuming from whatever it left
+    for job_id, config, nproc in (("4242", "full", 2), ("4243", "half", 1)):
+        with open(tmp_path / "sweep" / "submitit" / job_id / f"{job_id}_submitted.pkl", "rb") as f:
+            job = pickle.load(f).function
+        assert (job.config, job.seed) == (config, 0)
+        cmd = Sweep(OmegaConf.create(job.cfg)).train_command(config, 0, job.data_args)
+        assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        assert "seed=0" in cmd and ("+ablation=half" in cmd) == (config == "half") and not any("resume" in a for a in cmd)
+        (tmp_path / "sweep" / "runs" / f"{config}-seed0" / "checkpoints" / "step-00000004").mkdir(parents=True)
+        requeued = Sweep(OmegaConf.create(job.cfg)).train_command(config, 0, job.data_args)
+        assert requeued == [*cmd, "resume=true"]  # a requeued job continues what its last attempt saved
+    # again: the jobs are still queued (as far as anyone can tell), so nothing is submitted twice
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and len(list(record.iterdir())) == 2, again.stderr[-3000:]
+    no_sbatch = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin"})
+    lines = no_sbatch.stderr.strip().splitlines()
+    assert no_sbatch.returncode == 1 and lines[-1].startswith("alexnet_mp: error: launcher=slurm but sbatch"), \
+        no_sbatch.stderr[-2000:]

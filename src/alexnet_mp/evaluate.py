@@ -24,7 +24,7 @@ from alexnet_mp.progress import Progress
 from alexnet_mp.rundir import check_writable, make_run_dir
 from alexnet_mp.train import topk_wrong
 
-__all__ = ["evaluate_checkpoint", "load_trained_model", "open_data"]
+__all__ = ["evaluate_checkpoint", "load_trained_model", "open_data", "eval_augment"]
 
 log = logging.getLogger("alexnet_mp")
 CENTRE = 4  # index of the centre patch in data.ten_crop's order
@@ -60,10 +60,13 @@ def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch
     if len(base.classes) != blob["model"]["num_classes"]:
         raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
                         f"{blob['model']['num_classes']}")
-    # The training run's statistics: the mean image it subtracted.
-    augment = BatchAugment(data.DatasetStats(**blob["stats"]), blob["data"]["crop"], seed=0, device=device,
-                           mean_subtraction=bool(blob["data"]["config"].get("mean_subtraction", True)))
-    return base, augment, dcfg
+    return base, eval_augment(blob, device), dcfg
+
+
+def eval_augment(blob: dict, device: torch.device) -> BatchAugment:
+    """The test-time crops of a trained net: the training run's mean image, subtracted as it was."""
+    return BatchAugment(data.DatasetStats(**blob["stats"]), blob["data"]["crop"], seed=0, device=device,
+                        mean_subtraction=bool(blob["data"]["config"].get("mean_subtraction", True)))
 
 
 def _output_path(cfg: DictConfig) -> Path:

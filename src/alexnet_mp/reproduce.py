@@ -31,6 +31,8 @@ from alexnet_mp.checkpoint import atomic_write_text, load_file
 from alexnet_mp.cli import data_overrides, override_value
 from alexnet_mp.errors import UserError
 from alexnet_mp.figures import tower_chromatic_shares
+from alexnet_mp.launchers import LAUNCHERS, RUNNING, SweepState, submit_runs
+from alexnet_mp import provenance
 from alexnet_mp.stats import paired_difference, spread
 
 __all__ = ["CONFIGS", "PAPER_DELTAS", "reproduce", "plan_runs", "summarise", "markdown", "preset_keys"]
@@ -97,6 +99,7 @@ class Sweep:
         self.dir = Path(str(cfg.sweep_dir)).resolve()
         self.threads = int(cfg.threads)
         self.full_processes = int(cfg.full_processes)  # 1 or 2, epochs and threads >= 1: the schema's
+        self.launcher = str(cfg.launcher)  # local, submitit_local or slurm: the schema's
         self.lock = threading.Lock()
 
     # -- data ------------------------------------------------------------------------------------
@@ -123,14 +126,22 @@ class Sweep:
     def run_dir(self, config: str, seed: int) -> Path:
         return self.dir / "runs" / f"{config}-seed{seed}"
 
+    def processes(self, config: str) -> int:
+        """Training processes (on Slurm: GPUs) of one run: one per tower, or one for the half net."""
+        if config == "half":
+            return 1
+        return int(self.cfg.slurm.gpus_full) if self.launcher == "slurm" else self.full_processes
+
     def train_command(self, config: str, seed: int, data_args: list[str]) -> list[str]:
         run_dir = self.run_dir(config, seed)
         launcher = [sys.executable, str(REPO / "launch" / "train.py")]
-        if config != "half" and self.full_processes == 2:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(REPO / "launch" / "train.py")]
+        if self.launcher != "local" or self.processes(config) == 2:  # a submitit job always runs torchrun
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        f"--nproc_per_node={self.processes(config)}", str(REPO / "launch" / "train.py")]
         named = preset_keys(config)  # the preset's own keys win over the data's
         data_args = [a for a in data_args if a.split("=", 1)[0] not in named]
+        # Decided when the job (re)starts, so a requeued Slurm job resumes what its last attempt saved:
+        # the trainer's resume=auto, which this trainer's config does not accept yet (the faults issue adds it).
         resume = ["resume=true"] if self._has_checkpoint(run_dir) else []
         return [*launcher, *CONFIGS[config], f"seed={seed}", f"epochs={int(self.cfg.epochs)}",
                 f"threads={self.threads}", f"device={self.cfg.device}",
@@ -146,8 +157,13 @@ class Sweep:
         with open(log_path, "a") as out:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
-            proc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(self.threads)})
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "OMP_NUM_THREADS": str(self.threads)})
+            RUNNING.add(proc)  # a submitit job's checkpoint() signals it to save
+            try:
+                proc.wait()
+            finally:
+                RUNNING.discard(proc)
         if proc.returncode:
             tail = [l for l in log_path.read_text().splitlines() if "error" in l.lower()][-1:] or ["(no error line)"]
             raise RuntimeError(f"{' '.join(cmd[1:3])}... exited with status {proc.returncode}: {tail[0]} "
@@ -339,6 +355,39 @@ def _data_name(d: DictConfig) -> str:
     return f"data={d.name}{where}, {d.image_size} px"
 
 
+def _run_here(sweep: Sweep, todo: list[tuple[str, int]], data_args: list[str], parallel: int, arrived) -> None:
+    """launcher=local: the runs as this process's subprocesses, ``parallel`` at a time."""
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(sweep.run, c, s, data_args): (c, s) for c, s in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            try:
+                outcome = future.result()
+            except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others; all are reported
+                outcome = err
+            arrived(done, *futures[future], outcome)
+
+
+def _run_jobs(cfg: DictConfig, sweep: Sweep, todo: list[tuple[str, int]], data_args: list[str], arrived,
+              state: SweepState) -> bool:
+    """launcher=submitit_local|slurm: each run one submitit job; False when not waiting for them."""
+    jobs = submit_runs(cfg, sweep, todo, data_args, state) if todo else []
+    if not bool(cfg.slurm.wait) and cfg.launcher == "slurm":
+        log.info("%d job(s) submitted or queued (%s); run the same command again to collect the results",
+                 len(jobs), ", ".join(str(j.job_id) for _, _, j in jobs) or "none")
+        return False
+    import submitit
+
+    by_job = {id(j): (c, s) for c, s, j in jobs}
+    for done, job in enumerate(submitit.helpers.as_completed([j for _, _, j in jobs], poll_frequency=2), 1):
+        try:
+            outcome = job.result()
+        except Exception as err:  # noqa: BLE001 - the job's own error, its log named
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            outcome = RuntimeError(f"job {job.job_id}: {lines[-1] if lines else err} (log: {job.paths.stderr})")
+        arrived(done, *by_job[id(job)], outcome)
+    return True
+
+
 def reproduce(cfg: DictConfig) -> dict:
     """Run (or continue) the sweep, then write the report. Returns the summary."""
     configs = [str(c) for c in cfg.configs]
@@ -357,7 +406,7 @@ def reproduce(cfg: DictConfig) -> dict:
                 "ablation_seeds": int(cfg.ablation_seeds), "configs": configs,
                 "data_overrides": data_overrides(cfg.data), "train_overrides": list(map(str, cfg.train_overrides)),
                 "full_processes": sweep.full_processes, "threads": sweep.threads, "parallel": parallel,
-                "sweep_dir": str(sweep.dir)}
+                "sweep_dir": str(sweep.dir), "launcher": sweep.launcher, "provenance": provenance.record(cfg)}
     out_dir, name = Path(str(cfg.output_dir)), str(cfg.output_name)
 
     def report() -> tuple[dict, dict]:
@@ -366,19 +415,24 @@ def reproduce(cfg: DictConfig) -> dict:
         return summary, write_report(summary, settings, results, out_dir, name)
 
     failures, start = [], time.perf_counter()
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(sweep.run, c, s, data_args): (c, s) for c, s in todo}
-        for done, future in enumerate(as_completed(futures), 1):
-            c, s = futures[future]
-            try:
-                r = future.result()
-                log.info("[%d/%d] %s seed %d: ten-crop top-1 %.2f%%, top-5 %.2f%% (%.0f s elapsed)", done, len(todo),
-                         c, s, 100 * r["ten_crop"]["top1_err"], 100 * r["ten_crop"]["top5_err"],
-                         time.perf_counter() - start)
-                report()  # the report so far, after every run
-            except Exception as err:  # noqa: BLE001 - one run's failure must not stop the others; all are reported
-                failures.append(f"{c} seed {s}: {err}")
-                log.error("[%d/%d] %s seed %d failed: %s", done, len(todo), c, s, err)
+    state = SweepState(sweep.dir / "sweep-state.json")
+
+    def arrived(done: int, c: str, s: int, outcome) -> None:
+        if isinstance(outcome, Exception):
+            failures.append(f"{c} seed {s}: {outcome}")
+            log.error("[%d/%d] %s seed %d failed: %s", done, len(todo), c, s, outcome)
+            state.set(f"{c}-seed{s}", state="failed", error=str(outcome)[:500])
+            return
+        log.info("[%d/%d] %s seed %d: ten-crop top-1 %.2f%%, top-5 %.2f%% (%.0f s elapsed)", done, len(todo), c, s,
+                 100 * outcome["ten_crop"]["top1_err"], 100 * outcome["ten_crop"]["top5_err"],
+                 time.perf_counter() - start)
+        state.set(f"{c}-seed{s}", state="finished")
+        report()  # the report so far, after every run
+
+    if sweep.launcher == "local":
+        _run_here(sweep, todo, data_args, parallel, arrived)
+    elif not _run_jobs(cfg, sweep, todo, data_args, arrived, state):
+        return report()[0]  # submitted, not waited for: run the same command again to collect
     summary, paths = report()
     print(markdown(summary, settings), flush=True)
     log.info("wrote %s", ", ".join(map(str, paths.values())))

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp import provenance
 from alexnet_mp import comm, data
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.checkpoint import CheckpointStore, atomic_save, atomic_write_text
@@ -716,9 +717,11 @@ def _run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Checkpoint
                           + (history[-1].get("val_skipped", 0) if history else 0),
         "final_model": str(final.resolve()),
         "stopped_early": stopped_early,
+        "provenance": provenance.record(cfg),
     }
     if main:
-        atomic_save({"model": signature, "state_dict": final_state,
+        atomic_save({"model": signature, "state_dict": final_state, "provenance": summary["provenance"],
+                     "classes": list(d.train.classes),
                      "data": {"name": str(cfg.data.name), "image_size": d.image_size, "crop": d.crop,
                               "config": OmegaConf.to_container(cfg.data, resolve=True)},
                      "stats": {"mean_image": d.stats.mean_image, "eigvals": d.stats.eigvals,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -12,7 +12,28 @@ from alexnet_mp.config.data import DataConfig
 from alexnet_mp.config.schema import setting
 from alexnet_mp.config.train import DEVICES
 
-__all__ = ["ReproduceConfig", "store"]
+LAUNCHERS = ("local", "submitit_local", "slurm")  # who runs each training run (alexnet_mp.launchers)
+
+__all__ = ["ReproduceConfig", "SlurmConfig", "LAUNCHERS", "store"]
+
+
+@dataclass
+class SlurmConfig:
+    """``launcher=slurm``: what each run's sbatch asks for (docs/slurm-sweep.md)."""
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    time_min: int = setting(4320, ge=1)       # per job attempt; a job stopped at the limit is requeued
+    gpus_full: int = setting(2, ge=1)         # a two-tower run's GPUs (the half net gets 1)
+    cpus_per_gpu: int = setting(8, ge=1)
+    mem: Optional[str] = None
+    signal_delay_s: int = setting(120, ge=1)  # the warning signal this long before the limit
+    save_wait_s: float = setting(60.0, ge=0)  # how long a signalled job waits for the trainer's save
+    max_requeues: int = setting(10, ge=0)
+    setup: List[str] = setting(factory=list)  # shell lines before the job starts
+    extra: List[str] = setting(factory=list)  # more sbatch lines
+    wait: bool = True                         # false: submit and exit; run again to collect
 
 
 @dataclass
@@ -31,6 +52,8 @@ class ReproduceConfig:
     workers: Any = setting(0, auto=True, ge=0)
     prepare: bool = True
     sweep_dir: str = "outputs/reproduce"
+    launcher: str = setting("local", choices=LAUNCHERS)
+    slurm: SlurmConfig = setting(factory=SlurmConfig)
     output_dir: str = "results"
     output_name: str = "reproduce"
 
