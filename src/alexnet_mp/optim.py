@@ -73,7 +73,7 @@ class PlateauSchedule:
     at most ``max_drops`` times (the paper dropped it 3 times).
 
     ``warmup_steps`` > 0 ramps the rate up linearly over the first steps. The paper has
-    no warm-up; the short CPU runs use one (see README, "Deviations").
+    no warm-up; the short CPU runs use one (see docs/training.md, "Deviations").
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float = 0.1, patience: int = 2,
