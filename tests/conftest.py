@@ -1,5 +1,13 @@
+import os
 import sys
 from pathlib import Path
+
+# Triton's interpreter runs the fused LRN's kernels on a machine without a GPU (tests/test_lrn_triton.py).
+# It must be chosen before anything imports Triton: Triton reads it once, and under pytest-xdist another
+# test module (torch.compile's) may import Triton before that test module is collected.
+if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 # The helpers in this folder (distributed.py) must import in spawned processes too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("use")
     write_folder(tmp / "data", {"train": 16, "val": 6})
     run = tmp / "run"
-    ok(launch("train", "experiment=smoke", "model=half", "data=imagefolder", f"data.root={tmp / 'data'}",
+    ok(launch("train", "batch_size=16", "progress=false", "model=half", "data=imagefolder", f"data.root={tmp / 'data'}",
               "data.image_size=77", "data.stats_samples=48", "epochs=1", "threads=1", f"hydra.run.dir={run}"))
     return tmp, run
 
