@@ -33,7 +33,6 @@ def model_signature(cfg: DictConfig, num_classes: int, crop: int, towers: int) -
             **arch_options(cfg.model), "towers": towers}
 
 
-
 def check_resumable(saved: dict, now: dict, folder: Path) -> None:
     """What may differ between a run and its resumption is the schema's: the fields marked
     ``resume="may_change"`` (how long the run goes, how it reports, how fast it runs)."""
@@ -44,7 +43,6 @@ def check_resumable(saved: dict, now: dict, folder: Path) -> None:
         listed = ", ".join(f"{k}={before.get(k)!r} here {after.get(k)!r}" for k in changed[:6])
         raise UserError(f"checkpoint {folder} was written with another configuration ({listed}); "
                         f"resume with the same settings or start a new run directory")
-
 
 
 class Checkpoints:
@@ -91,7 +89,6 @@ class Checkpoints:
         check_resumable(meta.get("config", {}), self.config, latest)
         state.load_state_dict(shard)
         return latest
-
 
 
     @contextlib.contextmanager

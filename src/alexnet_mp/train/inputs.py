@@ -1,6 +1,6 @@
 """The inputs of a run (sec. 2 and 4.1): both splits as stored uint8 images with the
 training set's statistics (``Data``, ``build_data``), and the batches made of them on the
-device, random 224 px crops, flips and fancy PCA for training, centre crops for validation
+device: random crops, flips and fancy PCA for training, centre crops for validation
 (``Inputs``, ``build_augment``)."""
 
 from __future__ import annotations

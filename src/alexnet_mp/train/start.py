@@ -66,7 +66,6 @@ def check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
                         f"or choose another hydra.run.dir")
 
 
-
 def agree_on_run_dir(mine: Path) -> Path:
     """Rank 0's run directory on every rank: Hydra's timestamped default can differ by a
     second between processes, so the others follow rank 0 and drop their empty folder."""
@@ -75,7 +74,6 @@ def agree_on_run_dir(mine: Path) -> Path:
         mine.rmdir()
     make_run_dir(agreed)
     return agreed
-
 
 
 def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore) -> Run:
