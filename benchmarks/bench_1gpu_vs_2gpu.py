@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import config, provenance
 from alexnet_mp.cli import data_overrides, override_value as _override_value, run_hydra
+from alexnet_mp.launchers import run_logged
 from alexnet_mp.errors import UserError
+from alexnet_mp.stats import spread
 from alexnet_mp.train import Speed
 
 # The benchmark by concern: what is compared (bench_configs), the timing processes
@@ -46,7 +47,8 @@ from alexnet_mp.train import Speed
 # re-exported here.
 from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, REPO,  # noqa: F401
                            SUMMARY_KEYS, TRAINED, scale_configurations)
-from bench_report import _spread, _spread_text, build_results, environment, markdown, write_results  # noqa: F401
+from bench_report import markdown, spread_text, write_results  # noqa: F401
+from bench_results import build_results, environment
 from bench_timing import cpu_name, free_port, time_worker, merge_rounds, summarise_time
 
 # -- where the devices are ----------------------------------------------------------------------
@@ -150,14 +152,9 @@ def evaluate_command(checkpoint: str, run_dir: Path, cfg: DictConfig) -> list[st
 def _stream(cmd: list[str], log_path: Path, prefix: str) -> None:
     """Run ``cmd``, echoing its output with ``prefix`` and keeping it in ``log_path``."""
     print(f"{prefix} $ {' '.join(cmd)}", flush=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log, subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            print(f"{prefix} {line.rstrip()}", flush=True)
-    if proc.returncode:
-        raise RuntimeError(f"{prefix} exited with status {proc.returncode}; see {log_path}")
+    status = run_logged(cmd, log_path, cwd=REPO, echo=prefix)
+    if status:
+        raise RuntimeError(f"{prefix} exited with status {status}; see {log_path}")
 
 
 def read_run(run_dir: Path) -> dict:
@@ -202,7 +199,7 @@ def summarise_errors(runs: list[dict], seeds: list[int]) -> dict:
            "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in runs),
            "train_seconds": statistics.fmean(r["train_seconds"] for r in runs)}
     for crop in ("center", "ten_crop"):
-        out[crop] = {k: _spread([r[crop][k] for r in runs]) for k in ("top1_err", "top5_err")}
+        out[crop] = {k: spread([r[crop][k] for r in runs]) for k in ("top1_err", "top5_err")}
     return out
 
 
@@ -215,7 +212,24 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
     seeds = [int(s) for s in cfg.seeds]
     if not seeds:
         raise UserError("seeds must list at least one seed, e.g. seeds=[0]")
-    rounds = int(cfg.rounds)
+    settings = _settings(cfg, seeds)
+    print(f"{NAME}: {plan['meaning']} ({', '.join(plan['names'])})", flush=True)
+    time_part = _time_part(cfg, plan)
+    scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
+    error_part, failure = _error_part(cfg, plan, seeds, run_dir)
+
+    results = build_results(time_part, error_part, environment(plan, cfg), settings, scale)
+    results["provenance"] = provenance.record(cfg)
+    paths = write_results(results, Path(str(cfg.output_dir)))
+    print("\n" + markdown(results), flush=True)
+    print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
+    if failure:
+        raise UserError(f"the error part failed: {failure}")
+    return results, paths
+
+
+def _settings(cfg: DictConfig, seeds: list[int]) -> dict:
+    """What the results were measured with, as they record it."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     settings = {k: plain[k]
                 for k in ("device", "batch", "input_size", "geometry", "num_classes", "warmup_steps", "timed_steps",
@@ -224,8 +238,12 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
     settings["data"] = data_overrides(cfg.data)
     settings["speed"], settings["overlap"] = _speed_settings(cfg), bool(cfg.comm.overlap)
     settings["time_seed"] = seeds[0]  # weights, images and dropout masks of the timed steps
-    print(f"{NAME}: {plan['meaning']} ({', '.join(plan['names'])})", flush=True)
+    return settings
 
+
+def _time_part(cfg: DictConfig, plan: dict) -> dict[str, dict]:
+    """Each configuration timed in every round (the configurations in turn), then merged."""
+    rounds = int(cfg.rounds)
     time_part: dict[str, dict] = {}
     timed: dict[str, list[list[dict]]] = {}
     medians: dict[str, list[float]] = {}
@@ -244,39 +262,32 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
     for name, per_round in timed.items():
         time_part[name] = summarise_time(merge_rounds(per_round), int(cfg.batch), int(cfg.input_size))
         time_part[name]["round_medians"] = medians[name]
+    return time_part
 
-    scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
 
+def _error_part(cfg: DictConfig, plan: dict, seeds: list[int], run_dir: Path) -> tuple[dict[str, dict], str | None]:
+    """The trained pair from every seed, or why not; and the failure that stopped it, if any."""
     error_part: dict[str, dict] = {}
-    failure = None
     for name in TRAINED:
         if cfg.skip_error:
             error_part[name] = {"skipped": "skip_error=true"}
         elif name in plan["skip"]:
             error_part[name] = {"skipped": plan["skip"][name]}
-    if not error_part:
-        runs: dict[str, list[dict]] = {name: [] for name in TRAINED}
-        try:
-            for seed in seeds:
-                for name in TRAINED:
-                    run = train_and_evaluate(name, seed, cfg, run_dir / f"{name}-seed{seed}")
-                    runs[name].append({"seed": seed, **run})
-            error_part = {name: summarise_errors(runs[name], seeds) for name in TRAINED}
-        except (RuntimeError, UserError) as err:
-            failure = str(err)
-            error_part = {name: {"skipped": f"failed: {failure}"} for name in TRAINED}
-    elif len(error_part) < len(TRAINED):  # one of the pair cannot run: no comparison
-        reason = "; ".join(e["skipped"] for e in error_part.values())
-        error_part = {name: {"skipped": reason} for name in TRAINED}
-
-    results = build_results(time_part, error_part, environment(plan, cfg), settings, scale)
-    results["provenance"] = provenance.record(cfg)
-    paths = write_results(results, Path(str(cfg.output_dir)))
-    print("\n" + markdown(results), flush=True)
-    print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
-    if failure:
-        raise UserError(f"the error part failed: {failure}")
-    return results, paths
+    if error_part:
+        if len(error_part) < len(TRAINED):  # one of the pair cannot run: no comparison
+            reason = "; ".join(e["skipped"] for e in error_part.values())
+            error_part = {name: {"skipped": reason} for name in TRAINED}
+        return error_part, None
+    runs: dict[str, list[dict]] = {name: [] for name in TRAINED}
+    try:
+        for seed in seeds:
+            for name in TRAINED:
+                run = train_and_evaluate(name, seed, cfg, run_dir / f"{name}-seed{seed}")
+                runs[name].append({"seed": seed, **run})
+        return {name: summarise_errors(runs[name], seeds) for name in TRAINED}, None
+    except (RuntimeError, UserError) as err:
+        failure = str(err)
+        return {name: {"skipped": f"failed: {failure}"} for name in TRAINED}, failure
 
 
 @hydra.main(config_path="../conf", config_name="bench", version_base="1.3")

@@ -1,127 +1,15 @@
-"""bench-1gpu-vs-2gpu, the report: the results as JSON, Markdown and a figure."""
+"""bench-1gpu-vs-2gpu, the report: the results (:mod:`bench_results`) as Markdown and a
+figure, written with the JSON by ``write_results``."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
-import statistics
-import subprocess
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig
+from bench_configs import NAME, PAPER_DELTAS, TRAINED
+from bench_results import gflops
 
-from alexnet_mp.stats import paired_difference, spread
-
-from bench_configs import (CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, REPO, TARGETS,
-                           TRAINED)
-from bench_timing import cpu_name
-
-
-_spread = spread  # mean, std (None for one seed), min, max, n: shared with make reproduce
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(plan: dict, cfg: DictConfig) -> dict:
-    status = _git("status", "--porcelain")
-    return {
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "device_kind": plan["kind"], "backend": plan["backend"], "device_meaning": plan["meaning"],
-        "device_names": plan["names"], "cpu": cpu_name(), "cpu_cores_available": len(plan["cores"]),
-        "threads_per_device": int(cfg.threads) if plan["kind"] == "cpu" else None,
-        "batch": int(cfg.batch), "input_size": int(cfg.input_size),
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
-    }
-
-
-def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: dict, settings: dict,
-                  scale: dict | None = None) -> dict:
-    """Every figure of the benchmark, per configuration, plus the ratios, error differences and targets.
-
-    ``time_part`` maps a configuration to :func:`summarise_time`'s result or ``{"skipped": reason}``;
-    ``error_part`` maps a trained configuration to :func:`summarise_errors`'s result or ``{"skipped": reason}``.
-    """
-    configs = {}
-    for name in CONFIGS:
-        configs[name] = {"model": MODEL_OF[name], "devices": DEVICES_OF[name],
-                         "time": time_part.get(name, {"skipped": "not measured"})}
-        if name in TRAINED:
-            configs[name]["error"] = error_part.get(name, {"skipped": "not measured"})
-
-    def timed(name: str) -> dict | None:
-        t = configs[name]["time"]
-        return None if "skipped" in t else t
-
-    ratios = {}
-    for base in ("half-1dev", "half-1dev+neighbour", "full-1dev"):
-        a, b = timed("full-2dev"), timed(base)
-        key = f"full-2dev/{base}"
-        if a and b and len(a.get("round_medians", [])) > 1 and len(a["round_medians"]) == len(b.get("round_medians", [])):
-            # Timed in rounds: the ratio within each round, then their median.
-            per_round = [x / y for x, y in zip(a["round_medians"], b["round_medians"])]
-            step = statistics.median(per_round)
-            ratios[key] = {"step_time": step, "images_per_s": 1 / step, "per_round": per_round}
-        elif a and b:
-            ratios[key] = {"step_time": a["step_seconds"]["median"] / b["step_seconds"]["median"],
-                           "images_per_s": a["images_per_s"] / b["images_per_s"]}
-        else:
-            ratios[key] = None
-    if ratios["full-2dev/half-1dev"] is not None:
-        # What the arithmetic alone allows: a tower's work against the half net's.
-        tower = timed("full-2dev")["per_device"][0]["forward_macs_per_image"]
-        half = timed("half-1dev")["per_device"][0]["forward_macs_per_image"]
-        ratios["full-2dev/half-1dev"]["arithmetic_per_device"] = tower / half
-    e_full, e_half = configs["full-2dev"].get("error", {}), configs["half-1dev"].get("error", {})
-    if "skipped" not in e_full and "skipped" not in e_half and e_full and e_half:
-        train_rate = e_full["train_images_per_s"] / e_half["train_images_per_s"]
-        if ratios["full-2dev/half-1dev"] is not None:
-            ratios["full-2dev/half-1dev"]["train_images_per_s"] = train_rate
-        else:
-            ratios["full-2dev/half-1dev"] = {"train_images_per_s": train_rate}
-
-    differences = None
-    if "skipped" not in e_full and "skipped" not in e_half and e_full and e_half:
-        differences = {"definition": "full-2dev error minus half-1dev error, per seed (negative: full net better); "
-                                     "low/high: the 95% Student-t interval of the mean (alexnet_mp.stats)",
-                       "paper": dict(PAPER_DELTAS)}
-        for crop in ("center", "ten_crop"):
-            differences[crop] = {}
-            for k in ("top1_err", "top5_err"):
-                full, half = ({r["seed"]: r[crop][k] for r in e["runs"]} for e in (e_full, e_half))
-                d = paired_difference(full, half)
-                differences[crop][k] = {**d, "per_seed": [full[s] - half[s] for s in d["seeds"]]}
-
-    targets = []
-    t2 = timed("full-2dev")
-    for label, key, limit in TARGETS:
-        if key == "exposed_comm_share":
-            value = t2["comm"]["exposed_share_of_step"] if t2 and t2.get("comm") else None
-        else:
-            value = ratios[key]["step_time"] if ratios.get(key) and "step_time" in ratios[key] else None
-        entry = {"target": label, "value": value, "limit": limit, "met": None if value is None else bool(value <= limit)}
-        if key == "exposed_comm_share" and t2 and t2.get("comm"):  # the issue asks for the total beside it
-            c = t2["comm"]
-            entry["beside"] = {"exposed, mean over the towers": c["exposed_mean_share_of_step"],
-                               "exposed, larger of the pair": c["exposed_upper_share_of_step"],
-                               "gloo threads' CPU outside the waits": c.get("helper_cpu_outside_waits_share_of_step"),
-                               "gloo threads' CPU": c["helper_cpu_share_of_step"],
-                               "waited": c["waited_share_of_step"], "total": c["share_of_step"]}
-        targets.append(entry)
-    return {"benchmark": NAME,
-            "claim": "Krizhevsky et al. 2012, sec. 3.2 fn. 2: the two-GPU net has 1.7% lower top-1 and 1.2% lower "
-                     "top-5 error than the one-GPU net with half the kernels, and trains slightly faster",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "settings": settings, "environment": env, "configurations": configs, "ratios": ratios,
-            "error_differences": differences, "targets": targets, "notes": _notes(configs, targets, env),
-            "scale": scale}
+__all__ = ["markdown", "plot", "write_results", "spread_text"]
 
 
 def _comm_share(comm: dict | None) -> str:
@@ -130,77 +18,6 @@ def _comm_share(comm: dict | None) -> str:
     exposed = ("-" if comm["exposed_share_of_step"] is None  # no host timestamps (CUDA events)
                else f"{_pct(comm['exposed_mean_share_of_step'])}-{_pct(comm['exposed_share_of_step'])}")
     return f"{_pct(comm['share_of_step'])} ({_pct(comm['waited_share_of_step'])}; {exposed})"
-
-
-def _gflops(x: float) -> str:
-    return f"{x / 1e9:.0f} GFLOP/s"
-
-
-def _notes(configs: dict, targets: list[dict], env: dict) -> list[str]:
-    """What was skipped, what failed, and why a target was missed, read off the figures."""
-    notes = [f"{n}: time part skipped: {c['time']['skipped']}" for n, c in configs.items() if "skipped" in c["time"]]
-    notes += [f"{n}: error part skipped: {c['error']['skipped']}" for n, c in configs.items()
-              if "skipped" in c.get("error", {})]
-    for name, c in configs.items():
-        for run in c.get("error", {}).get("runs", []):
-            chance = run.get("chance_top1_err")
-            if chance is not None and run["center"]["top1_err"] >= chance - 1e-9:
-                notes.append(f"{name} seed {run['seed']} ended at chance level (centre top-1 error "
-                             f"{100 * run['center']['top1_err']:.1f}%, chance {100 * chance:.1f}%): the net did not "
-                             f"learn within the budget, so its error says nothing about the paper's claim")
-    t = {n: c["time"] for n, c in configs.items() if "skipped" not in c["time"]}
-    for name, c in t.items():
-        if PROCESSES_OF[name] > DEVICES_OF[name]:
-            continue  # its neighbour is the other process, on purpose
-        if (c.get("other_processes_cpu_share") or 0.0) > 0.05:
-            notes.append(f"{name}: other processes used {100 * c['other_processes_cpu_share']:.0f}% of the machine's "
-                         f"CPU time during the timed steps; its step times are disturbed (rerun on a quiet machine)")
-    two = t.get("full-2dev")
-    if env.get("device_kind") == "cpu" and (env.get("cpu_cores_available") or 0) < 2:
-        notes.append("fewer than 2 CPU cores are available: the two full-2dev processes share a core")
-    if two and two.get("device_independence", 1.0) < 0.8:
-        d = two["per_device"][0]
-        notes.append(
-            f"the two devices are not independent: a matmul runs at {_gflops(d['peak_flops_alone_per_s'])} on one "
-            f"device alone but {_gflops(d['peak_flops_per_s'])} on each while both run "
-            f"({100 * two['device_independence']:.0f}%): the cores are shared, with other processes (see their CPU "
-            f"share) or in the hardware (SMT siblings); two devices then do little more arithmetic per second than one")
-    for target in targets:
-        if target["met"] is not False or not two:
-            continue
-        if target["target"].startswith("exposed communication"):
-            comm = two["comm"]
-            layers: dict[str, float] = {}
-            for d in two["per_device"]:
-                for k, v in d["comm_by_layer"].items():
-                    layers[k] = layers.get(k, 0.0) + v["seconds"] / len(two["per_device"]) / two["timed_steps"]
-            worst = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(layers.items(), key=lambda kv: -kv[1])[:3])
-            notes.append(
-                f"missed '{target['target']}' ({100 * target['value']:.1f}%, a bound): {comm['exposed_seconds_per_step']:.3f}"
-                f" s per step launching collectives, waiting for bytes in flight (the larger figure of the pair) and "
-                f"in gloo's threads outside the waits, of {comm['waited_seconds_per_step']:.3f} s a tower waited "
-                f"(the rest for the other tower's compute) and {comm['seconds_per_step']:.3f} s inside "
-                f"collectives (largest: {worst}); moving the {comm['bytes_per_image_per_device'] / 1024:.0f} KiB per "
-                f"image at the {comm['transfer_bytes_per_s'] / 1e9:.2f} GB/s an all-gather reaches without waiting "
-                f"takes about {comm['transfer_seconds_per_step_estimate']:.3f} s")
-            continue
-        base = "half-1dev+neighbour" if "half-1dev+neighbour" in target["target"] else "full-1dev"
-        if base not in t:
-            continue
-        other = t[base]["per_device"][0]
-        work = two["per_device"][0]["forward_macs_per_image"] / other["forward_macs_per_image"]
-        speed = statistics.fmean(d["achieved_flops_per_s"] for d in two["per_device"]) / other["achieved_flops_per_s"]
-        share = two["comm"]["share_of_step"]
-        tower = two["per_device"][0]
-        notes.append(
-            f"missed '{target['target']}' ({target['value']:.3f}): a full-2dev device does {work:.3f}x the arithmetic "
-            f"of {base} per image but at {speed:.2f}x its FLOP/s ({_gflops(tower['achieved_flops_per_s'])} against "
-            f"{_gflops(other['achieved_flops_per_s'])}; {100 * tower['mfu_vs_alone']:.0f}% "
-            f"against {100 * other['mfu_vs_alone']:.0f}% of a lone device's matmul rate); the step ratio is "
-            f"{work:.3f} / {speed:.2f} = {work / speed:.3f}"
-            f"{' over the pooled steps of every round' if 'round_medians' in two and len(two['round_medians']) > 1 else ''}"
-            f", communication included ({100 * share:.1f}% of the step)")
-    return notes
 
 
 def _rounds_text(rounds: int) -> str:
@@ -213,7 +30,8 @@ def _interval(d: dict) -> str:
     return "" if d.get("low") is None else f"; 95% [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
-def _spread_text(std: float | None, points: bool = False) -> str:
+def spread_text(std: float | None, points: bool = False) -> str:
+    """A standard deviation as a percentage, or in points; ``n/a`` for one seed."""
     if std is None:
         return "n/a"
     return f"{100 * std:.2f}" if points else _pct(std, 2)
@@ -249,7 +67,7 @@ def _time_row(name: str, t: dict) -> str:
     memory = " / ".join(_mib(x["peak_memory_bytes"]) + (f" (+{_mib(x['peak_memory_bytes'] - base)})"
                                                       if (base := x["baseline_memory_bytes"]) else "") for x in d)
     mfu = " / ".join(_pct(x["mfu"]) + (f" ({_pct(x['mfu_vs_alone'])})" if t["devices"] > 1 else "") for x in d)
-    peak = " / ".join(_gflops(x["peak_flops_per_s"]) + (f" ({_gflops(x['peak_flops_alone_per_s'])} alone)"
+    peak = " / ".join(gflops(x["peak_flops_per_s"]) + (f" ({gflops(x['peak_flops_alone_per_s'])} alone)"
                                                         if t["devices"] > 1 else "") for x in d)
     comm_bytes = f"{t['comm']['bytes_per_image_per_device'] / 1024:.0f} KiB" if t["comm"] else "-"
     comm_share = _comm_share(t["comm"])
@@ -316,11 +134,11 @@ def _error_section(results: dict) -> list[str]:
               "| training images/s |",
               "|---|---|---|---|---|---|"]
     for name, e in ec.items():
-        cells = [f"{_pct(e[c][k]['mean'], 2)} ({_spread_text(e[c][k]['std'])})"
+        cells = [f"{_pct(e[c][k]['mean'], 2)} ({spread_text(e[c][k]['std'])})"
                  for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
         lines.append(f"| {name} | {' | '.join(cells)} | {e['train_images_per_s']:.1f} |")
     d = results["error_differences"]
-    cells = [f"{100 * d[c][k]['mean']:+.2f} ({_spread_text(d[c][k]['std'], points=True)}{_interval(d[c][k])})"
+    cells = [f"{100 * d[c][k]['mean']:+.2f} ({spread_text(d[c][k]['std'], points=True)}{_interval(d[c][k])})"
              for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
     lines.append(f"| full-2dev - half-1dev (points) | {' | '.join(cells)} | |")
     paper = f"{100 * PAPER_DELTAS['top1_err']:+.1f} | {100 * PAPER_DELTAS['top5_err']:+.1f}"
@@ -367,6 +185,15 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _plot_throughput(left, results)
+    _plot_errors(right, results)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plot_throughput(left, results: dict) -> None:
+    """Images per second of each timed configuration, bars from the slowest to the fastest step."""
     names, rates, lo, hi = [], [], [], []
     for name, c in results["configurations"].items():
         t = c["time"]
@@ -390,7 +217,10 @@ def plot(results: dict, path: Path) -> None:
         left.text(0.02, 0.97, f"full-2dev / half-1dev: {r['images_per_s']:.2f}x\n(paper: \"slightly faster\")",
                   transform=left.transAxes, va="top", fontsize=9)
 
-    d = results["error_differences"]
+
+def _plot_errors(right, results: dict) -> None:
+    """full-2dev's error minus half-1dev's per crop, with the paper's difference beside it."""
+    d, s = results["error_differences"], results["settings"]
     labels, x, width = ["top-1", "top-5"], [0, 1], 0.35
     values = [0.0] + [100 * v for v in PAPER_DELTAS.values()]
     right.axhline(0, color="black", linewidth=0.8)
@@ -422,9 +252,6 @@ def plot(results: dict, path: Path) -> None:
     right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False,
                  markerscale=0.4)
     right.set_ylabel("percentage points (negative: two-device net better)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def write_results(results: dict, output_dir: Path) -> dict[str, Path]:

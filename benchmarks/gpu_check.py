@@ -52,7 +52,8 @@ from alexnet_mp.lrn import local_response_norm
 from alexnet_mp.model import AlexNet, Exchange, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
-from gpu_check_two import add_arguments, two_processes  # benchmarks/ is on the path when run as a script
+from gpu_check_report import markdown, versions  # benchmarks/ is on the path when run as a script
+from gpu_check_two import add_arguments, two_processes
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
@@ -74,7 +75,7 @@ class LocalStandIn(Exchange):
         return self.gather(x, "logits", sizes)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -83,16 +84,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, seconds: fl
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
-    _sync(device)
+    sync(device)
     n, start = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - start < seconds:
         a @ b
         n += 1
-    _sync(device)
+    sync(device)
     return n * 2 * size**3 / (time.perf_counter() - start)
 
 
-def _state(kind: str, batch: int, speed: Speed, device: torch.device, classes: int = 1000) -> RunState:
+def build_state(kind: str, batch: int, speed: Speed, device: torch.device, classes: int = 1000) -> RunState:
     state = build_run_state(MODEL, OPTIM, SCHEDULE, num_classes=classes, input_size=224, seed=0, device=device,
                             world=1, speed=speed)
     if kind == "tower":  # one tower of the same net, fed by the stand-in exchange
@@ -119,18 +120,18 @@ def timed(fn, device: torch.device, warmup: int, steps: int) -> tuple[list[float
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     warm, times, result = time.perf_counter() - start, [], None
     for _ in range(max(steps, 1)):
         start = time.perf_counter()
         result = fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return times, warm, result
 
 
 def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup: int, steps: int) -> dict:
-    state = _state(kind, batch, speed, device)
+    state = build_state(kind, batch, speed, device)
     x, y = inputs(batch, device)
     times, warm, _ = timed(lambda: train_step(state, x, y), device, warmup, steps)
     median = statistics.median(times)
@@ -258,7 +259,7 @@ def data_part(args, device: torch.device, work: Path) -> dict:
     augment = BatchAugment(ds.stats(), 224, seed=0, device=device)
     loader = data.BatchLoader(ds, args.data_batch, shuffle=True, seed=0, workers=data.default_workers(),
                               drop_last=True, pin_memory=device.type == "cuda")
-    state = _state("full-1dev", args.data_batch, speed, device, classes=ds.num_classes)
+    state = build_state("full-1dev", args.data_batch, speed, device, classes=ds.num_classes)
 
     def fed(epochs: int) -> tuple[int, float]:
         images, start = 0, None
@@ -269,21 +270,21 @@ def data_part(args, device: torch.device, work: Path) -> dict:
                 if start is not None:
                     images += len(b)
             if start is None:  # epoch 0 warms up the workers, kernels and page cache
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
-        _sync(device)
+        sync(device)
         return images, time.perf_counter() - start
 
     images, seconds = fed(args.data_epochs)
     resident = [(augment.train(b.images.to(device), b.indices, b.epoch), b.labels.to(device))
                 for b in itertools.islice(loader.epoch(0), 8)]
-    _sync(device)
+    sync(device)
     steps = images // args.data_batch
     start = time.perf_counter()
     for k in range(steps):
         x, y = resident[k % len(resident)]
         train_step(state, x, y)
-    _sync(device)
+    sync(device)
     memory_rate = steps * args.data_batch / (time.perf_counter() - start)
     loader_rate = images / seconds
     return {"images": len(ds), "batch": args.data_batch, "workers": loader.workers, "precision": args.data_precision,
@@ -291,88 +292,7 @@ def data_part(args, device: torch.device, work: Path) -> dict:
             "memory_images_per_s": memory_rate, "ratio": loader_rate / memory_rate}
 
 
-def versions() -> dict:
-    """torch's, CUDA's, cuDNN's, NCCL's and Triton's versions on this machine."""
-    from alexnet_mp.parallel import nccl_version
-
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    nccl = nccl_version() if torch.cuda.is_available() else None
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "nccl": ".".join(map(str, nccl)) if nccl else None, "triton": triton_version}
-
-
-def _compiled(row: dict) -> str:
-    return str(row.get("compile_mode", "default")) if row["compile"] else "False"
-
-
-def markdown(r: dict) -> str:
-    v = r.get("versions", {})
-    lines = ["# gpu-check", "", f"{r['device']}, torch {r['torch']} (CUDA {v.get('cuda')}, cuDNN {v.get('cudnn')}, "
-             f"NCCL {v.get('nccl')}, Triton {v.get('triton')}), {r['created']}; TF32 {r['tf32']}.", ""]
-    t = r.get("two_processes") or {}
-    if t:
-        lines += [f"Two processes on one GPU ({t.get('backend')}): exact {t.get('exact')}, sync_free "
-                  f"{t.get('sync_free')}, steps {t.get('steps')}; launch/train.py kill -9 and resume:", ""]
-        lines += [f"- {name}: " + (run.get("skipped") or run.get("error") and f"failed: {run.get('error')}" or
-                                   f"bit-identical {run.get('bit_identical')}, largest difference "
-                                   f"{run.get('max_rel_diff', 0):.1e}")
-                  for name, run in t.get("runs", {}).items()]
-        lines += [""]
-    lines += [
-             "| configuration | batch | precision | channels_last | compile | step | images/s | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
-    for x in r["steps"]:
-        if "note" in x:  # the two-process row
-            lines.append(f"| {x['configuration']} | {x['batch']} | {x['precision']} | {x['channels_last']} | "
-                         f"False | | {x['images_per_s']:.0f} | ({x['note']}) |")
-            continue
-        if "skipped" in x:
-            lines.append(f"| {x['configuration']} | {x['batch']} | {x['precision']} | {x['channels_last']} | "
-                         f"{_compiled(x)} | not run: {x['skipped']} | | |")
-            continue
-        lines.append(f"| {x['configuration']} | {x['batch']} | {x['precision']} | {x['channels_last']} | "
-                     f"{_compiled(x)} | {x['step_seconds'] * 1e3:.2f} ms | {x['images_per_s']:.0f} | "
-                     f"{100 * x['mfu']:.0f}% |")
-    best = {}
-    for x in (x for x in r["steps"] if "skipped" not in x and "note" not in x):
-        key = (x["batch"], x["precision"], x["channels_last"], _compiled(x))
-        best.setdefault(key, {})[x["configuration"]] = x["step_seconds"]
-    ratios = [v["tower"] / v["full-1dev"] for v in best.values() if len(v) == 2]
-    if ratios:
-        lines += ["", f"tower / full-1dev step time: {min(ratios):.3f} to {max(ratios):.3f} (target <= 0.5)."]
-    b128 = [x["images_per_s"] for x in r["steps"]
-            if "skipped" not in x and x["configuration"] == "full-1dev" and x["batch"] == 128
-            and x["precision"] == "bf16"]
-    if b128:
-        lines += ["", f"full-1dev bf16 at batch 128, fastest option set: {max(b128):.0f} images/s (target >= 25000)."]
-        fused = [x["seconds"] for x in r.get("lrn", []) if x["precision"] == "bf16" and x["batch"] == 128
-                 and x["implementation"].startswith("fused")]
-        if fused:
-            lines += ["", f"fastest fused LRN forward+backward: {100 * min(fused) * max(b128) / 128:.1f}% of that "
-                          f"step (target <= 10%)."]
-    if r.get("lrn_error"):
-        lines += ["", f"LRN part failed: {r['lrn_error']}"]
-    if r.get("lrn"):
-        torchs = {x["precision"]: x["seconds"] for x in r["lrn"] if x["implementation"] == "torch"}
-        lines += ["", "LRN of the whole net (conv1 and conv2, per tower), forward + backward:", "",
-                  "| implementation | precision | batch | time | / torch's | largest difference from torch's |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {x['implementation']} | {x['precision']} | {x['batch']} | {x['seconds'] * 1e3:.2f} ms | "
-                  f"{x['seconds'] / torchs[x['precision']]:.2f} | {x['max_rel_diff_from_torch']:.1e} |"
-                  for x in r["lrn"]]
-    d = r.get("data")
-    if d:
-        lines += ["", f"Data: the whole net ({d['precision']}, batch {d['batch']}) fed by the prepared loader "
-                      f"({d['workers']} workers) at {d['loader_images_per_s']:.0f} images/s against "
-                      f"{d['memory_images_per_s']:.0f} from GPU memory: ratio {d['ratio']:.3f} (target >= 0.9)."]
-    return "\n".join(lines) + "\n"
-
-
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
@@ -399,7 +319,11 @@ def main() -> None:
     add_arguments(p)
     p.add_argument("--skip-data", action="store_true")
     p.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"))
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = _parser().parse_args()
     device = torch.device(args.device)
     result = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tf32": args.tf32,

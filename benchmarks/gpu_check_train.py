@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from alexnet_mp import train
+from alexnet_mp.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"steps": 0, "syncs": 0}
@@ -55,7 +55,7 @@ def _write_counts() -> None:
 
 
 if __name__ == "__main__":
-    train.train_step = _watched(train.train_step)  # train() looks it up in its module at each step
+    loop.train_step = _watched(loop.train_step)  # train_epoch looks it up in its module at each step
     atexit.register(_write_counts)
     sys.argv[0] = str(REPO / "launch" / "train.py")
     runpy.run_path(sys.argv[0], run_name="__main__")

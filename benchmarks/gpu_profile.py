@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import _state, _sync, inputs, time_steps  # noqa: E402
+from gpu_check import build_state, inputs, sync, time_steps  # noqa: E402
 
 from alexnet_mp.train import Speed, train_step  # noqa: E402
 
@@ -27,13 +27,13 @@ def main(device: torch.device, batch: int) -> None:
     x, y = inputs(batch, device)
     eager = Speed(precision="bf16", channels_last=True, cudnn_benchmark=True)
     for kind in ("full-1dev", "tower"):
-        state = _state(kind, batch, eager, device)
+        state = build_state(kind, batch, eager, device)
         for _ in range(3):  # warm-up: allocator, cuDNN's kernel choice
             train_step(state, x, y)
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             for _ in range(5):
                 train_step(state, x, y)
-            _sync(device)
+            sync(device)
         print(f"==== {kind} eager bf16 channels_last batch {batch}, 5 steps", flush=True)
         print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                                         row_limit=22, max_name_column_width=60), flush=True)

@@ -218,10 +218,10 @@ def test_the_trainer_and_evaluator_commands_compose_against_their_configs(tmp_pa
 
 
 def test_one_seed_has_no_spread_and_says_so():
-    one, two = bench._spread([0.25]), bench._spread([0.25, 0.35])
+    one, two = bench.spread([0.25]), bench.spread([0.25, 0.35])
     assert one["std"] is None and one["n"] == 1 and two["std"] == pytest.approx(0.0707, rel=1e-2)
-    assert bench._spread_text(None) == "n/a" and bench._spread_text(0.0123) == "1.23%"
-    assert bench._spread_text(None, points=True) == "n/a"
+    assert bench.spread_text(None) == "n/a" and bench.spread_text(0.0123) == "1.23%"
+    assert bench.spread_text(None, points=True) == "n/a"
 
 
 def test_devices_n_times_the_half_net_replicas_against_the_tower_pair_replicas(tmp_path):

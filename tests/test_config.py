@@ -140,15 +140,15 @@ def test_what_may_change_on_resume_is_the_schemas():
             "checkpoint.", "debug.", "comm.", "data.root", "data.workers", "data.augment"} <= set(RESUME_MAY_CHANGE)
     assert not any(k.startswith(("model", "optim", "schedule", "seed", "batch_size", "data.image_size",
                                  "data.pca")) for k in RESUME_MAY_CHANGE)
-    from alexnet_mp.train import _check_resumable  # noqa: PLC2701 - the train module's own rule, tested here
+    from alexnet_mp.train import check_resumable
 
     saved = OmegaConf.to_container(compose_config("config", []), resolve=True)
     now = OmegaConf.to_container(compose_config("config", ["precision=bf16", "epochs=9", "debug.max_steps=3",
                                                            "resume=auto", "dist_backend=gloo"]), resolve=True)
-    _check_resumable(saved, now, Path("ckpt"))
+    check_resumable(saved, now, Path("ckpt"))
     changed = OmegaConf.to_container(compose_config("config", ["optim.lr=0.5"]), resolve=True)
     with pytest.raises(UserError, match=r"optim.lr=0.002 here 0.5"):
-        _check_resumable(saved, changed, Path("ckpt"))
+        check_resumable(saved, changed, Path("ckpt"))
 
 
 # -- every command in the README and docs/ composes ----------------------------------------------------

@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,11 @@ from alexnet_mp.config.reproduce import LAUNCHERS  # the schema owns the names
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import atomic_write
 
-__all__ = ["LAUNCHERS", "RUNNING", "RunJob", "make_executor", "SweepState", "submit_runs", "job_parameters"]
+__all__ = ["LAUNCHERS", "RUNNING", "RunJob", "make_executor", "SweepState", "submit_runs", "job_parameters",
+           "run_logged"]
 
 log = logging.getLogger("alexnet_mp")
-# The training and evaluation processes this job runs now (alexnet_mp.reproduce adds them).
+# The training and evaluation processes this job runs now (run_logged adds them).
 RUNNING: set[subprocess.Popen] = set()
 # Slurm states of a job that will still run or is running: wait for it, do not resubmit.
 _LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "UNKNOWN"}
@@ -57,6 +59,29 @@ try:
 except ImportError:  # launcher=local needs no submitit
     submitit = None
     _Checkpointable = object
+
+
+def run_logged(cmd: list[str], log_path: Path, *, cwd: Path, env: Mapping[str, str] | None = None,
+               echo: str | None = None, append: bool = False) -> int:
+    """Run ``cmd`` to its end with its output and errors in ``log_path``, after a ``$ cmd``
+    line; ``echo``: also print each line after this prefix. While it runs it is in
+    :data:`RUNNING` (a submitit job's checkpoint() signals it to save). Returns its exit status."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a" if append else "w") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        piped = echo is not None
+        with subprocess.Popen(cmd, cwd=cwd, env=None if env is None else dict(env), stderr=subprocess.STDOUT,
+                              stdout=subprocess.PIPE if piped else out, text=True, bufsize=1 if piped else -1) as proc:
+            RUNNING.add(proc)
+            try:
+                for line in proc.stdout if piped else ():
+                    out.write(line)
+                    print(f"{echo} {line.rstrip()}", flush=True)
+                proc.wait()
+            finally:
+                RUNNING.discard(proc)
+    return proc.returncode
 
 
 def _submitit():

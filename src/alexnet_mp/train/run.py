@@ -1,0 +1,43 @@
+"""``train()``: one training run (sec. 5) from set-up to summary, each stage in its module."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from alexnet_mp.checkpoint import CheckpointStore
+from alexnet_mp.preempt import PreemptionFlag
+from alexnet_mp.rundir import RunLock
+from alexnet_mp.train.finish import finish_run
+from alexnet_mp.train.loop import train_epochs
+from alexnet_mp.train.start import agree_on_run_dir, place_run, start_run
+from alexnet_mp.train.stop import lost_processes_stop_the_run
+
+__all__ = ["train"]
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run (or resume) one training run in ``run_dir``; return the summary (every rank).
+
+    ``cfg`` is composed over :class:`alexnet_mp.config.train.TrainConfig` and checked with
+    :func:`alexnet_mp.config.check` (``launch/train.py`` does both)."""
+    placement = place_run(cfg)
+    stop = PreemptionFlag.install()  # before the loader's workers fork: they inherit the flag
+    run_dir = agree_on_run_dir(run_dir)
+    store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=placement.main,
+                            keep=int(cfg.checkpoint.keep))
+    with lost_processes_stop_the_run(placement, store):
+        lock = RunLock(run_dir, placement.main)  # and the run directory is writable
+        try:
+            run = start_run(cfg, run_dir, placement, store)
+            started = time.perf_counter()
+            stopped_early = train_epochs(run.state, run.inputs, run.checkpoints, run.metrics, cfg,
+                                         main=placement.main, stop=stop)
+            summary = finish_run(run, stopped_early, started)
+        finally:
+            lock.release()
+    # Only now: on an error the flag stays, so torchrun's SIGTERM cannot cut the one line short.
+    stop.restore()
+    return summary

@@ -1,0 +1,44 @@
+"""Lost processes: a run whose peer process died or hung stops with one line naming the
+lost rank and the last good checkpoint, never a hang or a page of tracebacks from every
+rank. (A stop signal is the checkpointing policy's: :meth:`Checkpoints.saved_on_stop`.)"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+from alexnet_mp import comm
+from alexnet_mp.checkpoint import CheckpointStore
+from alexnet_mp.cli import another_rank_reported
+from alexnet_mp.errors import QuietStop, UserError
+from alexnet_mp.parallel import Placement
+
+__all__ = ["lost_processes_stop_the_run"]
+
+
+@contextlib.contextmanager
+def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore) -> Iterator[None]:
+    """A lost process never hangs the run: a collective that loses its peer fails (at once
+    when the peer's connection closes, after ``dist_timeout_s`` when it hangs) and becomes one
+    line naming the lost rank and the last good checkpoint (one whose shards pass their
+    checksums). When the peer stopped on an error it has printed, this rank stays quiet.
+    torchrun's SIGTERM to the survivors only sets the stop flag (preempt.py): the next
+    collective finds the lost peer."""
+    if placement.world_size == 1:
+        yield
+        return
+    try:
+        yield
+    except RuntimeError as err:
+        if not comm.is_lost_peer(err):
+            raise
+        if another_rank_reported():
+            raise QuietStop() from None
+        who = (f"rank {1 - placement.rank}" if placement.world_size == 2
+               else "another rank (torchrun's report names it)")
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        why = re.sub(r"^\[[^\]]*\]\s*", "", why).split(". ")[0][:160]  # gloo's "[file:line] Read error ...: reset"
+        raise UserError(f"lost {who} of this run ({why}); rank {placement.rank} stopped. Last good checkpoint: "
+                        f"{store.last_good(list(range(placement.towers))) or 'none'} "
+                        f"(relaunch with resume=true)") from None
