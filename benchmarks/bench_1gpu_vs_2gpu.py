@@ -37,9 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import config, provenance
 from alexnet_mp.cli import data_overrides, override_value as _override_value, run_hydra
-from alexnet_mp.launchers import run_logged
+from alexnet_mp.reproduce.submit import run_logged
 from alexnet_mp.errors import UserError
-from alexnet_mp.stats import spread
+from alexnet_mp.student_t import spread
 from alexnet_mp.train import Speed
 
 # The benchmark by concern: what is compared (bench_configs), the timing processes

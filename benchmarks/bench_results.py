@@ -12,7 +12,7 @@ import subprocess
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp.stats import paired_difference
+from alexnet_mp.student_t import paired_difference
 
 from bench_configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, REPO, TARGETS, TRAINED
 from bench_timing import cpu_name
@@ -112,7 +112,7 @@ def _error_differences(configs: dict) -> dict | None:
     if not both:
         return None
     differences: dict = {"definition": "full-2dev error minus half-1dev error, per seed (negative: full net better); "
-                                       "low/high: the 95% Student-t interval of the mean (alexnet_mp.stats)",
+                                       "low/high: the 95% Student-t interval of the mean (alexnet_mp.student_t)",
                          "paper": dict(PAPER_DELTAS)}
     for crop in ("center", "ten_crop"):
         differences[crop] = {}

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from alexnet_mp import count_parameters
 from alexnet_mp import comm_trace
 from alexnet_mp.flops import forward_macs
-from alexnet_mp.parallel import place
+from alexnet_mp.placement import place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
 from bench_timing_summary import exposed_waits, merge_rounds, summarise_time  # noqa: F401 - the names importers use

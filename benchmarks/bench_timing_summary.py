@@ -63,7 +63,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
     larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
     the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
     per rank. Rank r
-    is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel``); a pair's
+    is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.placement``); a pair's
     towers run the same collectives in the same order.
     """
     if any(not r.get("timeline_by_step") for r in ranks):

@@ -187,9 +187,8 @@ def _torchs_lrn(x: torch.Tensor, groups: int) -> torch.Tensor:
 def _lrn_inputs() -> tuple[list[torch.Size], int]:
     """The shapes (without the batch) the whole net's LRN layers normalise, and its towers:
     read off the net itself, one image through it."""
-    net = build_model("full", lrn="paper", init=None)
     shapes: list[torch.Size] = []
-    net._lrn = lambda x: shapes.append(x.shape[1:]) or x  # noqa: E731
+    net = build_model("full", lrn="paper", init=None, lrn_function=lambda x, **_: shapes.append(x.shape[1:]) or x)
     with torch.no_grad():
         net(torch.zeros(1, 3, net.input_size, net.input_size))
     return shapes, net.groups_here

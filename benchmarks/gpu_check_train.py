@@ -14,16 +14,18 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import runpy
 import sys
 import warnings
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import DictConfig
 
-from alexnet_mp.train import loop
+import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
+from alexnet_mp.cli import check_run_dir_override, hydra_run_dir, run_entry_point, run_hydra
+from alexnet_mp.train import StepHooks, train, train_step
 
-REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"steps": 0, "syncs": 0}
 
 
@@ -54,8 +56,13 @@ def _write_counts() -> None:
         Path(f"{path}.{os.environ.get('RANK', '0')}").write_text(json.dumps(COUNTS))
 
 
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """launch/train.py's main, each step the watched one."""
+    run_entry_point(lambda: train(cfg, hydra_run_dir(), hooks=StepHooks(step=_watched(train_step))), cfg)
+
+
 if __name__ == "__main__":
-    loop.train_step = _watched(loop.train_step)  # train_epoch looks it up in its module at each step
     atexit.register(_write_counts)
-    sys.argv[0] = str(REPO / "launch" / "train.py")
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    check_run_dir_override(sys.argv[1:])
+    run_hydra(main)

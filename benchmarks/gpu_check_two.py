@@ -33,21 +33,6 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # tests/test_parallel.py's bound for the two-process comparisons
-NCCL_MULTI_RANK = (2, 30)
-
-
-def choose_backend(device: str) -> tuple[str, dict]:
-    """NCCL with multi-rank sharing where the device's NCCL allows it, else gloo; the env to set."""
-    if device != "cuda":
-        return "gloo", {}
-    from alexnet_mp.parallel import nccl_version
-
-    version = nccl_version()
-    if version is not None and version >= NCCL_MULTI_RANK:
-        return "nccl", {"NCCL_MULTI_RANK_GPU_ENABLE": "1"}
-    return "gloo", {}
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / (b.double().abs().max() or 1.0)).item()
 
@@ -55,12 +40,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _worker(rank: int, port: int, device: str, backend: str, env: dict, batch: int, steps: int, out: str) -> None:
     os.environ.update(env, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from alexnet_mp import build_model, parallel
+    from alexnet_mp import build_model, parallel, placement
     from alexnet_mp.train import Speed, build_run_state, train_step
 
-    towers = parallel.join_process_group(device=device, backend=backend, timeout_s=120)
+    towers = placement.join_process_group(device=device, backend=backend, timeout_s=120)
     dev = towers.device
-    result: dict = {"placement": parallel.describe_placement(towers), "diffs": {}}
+    result: dict = {"placement": placement.describe_placement(towers), "diffs": {}}
     for overlap in (True, False):
         torch.manual_seed(0)
         full = build_model("full", num_classes=10, input_size=67).to(dev)
@@ -194,7 +179,9 @@ def runs(args, backend: str, env: dict, result: dict, write, deadline: float) ->
 def two_processes(args, write, result: dict) -> None:
     """Fill ``result`` (the ``two_processes`` entry of gpu-check.json) part by part."""
     deadline = time.perf_counter() + args.two_deadline_s
-    backend, env = choose_backend(args.device)
+    from alexnet_mp.placement import shared_gpu_backend
+
+    backend, env = shared_gpu_backend(args.device)
     result.update(backend=backend, env=env, exact=None, sync_free=None, steps=0, runs={})
     try:
         r = exact_and_step(args.device, backend, env, args.two_batch, args.two_steps)

@@ -10,6 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from alexnet_mp.errors import UserError
+from alexnet_mp.placement import Placement, join_process_group
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -34,3 +37,15 @@ def run_ranks(fn, *args, world: int = 2) -> list:
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_entry, args=(world, free_port(), out_dir, fn, args), nprocs=world, join=True)
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def init_towers(*, towers: int = 2, threads: int | None = None, device: str = "auto",
+                init_method: str | None = None) -> Placement:
+    """:func:`alexnet_mp.placement.join_process_group`, after checking there is exactly one process per tower."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != towers:
+        raise UserError(
+            f"the two-tower net needs exactly {towers} processes, one per tower; got WORLD_SIZE={world} "
+            f"(launch with torchrun --nproc_per_node={towers})"
+        )
+    return join_process_group(threads=threads, device=device, init_method=init_method)

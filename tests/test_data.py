@@ -297,7 +297,7 @@ def test_stats_sample_is_deterministic_and_bounded():
 def test_stats_cache_reused_and_recomputed_on_mismatch(tmp_path, monkeypatch):
     calls = []
     real = data.compute_stats
-    monkeypatch.setattr(data.stats, "compute_stats", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(data.dataset_stats, "compute_stats", lambda *a, **k: calls.append(a) or real(*a, **k))
     cache = tmp_path / "cache" / "stats.pt"
     ds = _Tiny(n=20)
     first = load_or_compute_stats(ds, cache, max_samples=10, seed=0)

@@ -117,7 +117,7 @@ def test_a_full_tmpfs_while_checkpointing_is_one_line(stopped, tmp_path):
 
 def test_a_full_disk_under_the_metrics_and_tensorboard_is_one_line(tmp_path):
     from alexnet_mp.io import DiskFull
-    from alexnet_mp.report import MetricsLog
+    from alexnet_mp.metrics_log import MetricsLog
 
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from alexnet_mp import build_model
 from alexnet_mp import comm_trace
 from alexnet_mp.errors import UserError
-from alexnet_mp.parallel import full_state_dict, init_towers, parallelize, shard_state_dict
-from distributed import run_ranks
+from alexnet_mp.parallel import full_state_dict, parallelize, shard_state_dict
+from distributed import init_towers, run_ranks
 
 TOL = 1e-5  # the other two-process comparisons in this file
 # What test_two_towers_equal_one_process_net asserts, by what is compared (README, "Exactness"):
@@ -205,5 +205,5 @@ def test_backward_by_reduce_scatter_and_by_all_reduce_give_the_same_gradients():
     (ValueError("connection closed"), False),  # only the errors collectives raise
 ])
 def test_lost_peers_are_told_from_other_errors(err, lost):
-    from alexnet_mp.comm import is_lost_peer
+    from alexnet_mp.job import is_lost_peer
     assert is_lost_peer(err) is lost

@@ -97,12 +97,12 @@ def _half_net_trained(rank: int, replicas: int, steps: int) -> dict:
     (its rows of each global batch, gradients averaged by DDP) or as one process."""
     import torch.distributed as dist
 
-    from alexnet_mp.parallel import Placement
+    from alexnet_mp.placement import Placement
     from alexnet_mp.train import build_run_state, train_step
 
     torch.set_default_dtype(torch.float64)
     try:
-        placement = (Placement(rank, replicas, 1, torch.device("cpu"), "gloo", replica_group=dist.group.WORLD)
+        placement = (Placement(rank, replicas, torch.device("cpu"), "gloo", replica_group=dist.group.WORLD)
                      if replicas > 1 else None)
         state = build_run_state(HALF, SGD, FLAT, num_classes=10, input_size=67, seed=0, device=torch.device("cpu"),
                                 world=1, placement=placement)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_mp import comm, data
+from alexnet_mp import data, job
 from conftest import SHARED_DATA
 from distributed import run_ranks
 
@@ -59,7 +59,7 @@ def _batches_on_both_towers(rank: int) -> list[bool]:
     for epoch in (0, 1):
         for batch in loader.epoch(epoch):
             images = augment.train(batch.images, batch.indices, batch.epoch)
-            same.append(comm.all_equal(images) and comm.all_equal(batch.labels))
+            same.append(job.all_equal(images) and job.all_equal(batch.labels))
             first = first or [images]
         first.append(images)
     # and a different epoch must give different batches (augmentation is on)

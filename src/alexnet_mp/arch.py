@@ -23,12 +23,16 @@ from alexnet_mp.errors import UserError
 __all__ = [
     "Layer",
     "NetSpec",
+    "ARCH_DEFAULTS",
     "GEOMETRIES",
+    "INITS",
+    "LRN_CHOICES",
     "LRN_OPTIONS",
     "MIN_INPUT_SIZE",
     "POOLINGS",
     "REMOVABLE",
     "ablate",
+    "arch_options",
     "full_spec",
     "half_spec",
     "spec_for",
@@ -87,6 +91,9 @@ LRN_OPTIONS = {
     "paper": dict(size=5, alpha=5e-4, beta=0.75, k=2.0),
     "cuda-convnet": dict(size=5, alpha=1e-4, beta=0.75, k=2.0),
 }
+LRN_CHOICES = (*LRN_OPTIONS, "none")  # "none": the ablation without LRN (sec. 3.3)
+INITS = ("paper", "he")  # sec. 5's initialisation, or He et al.'s (AlexNet.reset_parameters)
+
 # conv1 geometry: "224" reads pixels past the bottom/right edge as zero, as cuda-convnet
 # does, giving 55x55 from a 224 crop; "227" is Caffe's unpadded 227 crop.
 GEOMETRIES = ("224", "227")
@@ -135,8 +142,6 @@ def spec_for(name: str, num_classes: int) -> NetSpec:
 
 def conv1_padding(input_size: int, geometry: str) -> int:
     """Zero rows/columns added at the bottom and right of the image before conv1."""
-    # model.geometry is checked by the config's schema (alexnet_mp.config.train); from Python, assert.
-    assert geometry in GEOMETRIES, f"geometry={geometry!r}: one of {GEOMETRIES}"
     if input_size < MIN_INPUT_SIZE:
         raise UserError(f"input_size {input_size} is too small: AlexNet needs at least {MIN_INPUT_SIZE} px")
     if geometry == "227":
@@ -177,7 +182,6 @@ def ablate(spec: NetSpec, *, lrn: bool | None = None, pool: str | None = None, d
     if lrn is not None:
         layers = [replace(l, lrn=l.lrn and lrn) for l in layers]
     if remove is not None:
-        assert remove in REMOVABLE, f"remove={remove!r}: one of {REMOVABLE}"
         i = [l.name for l in layers].index(remove)
         gone = layers.pop(i)
         layers[i - 1] = replace(layers[i - 1], pool=layers[i - 1].pool or gone.pool, lrn=layers[i - 1].lrn or gone.lrn)
@@ -186,7 +190,6 @@ def ablate(spec: NetSpec, *, lrn: bool | None = None, pool: str | None = None, d
     if pool is not None:
         changes["pool"] = POOLINGS[pool]
     if dropout is not None:
-        assert 0.0 <= dropout < 1.0, f"dropout={dropout}: a drop probability in [0, 1)"
         changes["dropout_p"] = float(dropout)
     return replace(spec, **changes)
 
@@ -195,3 +198,18 @@ def split_sizes(total: int, parts: int) -> list[int]:
     """How a layer of `total` units is shared among `parts` towers (first towers get the extra)."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+# The keys of conf/model that shape the net (and so a checkpoint), with the paper's values:
+# the defaults of checkpoints written before the ablation switches existed.
+ARCH_DEFAULTS = {"geometry": "224", "lrn": "paper", "pool": "overlap", "dropout": 0.5, "remove": None}
+
+
+def arch_options(model_cfg) -> dict:
+    """The architecture keywords of :func:`alexnet_mp.model.build_model` from a ``conf/model``
+    mapping (or a checkpoint's model signature); keys it lacks take the paper's values."""
+    out = {}
+    for key, default in ARCH_DEFAULTS.items():
+        value = model_cfg.get(key, default) if hasattr(model_cfg, "get") else default
+        out[key] = None if value is None else type(default)(value) if default is not None else str(value)
+    return out

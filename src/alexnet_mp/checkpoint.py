@@ -23,19 +23,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from alexnet_mp.comm import all_ranks, barrier, broadcast_object
+from alexnet_mp.job import all_ranks, barrier, broadcast_object
 from alexnet_mp.errors import UserError
-from alexnet_mp.io import DiskFull, atomic_save, atomic_write, fsync_dir, torch_bytes
-from alexnet_mp.model import ARCH_DEFAULTS
+from alexnet_mp.io import DiskFull, atomic_write, torch_bytes
+from alexnet_mp.arch import ARCH_DEFAULTS
 
-__all__ = ["atomic_save", "atomic_write_text", "CheckpointStore", "fsync_dir", "load_file", "file_record"]
+__all__ = ["CheckpointStore", "load_file", "file_record"]
 
 log = logging.getLogger("alexnet_mp")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Kept for callers of the old name: :func:`alexnet_mp.io.atomic_write`."""
-    atomic_write(path, text)
 
 
 def load_file(path: Path) -> dict:
@@ -118,8 +113,8 @@ class CheckpointStore:
         meta = {**meta, "shards": {f"tower{t}.pt": rec for t, rec, _ in gathered if rec is not None}}
         if self.main:
             try:
-                atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
-                atomic_write_text(self.root / "latest", folder.name)
+                atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
+                atomic_write(self.root / "latest", folder.name)
             except DiskFull:
                 if self.latest() != folder:  # unpublished: its shards only hold the space
                     shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,49 +16,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from alexnet_mp.errors import QuietStop, UserError
+from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.preempt import Preempted, exit_preempted
 
 __all__ = ["run_entry_point", "run_hydra", "check_run_dir_override", "hydra_run_dir", "override_value",
-           "data_overrides", "first_error_of_job", "another_rank_reported"]
+           "data_overrides"]
 
 
 def hydra_run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def _job_note_dir() -> Path | None:
-    """A folder every process of this job (on this machine) shares and no other job does:
-    torchrun's run id, its restart count and the agent's pid (the workers' parent)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None
-    key = "-".join((os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
-                    str(os.getppid())))
-    return Path(tempfile.gettempdir()) / f"alexnet_mp-job-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
-
-
-def first_error_of_job() -> bool:
-    """True in the first process of the job to report an error, False in any later one: the
-    first leaves a note (created exclusively) before it exits, so a rank whose peer failed
-    finds it and stays quiet instead of printing a second line onto the terminal."""
-    folder = _job_note_dir()
-    if folder is None:
-        return True
-    try:
-        folder.mkdir(exist_ok=True)
-        os.close(os.open(folder / "error", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return False
-    except OSError:
-        return True  # no shared note possible: better twice than never
-    return True
-
-
-def another_rank_reported() -> bool:
-    folder = _job_note_dir()
-    return folder is not None and (folder / "error").exists()
 
 
 def _fail(message: str) -> None:

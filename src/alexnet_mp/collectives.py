@@ -1,4 +1,4 @@
-"""The towers' collectives on flat buffers, and the small ones used outside the pass.
+"""The towers' collectives on flat buffers: what the moves of :mod:`alexnet_mp.comm` launch and wait for.
 
 Every share travels in one contiguous buffer per crossing: ``all_gather_into_tensor`` fills
 a stack ``[ranks, *share]`` whose slots are each rank's share (views, no concatenation),
@@ -21,13 +21,12 @@ from torch import Tensor
 
 from alexnet_mp import comm_trace
 
-__all__ = ["Pending", "REDUCE_SCATTER_BACKENDS", "all_equal", "all_ranks", "barrier", "broadcast_object",
-           "gather_shards", "is_channels_last", "is_lost_peer", "launch", "offset", "start_all_gather",
-           "start_reduce_scatter", "stack_shares", "sum_over"]
+__all__ = ["Pending", "REDUCE_SCATTER_BACKENDS", "gather_shards", "is_channels_last", "launch", "offset",
+           "start_all_gather", "start_reduce_scatter", "stack_shares"]
 
-# Backends whose reduce-scatter is used. gloo's is built from all-reduces and measured twice
-# as slow as one all-reduce on 2 CPU cores (communication 4.7% of the step against 2.4%, make
-# bench-1gpu-vs-2gpu): on gloo the stack is all-reduced and this rank's slot kept (same numbers).
+# Backends whose reduce-scatter is used. gloo builds its reduce-scatter from all-reduces, slower
+# than one all-reduce (docs/speed.md): on gloo the stack is all-reduced and this rank's slot kept
+# (the same numbers).
 REDUCE_SCATTER_BACKENDS = {"nccl"}
 # torch 2.14 renames them (*_single); 2.11 has only the old names. Buffers travel in the
 # concatenated form [ranks * dim0, ...] of the stack, the one gloo accepts.
@@ -138,61 +137,3 @@ def gather_shards(x: Tensor, sizes: list[int], group=None, dim: int = 0) -> Tens
         return x
     with torch.no_grad():
         return torch.cat(start_all_gather(x.detach(), dim, sizes, group, "state_dict", "forward").wait(), dim=dim)
-
-
-def is_lost_peer(err: BaseException) -> bool:
-    """Whether ``err`` is how a collective reports a lost peer: torch's ``DistBackendError``,
-    or gloo's transport error, a plain RuntimeError. (Under NCCL a survivor waits in a CUDA
-    sync until torchrun kills it or NCCL's watchdog aborts it.)"""
-    if isinstance(err, dist.DistBackendError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("gloo" in text or "connection reset" in text
-                                              or "connection closed" in text)
-
-
-def _group_device(group) -> torch.device:
-    """Where the group's collectives take their tensors: this rank's GPU under NCCL."""
-    if str(dist.get_backend(group)) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_equal(x: Tensor, group=None) -> bool:
-    """True when ``x`` is bit-identical on every rank (used to check both towers see the same batch)."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return True
-    n = dist.get_world_size(group)
-    parts = start_all_gather(x.detach(), 0, [x.shape[0]] * n, group, "check", "forward").wait()
-    return all(torch.equal(parts[0], p) for p in parts[1:])
-
-
-def all_ranks(flag: bool, group=None) -> bool:
-    """True when ``flag`` is true on every rank; every rank gets the same answer."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_group_device(group))
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
-    return bool(t.item())
-
-
-def sum_over(t: Tensor, group=None) -> Tensor:
-    """``t`` summed over ``group`` in place (the replicas' losses and error counts); ``t``
-    lives on the group's device (the GPU under NCCL)."""
-    if dist.is_initialized() and group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t
-
-
-def barrier(group=None) -> None:
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.barrier(group=group)
-
-
-def broadcast_object(obj, src: int = 0, group=None):
-    """Rank ``src``'s Python object on every rank (run directory, resume decision)."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
-    return box[0]

@@ -8,6 +8,8 @@ while the other tower's units are in flight, and in backward sends the input gra
 first and computes the weight gradient while it travels. The collectives themselves, on
 one flat buffer per crossing, are :mod:`alexnet_mp.collectives`; nothing is timed unless
 the tracer (:mod:`alexnet_mp.comm_trace`) is on. A group of one member bypasses every move.
+Collectives over the whole job outside the passes (barrier, broadcast, sums) are
+:mod:`alexnet_mp.job`'s.
 """
 
 from __future__ import annotations
@@ -18,12 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet_mp import comm_trace
-from alexnet_mp.collectives import (all_equal, all_ranks, barrier, broadcast_object, gather_shards,
-                                    is_channels_last, is_lost_peer, offset, stack_shares, start_all_gather,
-                                    start_reduce_scatter, sum_over)
+from alexnet_mp.collectives import is_channels_last, offset, stack_shares, start_all_gather, start_reduce_scatter
 
-__all__ = ["TowerExchange", "all_equal", "all_ranks", "barrier", "broadcast_object", "crossing_layer",
-           "gather_from_towers", "gather_logits", "gather_shards", "is_lost_peer", "set_profile", "sum_over"]
+__all__ = ["TowerExchange", "crossing_layer", "gather_from_towers", "gather_logits", "set_profile"]
 
 
 def set_profile(on: bool = True) -> None:

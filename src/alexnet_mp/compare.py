@@ -15,22 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp.config.schema import flatten
 from alexnet_mp.errors import UserError
 
-__all__ = ["flatten", "read_run", "differences", "compare_runs"]
+__all__ = ["read_run", "differences", "compare_runs"]
 
 # Figures that differ between any two runs, even of the same code on the same machine.
 TIMING = ("seconds", "images_per_s", "final_model")
-
-
-def flatten(blob: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dictionaries as dotted keys; lists stay values."""
-    if not isinstance(blob, dict):
-        return {prefix.rstrip("."): blob}
-    out: dict[str, Any] = {}
-    for k, v in blob.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -16,13 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import data
+from alexnet_mp.arch import arch_options
+from alexnet_mp.checkpoint import load_file
 from alexnet_mp.data import BatchAugment, base_datasets
-from alexnet_mp.checkpoint import atomic_write_text, load_file
 from alexnet_mp.errors import UserError
-from alexnet_mp.model import arch_options, build_model
+from alexnet_mp.io import atomic_write
+from alexnet_mp.model import build_model
 from alexnet_mp.progress import Progress
 from alexnet_mp.rundir import check_writable, make_run_dir
-from alexnet_mp.train import topk_wrong
+from alexnet_mp.topk import topk_wrong
 
 __all__ = ["evaluate_checkpoint", "load_trained_model", "open_data", "eval_augment"]
 
@@ -118,7 +120,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                   data=str(dcfg.name))
     if out.name == "eval-.json":
         out = out.with_name(f"eval-{dcfg.name}.json")
-    atomic_write_text(out, json.dumps(result, indent=1))
+    atomic_write(out, json.dumps(result, indent=1))
     log.info("centre crop: top-1 %.2f%%, top-5 %.2f%%; ten-crop: top-1 %.2f%%, top-5 %.2f%% (%d images) -> %s",
              100 * result["center"]["top1_err"], 100 * result["center"]["top5_err"],
              100 * result["ten_crop"]["top1_err"], 100 * result["ten_crop"]["top5_err"], seen, out)

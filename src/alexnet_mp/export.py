@@ -29,18 +29,17 @@ import json
 import logging
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from alexnet_mp import model as model_module
 from alexnet_mp import provenance
 from alexnet_mp.errors import UserError
 from alexnet_mp.evaluate import load_trained_model
 from alexnet_mp.io import atomic_write
+from alexnet_mp.model import AlexNet
 from alexnet_mp.predict import check_output_path, class_names
 
 __all__ = ["onnx_lrn", "export_onnx", "export_program", "metadata", "export_model"]
@@ -77,15 +76,14 @@ def onnx_lrn(x: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: f
     return _lrn_op(x.reshape(n * groups, c // groups, h, w), size, alpha, beta, k).reshape(n, c, h, w)
 
 
-@contextmanager
-def _exportable_lrn():
-    # The net calls alexnet_mp.model.local_response_norm; for the export only, the op above.
-    saved = model_module.local_response_norm
-    model_module.local_response_norm = onnx_lrn
-    try:
-        yield
-    finally:
-        model_module.local_response_norm = saved
+def _with_onnx_lrn(net: torch.nn.Module) -> torch.nn.Module:
+    """The same net with :func:`onnx_lrn` as its LRN (its weights, a new module); other modules as they are."""
+    if not isinstance(net, AlexNet):
+        return net
+    exportable = AlexNet(net.spec, input_size=net.input_size, geometry=net.geometry, lrn=net.lrn_option,
+                         tower=net.tower, exchange=net.exchange, init=None, lrn_function=onnx_lrn)
+    exportable.load_state_dict(net.state_dict())
+    return exportable.to(next(net.parameters()))
 
 
 def _example(net: torch.nn.Module, crop: int) -> Tensor:
@@ -95,7 +93,8 @@ def _example(net: torch.nn.Module, crop: int) -> Tensor:
 def export_onnx(net: torch.nn.Module, crop: int) -> bytes:
     """The eval-mode net as ONNX bytes with a dynamic batch (input ``crops``, output ``logits``)."""
     batch = torch.export.Dim("batch", min=1)
-    with _exportable_lrn(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+    net = _with_onnx_lrn(net)
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's business
         path = Path(tmp) / "net.onnx"
         torch.onnx.export(net.eval(), (_example(net, crop),), str(path), dynamo=True, opset_version=OPSET,

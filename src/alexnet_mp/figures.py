@@ -19,7 +19,7 @@ from torch import Tensor
 
 from alexnet_mp.arch import split_sizes
 from alexnet_mp.io import atomic_write
-from alexnet_mp.report import save_png
+from alexnet_mp.metrics_log import save_png
 
 __all__ = ["chromatic_share", "tower_chromatic_shares", "nearest_neighbours", "running_nearest", "kernel_grid", "draw_figures"]
 

@@ -4,12 +4,9 @@
 
 the same function as ``torch.nn.functional.local_response_norm(x, n, alpha, beta, k)``,
 whose window is channels ``c - n//2 .. c + (n-1)//2``. torch builds it from ``avg_pool3d``
-over a padded copy of ``x**2`` and lets autograd differentiate the chain; on a CPU core that
-was about 30% of the half net's training step (forward 8%, ``avg_pool3d_backward`` 13%,
-``pow`` 5%); on an H200 it and the other elementwise work were about half of the eager bf16
-step. Here the channel window is
-a few shifted in-place adds, ``d ** -beta`` is computed once and kept for the backward,
-and the backward is written out:
+over a padded copy of ``x**2`` and lets autograd differentiate the chain, which is slow
+(docs/speed.md). Here the channel window is a few shifted in-place adds, ``d ** -beta`` is
+computed once and kept for the backward, and the backward is written out:
 
     dL/da_i = g_i d_i^-beta - 2 beta alpha/n a_i sum_{c: i in window(c)} g_c a_c d_c^(-beta-1)
 

@@ -16,6 +16,8 @@ supplies the exchange that talks to the other device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,11 +36,8 @@ from alexnet_mp.arch import (
 from alexnet_mp.errors import UserError
 from alexnet_mp.lrn import local_response_norm
 
-__all__ = ["ARCH_DEFAULTS", "AlexNet", "Exchange", "INITS", "LRN_CHOICES", "arch_options", "build_model",
-           "count_parameters"]
+__all__ = ["AlexNet", "Exchange", "build_model", "count_parameters"]
 
-INITS = ("paper", "he")
-LRN_CHOICES = (*LRN_OPTIONS, "none")  # "none": the ablation without LRN (sec. 3.3)
 PIXEL_STD = 60.0  # natural images, 0..255 scale (ImageNet's RGB std is about 0.23 x 255)
 
 
@@ -89,7 +88,11 @@ class SharedMaskDropout(nn.Module):
 
 
 class AlexNet(nn.Module):
-    """The whole net (``tower=None``) or one tower of it (``tower=(index, count)``)."""
+    """The whole net (``tower=None``) or one tower of it (``tower=(index, count)``).
+
+    ``lrn_function`` computes the LRN layers, called as :func:`alexnet_mp.lrn.local_response_norm`
+    is (``x, size, alpha, beta, k, groups``); the export passes an exportable one.
+    """
 
     def __init__(
         self,
@@ -101,10 +104,9 @@ class AlexNet(nn.Module):
         tower: tuple[int, int] | None = None,
         exchange: Exchange | None = None,
         init: str | None = "paper",
+        lrn_function: Callable[..., Tensor] = local_response_norm,
     ):
         super().__init__()
-        # A config's words are checked by its schema (alexnet_mp.config.train); from Python, assert.
-        assert lrn in LRN_CHOICES, f"lrn={lrn!r}: one of {LRN_CHOICES}"
         if lrn == "none":
             spec = ablate(spec, lrn=False)
         if tower is not None and tower[1] != spec.towers:
@@ -114,6 +116,7 @@ class AlexNet(nn.Module):
         self.exchange = exchange or Exchange()
         self.pad = conv1_padding(input_size, geometry)
         self.lrn_params = LRN_OPTIONS.get(lrn)
+        self.lrn_function = lrn_function
         # Per-tower groups when the whole net lives here; a tower is dense within itself.
         self.groups_here = spec.towers if tower is None else 1
         last_side = list(feature_map_sizes(input_size, geometry, spec).values())[-1]
@@ -173,7 +176,6 @@ class AlexNet(nn.Module):
         paper trains on, so every layer starts with unit-scale activations. Not the paper's;
         it starts learning within a few hundred steps, which the paper's does not (README).
         """
-        assert init in INITS, f"init={init!r}: one of {INITS}"
         for layer in self.spec.layers:
             module = getattr(self, layer.name)
             if init == "paper":
@@ -189,7 +191,7 @@ class AlexNet(nn.Module):
     def _lrn(self, x: Tensor) -> Tensor:
         # The 5-channel window never crosses a tower boundary (cuda-convnet's norm layers
         # have 48 and 128 channels), so in one process normalise each tower's channels alone.
-        return local_response_norm(x, groups=self.groups_here, **self.lrn_params)
+        return self.lrn_function(x, groups=self.groups_here, **self.lrn_params)
 
     def forward(self, x: Tensor, until: str | None = None) -> Tensor:
         """Logits; with ``until`` (a layer's name, one-process net only) that layer's output
@@ -229,21 +231,6 @@ class AlexNet(nn.Module):
         return self.exchange.gather_logits(x, self.shares(self.spec.layers[-1]))
 
 
-# The keys of conf/model that shape the net (and so a checkpoint), with the paper's values:
-# the defaults of checkpoints written before the ablation switches existed.
-ARCH_DEFAULTS = {"geometry": "224", "lrn": "paper", "pool": "overlap", "dropout": 0.5, "remove": None}
-
-
-def arch_options(model_cfg) -> dict:
-    """The architecture keywords of :func:`build_model` from a ``conf/model`` mapping (or a
-    checkpoint's model signature); keys it lacks take the paper's values."""
-    out = {}
-    for key, default in ARCH_DEFAULTS.items():
-        value = model_cfg.get(key, default) if hasattr(model_cfg, "get") else default
-        out[key] = None if value is None else type(default)(value) if default is not None else str(value)
-    return out
-
-
 def build_model(
     name: str = "full",
     *,
@@ -255,16 +242,19 @@ def build_model(
     pool: str = "overlap",
     dropout: float = 0.5,
     remove: str | None = None,
+    lrn_function: Callable[..., Tensor] = local_response_norm,
 ) -> AlexNet:
     """The paper's two-tower net (``"full"``) or the one-GPU half net (``"half"``), in one process.
 
     ``input_size`` defaults to the geometry's crop (224 or 227); any size from 67 px up works.
     ``lrn`` is ``"paper"`` (the printed formula), ``"cuda-convnet"`` (Krizhevsky's config) or
     ``"none"``. ``init`` is ``"paper"`` (sec. 5) or ``"he"`` (see :meth:`AlexNet.reset_parameters`).
-    ``pool``, ``dropout`` and ``remove`` are the paper's ablations (:func:`alexnet_mp.arch.ablate`).
+    ``pool``, ``dropout`` and ``remove`` are the paper's ablations (:func:`alexnet_mp.arch.ablate`);
+    :func:`alexnet_mp.arch.arch_options` reads them from a config. ``lrn_function``: see :class:`AlexNet`.
     """
     spec = ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove)
-    return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init)
+    return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init,
+                   lrn_function=lrn_function)
 
 
 def count_parameters(model: nn.Module) -> int:

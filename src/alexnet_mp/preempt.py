@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from alexnet_mp import comm
+from alexnet_mp import job
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
            "exit_preempted"]
@@ -82,7 +82,7 @@ class PreemptionFlag:
 
     def requested(self) -> bool:
         """Collective: True on every rank when any rank has received a stop signal."""
-        return not comm.all_ranks(self.received is None, group=self._group)
+        return not job.all_ranks(self.received is None, group=self._group)
 
     def check(self) -> None:
         """Collective: raise :class:`StopRequested` on every rank together when a stop was asked for."""

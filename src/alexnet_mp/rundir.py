@@ -1,4 +1,4 @@
-"""The run directory: one live job at a time, writable before any training, and ``resume``.
+"""The run directory: one live job at a time, and writable before any training.
 
 Rank 0 holds an exclusive ``fcntl.flock`` on ``RUN_DIR/.lock`` for the job's life. The kernel
 drops the lock when the process ends however it ends (kill -9 included), so a lock left by a
@@ -14,19 +14,10 @@ import fcntl
 import os
 from pathlib import Path
 
-from alexnet_mp import comm
+from alexnet_mp import job
 from alexnet_mp.errors import UserError
 
-__all__ = ["RunLock", "check_writable", "make_run_dir", "resume_mode", "RESUME_MODES"]
-
-RESUME_MODES = (True, False, "auto")
-
-
-def resume_mode(value: object) -> bool | str:
-    """``resume``: true, false or auto (resume when the run directory holds a run, else start)."""
-    if value not in RESUME_MODES or (value != "auto" and not isinstance(value, bool)):
-        raise UserError(f"resume must be true or false, or auto, not {value!r}")
-    return value  # type: ignore[return-value]
+__all__ = ["RunLock", "check_writable", "make_run_dir"]
 
 
 def _explain(err: OSError) -> str:
@@ -59,7 +50,7 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self._fd: int | None = None
         problem = self._take(run_dir) if main else None
-        problem = comm.broadcast_object(problem)
+        problem = job.broadcast_object(problem)
         if problem:
             raise UserError(problem)
 

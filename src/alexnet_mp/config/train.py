@@ -3,7 +3,7 @@
 
 The net's switches follow the paper's sections (3.3 LRN, 3.4 pooling, 4.2 dropout, 5 the
 initialisation and SGD, 7 a removed middle layer); the words each accepts come from the
-architecture's own tables in :mod:`alexnet_mp.arch` and :mod:`alexnet_mp.model`. A field with
+architecture's own tables in :mod:`alexnet_mp.arch`. A field with
 ``resume="may_change"`` says how long or how fast a run goes, not what it computes: a run may
 be resumed with another value (:data:`RESUME_MAY_CHANGE`).
 """
@@ -15,20 +15,19 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from alexnet_mp.arch import GEOMETRIES, POOLINGS, REMOVABLE
+from alexnet_mp.arch import GEOMETRIES, INITS, LRN_CHOICES, POOLINGS, REMOVABLE
 from alexnet_mp.config.data import DataConfig, ImageFolderData, PreparedData, SyntheticData
 from alexnet_mp.config.schema import MAY_CHANGE, resume_may_change, setting
-from alexnet_mp.model import INITS, LRN_CHOICES
 
 __all__ = ["ModelConfig", "OptimConfig", "ScheduleConfig", "CommConfig", "CheckpointConfig", "DebugConfig",
-           "TrainConfig", "COMPILE_MODES", "DEVICES", "RESUME_MAY_CHANGE", "store"]
+           "TrainConfig", "BACKENDS", "COMPILE_MODES", "DEVICES", "RESUME_MAY_CHANGE", "store"]
 
 # torch.compile's modes that a run may ask for (``compile_mode``, used with ``compile=true``).
 # reduce-overhead replays the compiled forward and backward as CUDA graphs (on a GPU; elsewhere
-# it is the default mode): on one H200 it took the whole net's bf16 step at batch 128 from
-# 9.17 ms to 7.97 ms and one tower's from 5.64 ms to 3.84 ms (benchmarks/results/gpu-profile.log).
+# it is the default mode), which takes the kernel launches off the host (docs/speed.md).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 @dataclass
@@ -103,7 +102,7 @@ class TrainConfig:
     # auto: continue when the run directory holds a checkpoint, else start
     resume: Any = setting(False, choices=(True, False, "auto"), resume=MAY_CHANGE)
     dist_timeout_s: float = setting(300.0, gt=0, resume=MAY_CHANGE)
-    dist_backend: str = setting("auto", choices=("auto", "nccl", "gloo"), resume=MAY_CHANGE)
+    dist_backend: str = setting("auto", choices=BACKENDS, resume=MAY_CHANGE)
     deterministic: bool = setting(False, resume=MAY_CHANGE)
     # How fast, not what (README, "Speed"): each may change when a run is resumed.
     precision: str = setting("fp32", choices=("fp32", "bf16"), resume=MAY_CHANGE)

@@ -5,7 +5,7 @@ crops, reflections and fancy PCA) and sec. 5 (the mean image, the ten test patch
 One concern a module:
 
 - :mod:`~alexnet_mp.data.images`: the datasets and the decoding of one file (sec. 2);
-- :mod:`~alexnet_mp.data.stats`: the mean image and the RGB eigen-decomposition (sec. 2, 4.1);
+- :mod:`~alexnet_mp.data.dataset_stats`: the mean image and the RGB eigen-decomposition (sec. 2, 4.1);
 - :mod:`~alexnet_mp.data.seeds`: every random stream as a function of (seed, epoch, index);
 - :mod:`~alexnet_mp.data.augment`: the draws of sec. 4.1 and their application per batch;
 - :mod:`~alexnet_mp.data.loader`: whole uint8 batches of any epoch;
@@ -37,7 +37,7 @@ from alexnet_mp.data.loader import (Batch, BatchLoader, BatchReader, EpochBatche
                                     epoch_order, read_images, worker_context)
 from alexnet_mp.data.prepared import FORMAT_VERSION, PreparedImages, open_prepared, read_manifest
 from alexnet_mp.data.sources import base_datasets
-from alexnet_mp.data.stats import DatasetStats, StatsSums, compute_stats, load_or_compute_stats, stats_from_sums
+from alexnet_mp.data.dataset_stats import DatasetStats, StatsSums, compute_stats, load_or_compute_stats, stats_from_sums
 
 __all__ = [
     "Batch", "BatchAugment", "BatchLoader", "BatchReader", "DatasetStats", "Draws", "EpochBatches",

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from alexnet_mp.arch import GEOMETRIES, MIN_INPUT_SIZE
 from alexnet_mp.data.seeds import TAG_AUGMENT, mix
-from alexnet_mp.data.stats import DatasetStats
+from alexnet_mp.data.dataset_stats import DatasetStats
 from alexnet_mp.errors import UserError
 
 __all__ = ["BatchAugment", "Draws", "crop_size_for", "draw_augmentations", "pca_shift", "pca_weights", "ten_crop"]

@@ -21,7 +21,7 @@ skipped, named and counted. Two storage formats:
 
 The mean image and the RGB covariance eigen-decomposition are computed in the same
 pass over the WHOLE training set (not a sample), with the arithmetic of
-:func:`alexnet_mp.data.stats.compute_stats`: each shard's worker sums in float64, the
+:func:`alexnet_mp.data.dataset_stats.compute_stats`: each shard's worker sums in float64, the
 main process combines the sums. For ``jpeg`` they are computed from the pixels before
 encoding, i.e. from what ``data=imagefolder`` would give.
 
@@ -61,7 +61,7 @@ from alexnet_mp.data.loader import cores, worker_context
 from alexnet_mp.data.prepared import (FORMAT_VERSION, FORMATS, KIND, LABELS_NPY, MANIFEST_JSON, PREPARE_JSON,
                                       SPLITS, STATS_PT, data_names, read_json, record_name)
 from alexnet_mp.data.shards import Shard, init_worker, npy_bytes, prepare_shard
-from alexnet_mp.data.stats import stats_from_sums
+from alexnet_mp.data.dataset_stats import stats_from_sums
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import atomic_save, atomic_write, human_bytes, is_temporary
 from alexnet_mp.progress import Progress

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from alexnet_mp.data.images import check_same_classes, decode
-from alexnet_mp.data.stats import DatasetStats
+from alexnet_mp.data.dataset_stats import DatasetStats
 from alexnet_mp.errors import UserError
 
 __all__ = ["FORMATS", "FORMAT_VERSION", "KIND", "LABELS_NPY", "MANIFEST_JSON", "PREPARE_JSON", "PreparedImages",

@@ -4,7 +4,7 @@ A shard is a run of consecutive images of one split. The worker passes each thro
 :func:`alexnet_mp.data.images.load_image` (sec. 2: shorter side to S, central S x S
 kept; the very function ``data=imagefolder`` uses), writes it with :class:`RawWriter`
 (a memory-mapped uint8 ``.npy``) or :class:`JpegWriter` (re-encoded JPEGs and their
-offsets), sums the training images' statistics (:class:`~alexnet_mp.data.stats.StatsSums`)
+offsets), sums the training images' statistics (:class:`~alexnet_mp.data.dataset_stats.StatsSums`)
 and writes the shard's record last: a shard is done only once its record exists. Every
 file is written under an :mod:`alexnet_mp.io` temporary; a worker stopped mid-shard
 removes its temporaries, and the shard without a record is redone by the next run.
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from alexnet_mp.data.images import load_image
 from alexnet_mp.data.prepared import FORMAT_VERSION, data_names, record_name
-from alexnet_mp.data.stats import StatsSums
+from alexnet_mp.data.dataset_stats import StatsSums
 from alexnet_mp.io import (DiskFull, atomic_save, atomic_write, disk_full_error, fsync_dir, publish, remove,
                            remove_temporaries, temporary_name)
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp.data.images import ImageFolderImages, SyntheticImages, check_same_classes
 from alexnet_mp.data.prepared import open_prepared
-from alexnet_mp.data.stats import DatasetStats
+from alexnet_mp.data.dataset_stats import DatasetStats
 from alexnet_mp.errors import UserError
 
 __all__ = ["base_datasets"]

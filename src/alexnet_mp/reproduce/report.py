@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alexnet_mp.checkpoint import atomic_write_text
+from alexnet_mp.io import atomic_write
 from alexnet_mp.reproduce.plan import PAPER_DELTAS
-from alexnet_mp.stats import paired_difference, spread
+from alexnet_mp.student_t import paired_difference, spread
 
 __all__ = ["ERRORS", "CROPS", "summarise", "markdown", "plot", "write_report"]
 
@@ -152,7 +152,7 @@ def plot(summary: dict, path: Path) -> None:
 def write_report(summary: dict, settings: dict, results: list[dict], out_dir: Path, name: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"{name}.{k}" for k in ("json", "md", "png")}
-    atomic_write_text(paths["json"], json.dumps({"settings": settings, "summary": summary, "runs": results}, indent=1))
-    atomic_write_text(paths["md"], markdown(summary, settings))
+    atomic_write(paths["json"], json.dumps({"settings": settings, "summary": summary, "runs": results}, indent=1))
+    atomic_write(paths["md"], markdown(summary, settings))
     plot(summary, paths["png"])
     return paths

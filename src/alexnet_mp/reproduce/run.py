@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from alexnet_mp import provenance
 from alexnet_mp.cli import data_overrides
 from alexnet_mp.errors import UserError
-from alexnet_mp.launchers import SweepState, submit_runs
+from alexnet_mp.reproduce.submit import SweepState, submit_runs
 from alexnet_mp.reproduce.plan import plan_runs
 from alexnet_mp.reproduce.report import markdown, summarise, write_report
 from alexnet_mp.reproduce.sweep import Sweep

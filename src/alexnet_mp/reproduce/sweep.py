@@ -17,11 +17,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp.arch import spec_for
-from alexnet_mp.checkpoint import atomic_write_text, load_file
+from alexnet_mp.checkpoint import load_file
 from alexnet_mp.cli import data_overrides, override_value
 from alexnet_mp.figures import tower_chromatic_shares
-from alexnet_mp.launchers import run_logged
+from alexnet_mp.io import atomic_write
 from alexnet_mp.reproduce.plan import CONFIGS, REPO, preset_keys
+from alexnet_mp.reproduce.submit import run_logged
 
 __all__ = ["Sweep"]
 
@@ -77,8 +78,8 @@ class Sweep:
                         f"--nproc_per_node={self.processes(config)}", str(REPO / "launch" / "train.py")]
         named = preset_keys(config)  # the preset's own keys win over the data's
         data_args = [a for a in data_args if a.split("=", 1)[0] not in named]
-        # Decided when the job (re)starts, so a requeued Slurm job resumes what its last attempt saved:
-        # the trainer's resume=auto, which this trainer's config does not accept yet (the faults issue adds it).
+        # Decided when the job (re)starts, so a requeued Slurm job resumes what its last attempt saved
+        # (what the trainer's resume=auto does, decided here so the command says which).
         resume = ["resume=true"] if self._has_checkpoint(run_dir) else []
         return [*launcher, *CONFIGS[config], f"seed={seed}", f"epochs={int(self.cfg.epochs)}",
                 f"threads={self.threads}", f"device={self.cfg.device}",
@@ -134,5 +135,5 @@ class Sweep:
                   # per tower of the net (two for the full net, also when it ran as one process)
                   "chromatic_share": tower_chromatic_shares(blob["state_dict"]["conv1.weight"],
                                                             spec_for(blob["model"]["name"], 2).towers)}
-        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
+        atomic_write(run_dir / "result.json", json.dumps(result, indent=1))
         return result

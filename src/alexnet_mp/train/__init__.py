@@ -14,19 +14,21 @@ The package, one concern a module:
 - ``start``: placement, the run directory, resume or not, the data checks, ``config.yaml``;
 - ``state``: ``RunState`` (what a checkpoint holds), ``Position``, ``Speed``, ``build_run_state``;
 - ``inputs``: ``Data`` and ``Inputs``, the stored images and the augmented batches;
-- ``loop``: ``train_step``, ``train_epoch``, ``train_epochs``, ``evaluate``;
-- ``checkpoints``: when the run state is saved and what a resumed one must match;
+- ``step``: ``train_step``, one SGD step, and ``StepHooks``, what a caller adds to each step;
+- ``loop``: ``train_epoch``, ``train_epochs``, ``validate`` (centre-crop error during training);
+- ``checkpoint_policy``: when the run state is saved and what a resumed one must match;
 - ``stop``: a lost process becomes one line, not a hang;
 - ``finish``: ``model_final.pt`` and ``summary.json``;
 - ``run``: ``train()``, the stages in order.
 """
 
-from alexnet_mp.train.checkpoints import Checkpoints, check_resumable, model_signature
+from alexnet_mp.train.checkpoint_policy import Checkpoints, check_resumable, model_signature
 from alexnet_mp.train.inputs import Data, Inputs, build_augment, build_data
-from alexnet_mp.train.loop import evaluate, topk_errors, topk_wrong, train_epoch, train_epochs, train_step
+from alexnet_mp.train.loop import train_epoch, train_epochs, validate
 from alexnet_mp.train.run import train
 from alexnet_mp.train.state import Position, RunState, Speed, build_run_state
+from alexnet_mp.train.step import KillAtStep, StepHooks, train_step
 
-__all__ = ["train", "train_step", "train_epoch", "train_epochs", "build_run_state", "RunState", "Position", "Speed",
-           "Checkpoints", "check_resumable", "model_signature", "Data", "Inputs", "build_data", "build_augment",
-           "evaluate", "topk_errors", "topk_wrong"]
+__all__ = ["train", "train_step", "StepHooks", "KillAtStep", "train_epoch", "train_epochs", "build_run_state",
+           "RunState", "Position", "Speed", "Checkpoints", "check_resumable", "model_signature", "Data", "Inputs",
+           "build_data", "build_augment", "validate"]

@@ -11,8 +11,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from alexnet_mp import comm, provenance
-from alexnet_mp.checkpoint import atomic_save, atomic_write_text
+from alexnet_mp import job, provenance
+from alexnet_mp.io import atomic_save, atomic_write
 from alexnet_mp.parallel import full_state_dict
 from alexnet_mp.train.start import Run
 
@@ -37,10 +37,10 @@ def finish_run(run: Run, stopped_early: bool, started: float) -> dict:
                      "stats": {"mean_image": d.stats.mean_image, "eigvals": d.stats.eigvals,
                                "eigvecs": d.stats.eigvecs}}, run.run_dir / "model_final.pt")
         if not stopped_early:
-            atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=1))
+            atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=1))
         run.metrics.close(plot=True)
         log.info("done: %s", json.dumps({k: summary[k] for k in ("val_top1_err", "val_top5_err", "seconds")}))
-    comm.barrier()
+    job.barrier()
     return summary
 
 

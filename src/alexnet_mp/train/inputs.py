@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import comm, data
+from alexnet_mp import data, job
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
 
@@ -50,7 +50,7 @@ def build_data(cfg: DictConfig, run_dir: Path, main: bool) -> Data:
             except UserError as err:
                 outcome = err
         # Every rank gets the statistics, or the same error, so none waits for a rank that failed.
-        outcome = comm.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
+        outcome = job.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
         if not isinstance(outcome, data.DatasetStats):
             raise UserError(outcome)
         stats = outcome
@@ -84,9 +84,9 @@ class Inputs:
     """
 
     def __init__(self, cfg: DictConfig, d: Data, device: torch.device, batch_size: int,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), tower_group=None):
         self.device = device
-        self.tower_group = None  # this replica's tower pair (debug.check_batches compares within it)
+        self.tower_group = tower_group  # this replica's tower pair (debug.check_batches compares within it)
         # Each batch is trained on before the next is made: its buffer can be reused.
         self.augment = build_augment(cfg, d, device, reuse_output=True)
         self.in_workers = str(cfg.data.augment) == "workers"

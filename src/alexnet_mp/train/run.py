@@ -13,17 +13,20 @@ from alexnet_mp.rundir import RunLock
 from alexnet_mp.train.finish import finish_run
 from alexnet_mp.train.loop import train_epochs
 from alexnet_mp.train.start import agree_on_run_dir, place_run, start_run
+from alexnet_mp.train.step import StepHooks
 from alexnet_mp.train.stop import lost_processes_stop_the_run
 
 __all__ = ["train"]
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, hooks: StepHooks = StepHooks()) -> dict:
     """Run (or resume) one training run in ``run_dir``; return the summary (every rank).
 
     ``cfg`` is composed over :class:`alexnet_mp.config.train.TrainConfig` and checked with
-    :func:`alexnet_mp.config.check` (``launch/train.py`` does both)."""
+    :func:`alexnet_mp.config.check` (``launch/train.py`` does both). ``hooks``: what a caller
+    adds to each step (:class:`StepHooks`), with ``debug.kill_at_step``'s crash added here."""
     placement = place_run(cfg)
+    hooks = hooks.with_config(cfg)  # after the process group is joined: it names this rank
     stop = PreemptionFlag.install()  # before the loader's workers fork: they inherit the flag
     run_dir = agree_on_run_dir(run_dir)
     store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=placement.main,
@@ -34,7 +37,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             run = start_run(cfg, run_dir, placement, store)
             started = time.perf_counter()
             stopped_early = train_epochs(run.state, run.inputs, run.checkpoints, run.metrics, cfg,
-                                         main=placement.main, stop=stop)
+                                         main=placement.main, stop=stop, hooks=hooks)
             summary = finish_run(run, stopped_early, started)
         finally:
             lock.release()

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import comm
-from alexnet_mp.checkpoint import CheckpointStore, atomic_write_text
+from alexnet_mp import comm, job
+from alexnet_mp.checkpoint import CheckpointStore
 from alexnet_mp.errors import UserError
-from alexnet_mp.parallel import Placement, place
-from alexnet_mp.report import MetricsLog
-from alexnet_mp.rundir import make_run_dir, resume_mode
-from alexnet_mp.train.checkpoints import Checkpoints, model_signature
+from alexnet_mp.io import atomic_write
+from alexnet_mp.metrics_log import MetricsLog
+from alexnet_mp.placement import Placement, place
+from alexnet_mp.rundir import make_run_dir
+from alexnet_mp.train.checkpoint_policy import Checkpoints, model_signature
 from alexnet_mp.train.inputs import Data, Inputs, build_data
 from alexnet_mp.train.state import RunState, Speed, build_run_state
 
@@ -69,7 +70,7 @@ def check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
 def agree_on_run_dir(mine: Path) -> Path:
     """Rank 0's run directory on every rank: Hydra's timestamped default can differ by a
     second between processes, so the others follow rank 0 and drop their empty folder."""
-    agreed = Path(comm.broadcast_object(str(mine)))
+    agreed = Path(job.broadcast_object(str(mine)))
     if agreed.resolve() != mine.resolve() and mine.is_dir() and not any(mine.iterdir()):
         mine.rmdir()
     make_run_dir(agreed)
@@ -81,7 +82,7 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     device, main = placement.device, placement.main
     resume = _resume_asked(cfg, run_dir, main)
     check_run_dir(run_dir, store, resume)
-    comm.barrier()
+    job.barrier()
 
     d = build_data(cfg, run_dir, main)
     _check_data(cfg, d)
@@ -97,8 +98,8 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     elif resume and main:
         log.info("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
 
-    inputs = Inputs(cfg, d, device, int(cfg.batch_size), shard=(placement.replica, placement.replicas))
-    inputs.tower_group = placement.tower_group
+    inputs = Inputs(cfg, d, device, int(cfg.batch_size), shard=(placement.replica, placement.replicas),
+                    tower_group=placement.tower_group)
     run = Run(cfg, run_dir, placement, d, state, inputs, checkpoints,
               MetricsLog(run_dir, enabled=main, last_epoch=p.epoch))
     if main:
@@ -111,7 +112,7 @@ def _resume_asked(cfg: DictConfig, run_dir: Path, main: bool) -> bool:
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restarts and main:
         log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, run_dir)
-    return bool(resume_mode(cfg.resume)) or restarts > 0  # auto: as true, which starts an empty dir
+    return bool(cfg.resume) or restarts > 0  # true or auto (the schema's words); auto starts an empty dir
 
 
 def _check_data(cfg: DictConfig, d: Data) -> None:
@@ -128,7 +129,7 @@ def _check_data(cfg: DictConfig, d: Data) -> None:
 def _record_start(run: Run) -> None:
     """The main process writes the resolved ``config.yaml`` and says what is trained where."""
     cfg, placement, d, device = run.cfg, run.placement, run.data, run.placement.device
-    atomic_write_text(run.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write(run.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     where = (f"1 process, {device}" if placement.world_size == 1 else
              f"{placement.replicas} replica(s) x {placement.towers} tower(s), {device.type}")
     log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, augmentation on the %s, "

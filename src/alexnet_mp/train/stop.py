@@ -8,11 +8,10 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from alexnet_mp import comm
+from alexnet_mp import job
 from alexnet_mp.checkpoint import CheckpointStore
-from alexnet_mp.cli import another_rank_reported
-from alexnet_mp.errors import QuietStop, UserError
-from alexnet_mp.parallel import Placement
+from alexnet_mp.errors import QuietStop, UserError, another_rank_reported
+from alexnet_mp.placement import Placement
 
 __all__ = ["lost_processes_stop_the_run"]
 
@@ -31,7 +30,7 @@ def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore) ->
     try:
         yield
     except RuntimeError as err:
-        if not comm.is_lost_peer(err):
+        if not job.is_lost_peer(err):
             raise
         if another_rank_reported():
             raise QuietStop() from None
