@@ -10,13 +10,14 @@ values (``mean_image``: JSON, [3, S, S]).
 LRN (sec. 3.3) becomes ONNX's own ``LRN`` operator, whose square sum is scaled by
 ``alpha / size`` as ``torch.nn.functional.local_response_norm`` and
 :func:`alexnet_mp.lrn.local_response_norm` do, so the constants go over unchanged
-(``tests/test_export.py`` checks one against the other on large activations, where a
+(``tests/test_use.py`` checks one against the other on large activations, where a
 wrong scale shows). Each tower's channel block is normalised alone by folding the towers
-into the batch around the operator.
+into the batch around the operator. The net is exported as a copy built with that LRN
+(``AlexNet(lrn_function=onnx_lrn)``).
 
 Exporter: ``torch.onnx.export(dynamo=True)``. The TorchScript exporter (``dynamo=False``,
 deprecated since torch 2.9) traced the hand-written LRN's in-place shifted adds wrongly
-(logits 5% off on torch 2.14.1); the ``torch.export`` path gets them right and maps our
+(docs/using.md); the ``torch.export`` path gets them right and maps our
 LRN custom op through ``custom_translation_table`` (needs ``onnxscript``, torch >= 2.6).
 
     python launch/export.py checkpoint=RUN_DIR out=alexnet.onnx     # or out=alexnet.pt2
