@@ -21,9 +21,8 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from alexnet_mp.job import all_ranks, barrier, broadcast_object
+from alexnet_mp.job import all_ranks, barrier, broadcast_object, gather_object
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import DiskFull, atomic_write, torch_bytes
 from alexnet_mp.arch import ARCH_DEFAULTS
@@ -54,14 +53,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _gather(obj: object) -> list:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 class CheckpointStore:
@@ -104,7 +95,7 @@ class CheckpointStore:
             except DiskFull as err:
                 mine = (self.tower, None, str(err))
             del payload
-        gathered = _gather(mine)
+        gathered = gather_object(mine)
         failed = [err for _, _, err in gathered if err]
         if failed:
             if self.main:
@@ -178,7 +169,7 @@ class CheckpointStore:
             why = self.problem(folder, [self.tower])
             if all_ranks(why is None):
                 return folder, skipped
-            whys = [w for w in _gather(why) if w]
+            whys = [w for w in gather_object(why) if w]
             skipped.append(f"{folder.name}: {whys[0]}")
             if self.main:
                 log.warning("skipping checkpoint %s: %s", folder, whys[0])

@@ -2,7 +2,7 @@
 it) used outside the towers' forward and backward passes, each a no-op in one process.
 
 ``barrier``, ``broadcast_object`` (rank 0's run directory, resume decision, a problem found
-by one rank), ``all_ranks`` (a flag true everywhere: finite loss, a usable checkpoint, a stop
+by one rank), ``gather_object`` (every rank's checkpoint shard record), ``all_ranks`` (a flag true everywhere: finite loss, a usable checkpoint, a stop
 signal), ``sum_over`` (the replicas' losses and error counts), ``all_equal`` (both towers see
 the same batch) and ``is_lost_peer`` (how a collective says a peer is gone). The towers' own
 moves are :mod:`alexnet_mp.comm`.
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from alexnet_mp.collectives import start_all_gather
 
-__all__ = ["all_equal", "all_ranks", "barrier", "broadcast_object", "is_lost_peer", "sum_over"]
+__all__ = ["all_equal", "all_ranks", "barrier", "broadcast_object", "gather_object", "is_lost_peer", "sum_over"]
 
 
 def is_lost_peer(err: BaseException) -> bool:
@@ -75,3 +75,12 @@ def broadcast_object(obj, src: int = 0, group=None):
     box = [obj]
     dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+def gather_object(obj) -> list:
+    """Every rank's Python object, in rank order, on every rank (the whole job)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

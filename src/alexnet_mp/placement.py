@@ -269,7 +269,7 @@ def place(towers: int, *, threads: int | None = None, device: str = "auto", time
     if world % towers:
         raise UserError(f"the full net runs on {valid_process_counts(towers)}; got WORLD_SIZE={world}")
     joined = join_process_group(threads=threads, device=device, init_method=init_method, timeout_s=timeout_s,
-                           backend=backend)
+                                backend=backend)
     mesh = init_device_mesh(joined.device.type, (world // towers, towers), mesh_dim_names=("replica", "tower"))
     tower_group, replica_group = mesh.get_group("tower"), mesh.get_group("replica")
     if timeout_s:
