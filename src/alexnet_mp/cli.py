@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from alexnet_mp import job
 from alexnet_mp.errors import QuietStop, UserError
 from alexnet_mp.preempt import Preempted, exit_preempted
 
@@ -30,42 +30,43 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _job_note_dir() -> Path | None:
-    """A folder every process of this job (on this machine) shares and no other job does:
-    torchrun's run id, its restart count and the agent's pid (the workers' parent)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None
-    key = "-".join((os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
-                    str(os.getppid())))
-    return Path(tempfile.gettempdir()) / f"alexnet_mp-job-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
+def _shared_notes() -> bool:
+    """Whether other ranks of this job may report too (torchrun with more than one process)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def first_error_of_job() -> bool:
     """True in the first process of the job to report an error, False in any later one: the
-    first leaves a note (created exclusively) before it exits, so a rank whose peer failed
-    finds it and stays quiet instead of printing a second line onto the terminal."""
-    folder = _job_note_dir()
-    if folder is None:
-        return True
-    try:
-        folder.mkdir(exist_ok=True)
-        os.close(os.open(folder / "error", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return False
-    except OSError:
-        return True  # no shared note possible: better twice than never
-    return True
+    first leaves a note (:func:`alexnet_mp.job.first_note`) before it exits, so a rank whose
+    peer failed finds it and stays quiet instead of printing a second line onto the terminal."""
+    return not _shared_notes() or job.first_note("error")
 
 
 def another_rank_reported() -> bool:
-    folder = _job_note_dir()
-    return folder is not None and (folder / "error").exists()
+    return _shared_notes() and job.has_note("error")
+
+
+# The run directory made for this job (by check_run_dir_override, or Hydra's default made just
+# now): a job that fails before writing into it removes it again (rundir.remove_if_unused).
+_fresh_run_dir: Path | None = None
+_run_dir_given = False
+
+
+def _leave(failed: bool) -> None:
+    """This process is done: the job's notes (the last process removes them) and, after a
+    failure, the run directory made for nothing."""
+    job.leave()
+    if failed and _fresh_run_dir is not None:
+        from alexnet_mp.rundir import remove_if_unused
+
+        remove_if_unused(_fresh_run_dir)
 
 
 def _fail(message: str) -> None:
     if first_error_of_job():
         print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    _leave(failed=True)
     # Leave at once, without tearing down the process group: another rank may still be
     # inside a collective, and destroying an NCCL group then can block. torchrun stops the
     # other ranks when this one exits.
@@ -75,14 +76,19 @@ def _fail(message: str) -> None:
 def check_run_dir_override(argv: list[str]) -> None:
     """An unwritable ``hydra.run.dir=`` as one line, before Hydra makes the folder (it would
     print a traceback) and before any training."""
+    global _fresh_run_dir, _run_dir_given
     given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "++hydra.run.dir="))]
     if not given or "${" in given[-1]:
         return
     from alexnet_mp.rundir import check_writable, make_run_dir
 
+    _run_dir_given = True
     try:
         folder = Path(given[-1].strip("'\"")).expanduser()
+        fresh = not folder.exists()
         make_run_dir(folder)
+        if fresh:
+            _fresh_run_dir = folder
         check_writable(folder)
     except UserError as err:
         _fail(str(err))
@@ -111,12 +117,17 @@ def run_hydra(main: Callable[[], object]) -> None:
         _fail(config.explain(err))
 
 
-def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> None:
+def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run_dir: Path | None = None) -> None:
     """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one line
     on stderr (once per job) and exit status 1; a preemption (:class:`Preempted`) one line from
-    rank 0 and exit status 75."""
-    global _task_started
+    rank 0 and exit status 75. ``run_dir``: Hydra's run directory of a training job, removed
+    again when the job fails before writing into it (unless it was there before the launch)."""
+    global _task_started, _fresh_run_dir
     _task_started = True
+    if run_dir is not None and not _run_dir_given:
+        _fresh_run_dir = run_dir  # Hydra's default folder, made for this job
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        job.remove_stale_notes()
     rank = int(os.environ.get("RANK", "0"))
     logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
@@ -126,9 +137,11 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> 
             config.check(cfg)
         fn()
     except Preempted as stop:
+        job.leave()
         exit_preempted(str(stop), main=rank == 0)
     except QuietStop:
         sys.stdout.flush()
+        _leave(failed=True)
         os._exit(1)  # another rank has printed the job's one line
     except UserError as err:
         _fail(str(err))
@@ -139,6 +152,7 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> 
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    job.leave()
 
 
 _HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}
