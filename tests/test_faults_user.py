@@ -195,9 +195,10 @@ def test_the_jobs_note_folders_are_removed_and_stale_ones_cleaned(tmp_path):
     notes.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = notes / f"alexnet_mp-job-{dead.pid}-0"  # left by a job whose processes are gone
-    stale.mkdir()
-    (stale / "error").touch()
+    # Left by jobs whose processes are gone: named as now, and as before (RUNID-RESTART-AGENTPID).
+    for stale in (notes / f"alexnet_mp-job-pid{dead.pid}-x", notes / f"alexnet_mp-job-d6a1-0-{dead.pid}"):
+        stale.mkdir()
+        (stale / "error").touch()
     env = {**ENV, "TMPDIR": str(notes)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
            "data=imagefolder", f"data.root={tmp_path / 'nowhere'}", "progress=false", f"hydra.run.dir={tmp_path / 'r'}"]

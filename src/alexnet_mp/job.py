@@ -10,7 +10,7 @@ every step boundary (:mod:`alexnet_mp.preempt` asks it). ``prctl(PR_SET_PDEATHSI
 used: it fires when the parent *thread* that forked the worker ends, not the launcher.
 
 The notes. Every process of the job on this machine (torchrun's ranks, a process's loader
-workers) shares one folder in the temporary directory, ``alexnet_mp-job-OWNER-...``, OWNER
+workers) shares one folder in the temporary directory, ``alexnet_mp-job-pidOWNER-...``, OWNER
 being the launcher's pid (or the lone process's): a file created there with ``O_EXCL``
 (:func:`first_note`) is something said once per job, the first error or one unreadable
 image. Each process that leaves (:func:`leave`) marks the folder; the last of the job's
@@ -60,7 +60,7 @@ def note_dir() -> Path:
         key = "-".join((os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
     else:
         key = _TOKEN
-    return Path(tempfile.gettempdir()) / f"{PREFIX}{_OWNER}-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
+    return Path(tempfile.gettempdir()) / f"{PREFIX}pid{_OWNER}-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
 
 
 def first_note(name: str) -> bool:
@@ -115,6 +115,8 @@ def remove_stale_notes() -> None:
     except OSError:
         return
     for folder in folders:
-        owner = folder.name[len(PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and int(owner) != _OWNER and not _alive(int(owner)):
+        name = folder.name[len(PREFIX):]
+        # pidOWNER-...; before, RUNID-RESTART-AGENTPID
+        owner = name[3:].split("-", 1)[0] if name.startswith("pid") else name.rsplit("-", 1)[-1]
+        if owner.isdigit() and int(owner) > 1 and int(owner) != _OWNER and not _alive(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)
