@@ -59,7 +59,8 @@ def _leave(failed: bool) -> None:
     if failed and _fresh_run_dir is not None:
         from alexnet_mp.rundir import remove_if_unused
 
-        remove_if_unused(_fresh_run_dir)
+        # Hydra's default (outputs/DATE/TIME) also made its parents in the working directory.
+        remove_if_unused(_fresh_run_dir, within=None if _run_dir_given else Path.cwd())
 
 
 def _fail(message: str) -> None:

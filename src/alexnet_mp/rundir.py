@@ -55,9 +55,24 @@ def check_writable(folder: Path, what: str = "the run directory") -> None:
         raise UserError(f"cannot write to {what} {folder}: {_explain(err)}") from None
 
 
-def remove_if_unused(folder: Path) -> None:
-    """Remove ``folder`` when it holds nothing, or only a lock no live job holds."""
+def remove_if_unused(folder: Path, within: Path | None = None) -> None:
+    """Remove ``folder`` when it holds nothing, or only a lock no live job holds; and then
+    its parents inside ``within`` that are left empty (Hydra's ``outputs/DATE``)."""
     folder = Path(folder)
+    _remove_unused(folder)
+    if within is None or folder.exists():
+        return
+    within = Path(within).resolve()
+    for parent in folder.resolve().parents:
+        if parent == within or within not in parent.parents:
+            return
+        try:
+            parent.rmdir()
+        except OSError:
+            return  # not empty: another run's folder
+
+
+def _remove_unused(folder: Path) -> None:
     try:
         if any(p.name != ".lock" for p in folder.iterdir()):
             return
