@@ -32,15 +32,16 @@ def _published(run: Path) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
+def _workers(pid: int) -> list[int]:
+    """torchrun ``pid``'s workers: its children running launch/train.py."""
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and b"launch/train.py" in (stat.parent / "cmdline").read_bytes():
+                kids.append(int(stat.parent.name))
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
     return kids
 
 
@@ -65,7 +66,7 @@ def test_a_killed_launcher_stops_its_workers_which_save_and_resume_bit_for_bit(t
     deadline = time.monotonic() + 180
     while not _published(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    workers = _children(proc.pid)
+    workers = _workers(proc.pid)
     assert len(workers) == 2 and proc.poll() is None, workers
     proc.kill()
     killed = time.monotonic()
