@@ -16,7 +16,7 @@ from alexnet_mp.train import train
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: train(cfg, hydra_run_dir()), cfg)
+    run_entry_point(lambda: train(cfg, hydra_run_dir()), cfg, run_dir=hydra_run_dir())
 
 
 if __name__ == "__main__":

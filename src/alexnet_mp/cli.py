@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from alexnet_mp import local_job
 from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.preempt import Preempted, exit_preempted
 
@@ -29,10 +30,28 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+# The run directory made for this job (by check_run_dir_override, or Hydra's default made just
+# now): a job that fails before writing into it removes it again (rundir.remove_if_unused).
+_fresh_run_dir: Path | None = None
+_run_dir_given = False
+
+
+def _leave(failed: bool) -> None:
+    """This process is done: the job's notes (the last process removes them) and, after a
+    failure, the run directory made for nothing."""
+    local_job.leave()
+    if failed and _fresh_run_dir is not None:
+        from alexnet_mp.rundir import remove_if_unused
+
+        # Hydra's default (outputs/DATE/TIME) also made its parents in the working directory.
+        remove_if_unused(_fresh_run_dir, within=None if _run_dir_given else Path.cwd())
+
+
 def _fail(message: str) -> None:
     if first_error_of_job():
         print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    _leave(failed=True)
     # Leave at once, without tearing down the process group: another rank may still be
     # inside a collective, and destroying an NCCL group then can block. torchrun stops the
     # other ranks when this one exits.
@@ -42,14 +61,19 @@ def _fail(message: str) -> None:
 def check_run_dir_override(argv: list[str]) -> None:
     """An unwritable ``hydra.run.dir=`` as one line, before Hydra makes the folder (it would
     print a traceback) and before any training."""
+    global _fresh_run_dir, _run_dir_given
     given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "++hydra.run.dir="))]
     if not given or "${" in given[-1]:
         return
     from alexnet_mp.rundir import check_writable, make_run_dir
 
+    _run_dir_given = True
     try:
         folder = Path(given[-1].strip("'\"")).expanduser()
+        fresh = not folder.exists()
         make_run_dir(folder)
+        if fresh:
+            _fresh_run_dir = folder
         check_writable(folder)
     except UserError as err:
         _fail(str(err))
@@ -78,12 +102,17 @@ def run_hydra(main: Callable[[], object]) -> None:
         _fail(config.explain(err))
 
 
-def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> None:
+def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run_dir: Path | None = None) -> None:
     """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one line
     on stderr (once per job) and exit status 1; a preemption (:class:`Preempted`) one line from
-    rank 0 and exit status 75."""
-    global _task_started
+    rank 0 and exit status 75. ``run_dir``: Hydra's run directory of a training job, removed
+    again when the job fails before writing into it (unless it was there before the launch)."""
+    global _task_started, _fresh_run_dir
     _task_started = True
+    if run_dir is not None and not _run_dir_given:
+        _fresh_run_dir = run_dir  # Hydra's default folder, made for this job
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        local_job.remove_stale_notes()
     rank = int(os.environ.get("RANK", "0"))
     logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
@@ -93,9 +122,11 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> 
             config.check(cfg)
         fn()
     except Preempted as stop:
+        local_job.leave()
         exit_preempted(str(stop), main=rank == 0)
     except QuietStop:
         sys.stdout.flush()
+        _leave(failed=True)
         os._exit(1)  # another rank has printed the job's one line
     except UserError as err:
         _fail(str(err))
@@ -106,6 +137,7 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None) -> 
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    local_job.leave()
 
 
 _HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}

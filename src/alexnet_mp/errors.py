@@ -13,9 +13,8 @@ stops quietly (:class:`QuietStop`).
 from __future__ import annotations
 
 import os
-import re
-import tempfile
-from pathlib import Path
+
+from alexnet_mp import local_job
 
 __all__ = ["UserError", "QuietStop", "first_error_of_job", "another_rank_reported"]
 
@@ -28,33 +27,17 @@ class QuietStop(Exception):
     """This rank stops because another rank failed and has already printed the job's one line."""
 
 
-def _job_note_dir() -> Path | None:
-    """A folder every process of this job (on this machine) shares and no other job does:
-    torchrun's run id, its restart count and the agent's pid (the workers' parent)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None
-    key = "-".join((os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
-                    str(os.getppid())))
-    return Path(tempfile.gettempdir()) / f"alexnet_mp-job-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
+def _shared_notes() -> bool:
+    """Whether other ranks of this job may report too (torchrun with more than one process)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def first_error_of_job() -> bool:
     """True in the first process of the job to report an error, False in any later one: the
-    first leaves a note (created exclusively) before it exits, so a rank whose peer failed
-    finds it and stays quiet instead of printing a second line onto the terminal."""
-    folder = _job_note_dir()
-    if folder is None:
-        return True
-    try:
-        folder.mkdir(exist_ok=True)
-        os.close(os.open(folder / "error", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return False
-    except OSError:
-        return True  # no shared note possible: better twice than never
-    return True
+    first leaves a note (:func:`alexnet_mp.local_job.first_note`) before it exits, so a rank whose
+    peer failed finds it and stays quiet instead of printing a second line onto the terminal."""
+    return not _shared_notes() or local_job.first_note("error")
 
 
 def another_rank_reported() -> bool:
-    folder = _job_note_dir()
-    return folder is not None and (folder / "error").exists()
+    return _shared_notes() and local_job.has_note("error")

@@ -20,7 +20,7 @@ from alexnet_mp.arch import arch_options
 from alexnet_mp.checkpoint import load_file
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
-from alexnet_mp.io import atomic_write
+from alexnet_mp.io import atomic_write, check_not_a_folder
 from alexnet_mp.model import build_model
 from alexnet_mp.progress import Progress
 from alexnet_mp.rundir import check_writable, make_run_dir
@@ -50,9 +50,11 @@ def load_trained_model(path: Path):
     return model.eval(), blob
 
 
-def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch.device):
+def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch.device, *,
+              allow_class_mismatch: bool = False):
     """(dataset of ``split``, the training run's augmentation, the data config) for a trained
-    net: its own data unless ``data_cfg`` names other data (same classes and image size)."""
+    net: its own data unless ``data_cfg`` names other data (same classes and image size;
+    other class names only with ``allow_class_mismatch``, and a warning)."""
     dcfg = data_cfg if data_cfg is not None else OmegaConf.create(blob["data"]["config"])
     if int(dcfg.image_size) != blob["data"]["image_size"]:
         raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
@@ -62,7 +64,22 @@ def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch
     if len(base.classes) != blob["model"]["num_classes"]:
         raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
                         f"{blob['model']['num_classes']}")
+    _check_class_names(list(base.classes), blob.get("classes"), allow_class_mismatch)
     return base, eval_augment(blob, device), dcfg
+
+
+def _check_class_names(data_classes: list[str], trained: list[str] | None, allow: bool) -> None:
+    """The same class names in the same order as the model learned (model files from before
+    they were recorded are not checked); label i must mean what it meant in training."""
+    if not trained or list(trained) == data_classes:
+        return
+    i = next(i for i, (a, b) in enumerate(zip(data_classes, trained)) if a != b)
+    differ = sum(a != b for a, b in zip(data_classes, trained))
+    what = (f"the data's class names differ from the model's ({differ} of {len(trained)}; label {i} is "
+            f"{data_classes[i]!r} in the data, {trained[i]!r} in the model)")
+    if not allow:
+        raise UserError(f"{what}: evaluate on the classes it was trained on, or pass allow_class_mismatch=true")
+    log.warning("%s; evaluating anyway (allow_class_mismatch=true)", what)
 
 
 def eval_augment(blob: dict, device: torch.device) -> BatchAugment:
@@ -80,7 +97,7 @@ def _output_path(cfg: DictConfig) -> Path:
         make_run_dir(out.parent, "the output folder", "choose another output=")
     if out.parent.is_dir():  # else the checkpoint is not there, which loading reports
         check_writable(out.parent, "the output folder")
-    return out
+    return check_not_a_folder(out)
 
 
 @torch.no_grad()
@@ -93,7 +110,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device)
-    base, augment, dcfg = open_data(blob, cfg.get("data"), str(cfg.split), device)
+    base, augment, dcfg = open_data(blob, cfg.get("data"), str(cfg.split), device,
+                                    allow_class_mismatch=bool(cfg.allow_class_mismatch))
     wrong = torch.zeros(2, 2, dtype=torch.int64, device=device)  # (centre, ten-crop) x (top-1, top-5)
     seen = skipped = 0
     loader = data.BatchLoader(base, int(cfg.batch_size), shuffle=False, seed=0, drop_last=False,

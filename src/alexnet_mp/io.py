@@ -24,7 +24,7 @@ from typing import Any
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["DiskFull", "atomic_write", "atomic_save", "torch_bytes", "fsync_dir", "temporary_name",
+__all__ = ["DiskFull", "atomic_write", "check_not_a_folder", "atomic_save", "torch_bytes", "fsync_dir", "temporary_name",
            "is_temporary", "remove", "remove_temporaries", "disk_full_error", "human_bytes", "publish"]
 
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -62,6 +62,14 @@ def disk_full_error(err: OSError, path: Path, needed: int | None = None) -> Disk
     have = f"{human_bytes(free)} free" if free is not None else "free space unknown"
     return DiskFull(f"{_DISK_FULL[err.errno]} while writing {path} ({need}, {have}); the partial file was "
                     f"removed and what was saved before is kept: free some space and re-run the same command")
+
+
+def check_not_a_folder(path: Path) -> Path:
+    """``path``, or a one-line error when it is a folder: an output file named by the user is
+    checked before the work whose result it would hold (a rename over a folder fails)."""
+    if Path(path).is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; name a file (e.g. {Path(path) / 'NAME'})")
+    return Path(path)
 
 
 def temporary_name(path: Path, tag: str = "") -> Path:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from alexnet_mp import data
 from alexnet_mp.errors import UserError
 from alexnet_mp.evaluate import eval_augment, load_trained_model
-from alexnet_mp.io import atomic_write
+from alexnet_mp.io import atomic_write, check_not_a_folder
 from alexnet_mp.progress import Progress
 
 __all__ = ["find_images", "class_names", "check_output_path", "predict_images", "predict"]
@@ -59,8 +59,9 @@ def class_names(blob: dict) -> list[str]:
 
 
 def check_output_path(path: Path) -> Path:
-    """``path`` if its folder exists and can be written, else a one-line error (before any work)."""
-    path = Path(path)
+    """``path`` if its folder exists and can be written and it is no folder itself, else a
+    one-line error (before any work)."""
+    path = check_not_a_folder(Path(path))
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"cannot write {path}: the folder {folder} does not exist")

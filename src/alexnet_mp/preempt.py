@@ -8,6 +8,10 @@ stop at the same step; the run then saves a checkpoint of exactly that position 
 process exits with :data:`EXIT_PREEMPTED`. A second signal (the scheduler signals every
 process *and* torchrun forwards it) finds the flag already set.
 
+The same flag stops a run whose launcher died (:func:`alexnet_mp.local_job.launcher_gone`, asked
+before each agreement: no collective of its own). The agreement carries the cause, so every
+rank saves the same step and rank 0 names the launcher even when another rank noticed first.
+
     flag = PreemptionFlag.install()
     ...
     flag.check()              # collective; raises StopRequested on every rank together
@@ -21,9 +25,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
-from alexnet_mp import job
+from alexnet_mp import local_job
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
            "exit_preempted"]
@@ -32,6 +37,8 @@ __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "Sto
 # by a signal), so a job script can requeue on it.
 EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# The causes the ranks agree on (the largest wins): none, a stop signal, the launcher gone.
+_NONE, _SIGNAL, _LAUNCHER_GONE = 0, 1, 2
 
 
 class StopRequested(Exception):
@@ -41,11 +48,11 @@ class StopRequested(Exception):
 class Preempted(Exception):
     """The run stopped on a signal and saved its position; printed once, exit :data:`EXIT_PREEMPTED`."""
 
-    def __init__(self, signal_name: str, step: int, saved: Path | None):
-        self.signal_name, self.step, self.saved = signal_name, step, saved
+    def __init__(self, cause: str, step: int, saved: Path | None):
+        """``cause``: "stopped by SIGTERM", "the launcher (...) is gone; stopped", ..."""
+        self.cause, self.step, self.saved = cause, step, saved
         where = f"saved {saved}" if saved is not None else "nothing to save yet"
-        super().__init__(f"stopped by {signal_name} at step {step}; {where}; continue with resume=true "
-                         f"(or resume=auto)")
+        super().__init__(f"{cause} at step {step}; {where}; continue with resume=true (or resume=auto)")
 
 
 class PreemptionFlag:
@@ -53,6 +60,7 @@ class PreemptionFlag:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.agreed = _NONE  # the cause every rank agreed on
         self._previous: dict[int, object] = {}
         self._group = None
 
@@ -77,12 +85,25 @@ class PreemptionFlag:
         self._previous.clear()
 
     @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else "a signal to another rank"
+    def cause(self) -> str:
+        """What stopped the run, as the stop line begins."""
+        if self.agreed == _LAUNCHER_GONE:
+            return (f"{local_job.launcher_name()} is gone; stopped" if local_job.launcher_gone()
+                    else "the launcher (torchrun) of another rank is gone; stopped")
+        if self.received is not None:
+            return f"stopped by {signal.Signals(self.received).name}"
+        return "stopped by a signal to another rank"
 
     def requested(self) -> bool:
-        """Collective: True on every rank when any rank has received a stop signal."""
-        return not job.all_ranks(self.received is None, group=self._group)
+        """Collective: True on every rank when any rank has received a stop signal or lost its launcher."""
+        mine = _LAUNCHER_GONE if local_job.launcher_gone() else _SIGNAL if self.received is not None else _NONE
+        if dist.is_initialized() and dist.get_world_size(self._group) > 1:
+            # The flag's group is gloo (install): a CPU tensor, no wait for a GPU.
+            t = torch.tensor([mine], dtype=torch.int32)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
+            mine = int(t.item())
+        self.agreed = mine
+        return mine != _NONE
 
     def check(self) -> None:
         """Collective: raise :class:`StopRequested` on every rank together when a stop was asked for."""
@@ -97,7 +118,7 @@ def save_on_stop(flag: PreemptionFlag, save: Callable[[], Path | None], step: Ca
         yield
     except StopRequested:
         saved = save()
-        raise Preempted(flag.signal_name, step(), saved) from None
+        raise Preempted(flag.cause, step(), saved) from None
 
 
 def exit_preempted(message: str, main: bool) -> None:

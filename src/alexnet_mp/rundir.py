@@ -5,6 +5,9 @@ drops the lock when the process ends however it ends (kill -9 included), so a lo
 killed job never blocks a relaunch, while a second live launch into the same directory is
 refused with one line. (flock is advisory and per machine; on NFS it is emulated with
 POSIX locks by Linux, which also go with the process.)
+
+A job that fails before writing anything into a run directory made for it (a configuration
+rejected, ``resume=true`` with nothing to resume) removes it again (:func:`remove_if_unused`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from alexnet_mp import job
 from alexnet_mp.errors import UserError
 
-__all__ = ["RunLock", "check_writable", "make_run_dir"]
+__all__ = ["RunLock", "check_writable", "make_run_dir", "remove_if_unused"]
 
 
 def _explain(err: OSError) -> str:
@@ -41,6 +44,40 @@ def check_writable(folder: Path, what: str = "the run directory") -> None:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"{what} {folder} has no space left; free some and re-run the same command") from None
         raise UserError(f"cannot write to {what} {folder}: {_explain(err)}") from None
+
+
+def remove_if_unused(folder: Path, within: Path | None = None) -> None:
+    """Remove ``folder`` when it holds nothing, or only a lock no live job holds; and then
+    its parents inside ``within`` that are left empty (Hydra's ``outputs/DATE``)."""
+    folder = Path(folder)
+    _remove_unused(folder)
+    if within is None or folder.exists():
+        return
+    within = Path(within).resolve()
+    for parent in folder.resolve().parents:
+        if parent == within or within not in parent.parents:
+            return
+        try:
+            parent.rmdir()
+        except OSError:
+            return  # not empty: another run's folder
+
+
+def _remove_unused(folder: Path) -> None:
+    try:
+        if any(p.name != ".lock" for p in folder.iterdir()):
+            return
+        lock = folder / ".lock"
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live job holds it
+                lock.unlink()
+            finally:
+                os.close(fd)
+        folder.rmdir()
+    except OSError:
+        pass  # in use, not empty, or gone already (another rank removed it)
 
 
 class RunLock:
@@ -76,5 +113,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
+            # Unlocked explicitly: loader workers forked since share the lock, and may outlive us.
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
             self._fd = None

@@ -26,6 +26,7 @@ class EvaluateConfig:
     threads: int = setting(2, ge=1)
     workers: Any = setting("auto", auto=True, ge=0)
     progress: bool = True
+    allow_class_mismatch: bool = False        # other class names than the model's: a warning, not an error
     data: Optional[DataConfig] = None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,24 @@ class ImageFolderImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
         path, label = self.samples[index]
-        img = load_image(path, self.image_size)
+        img, reason = _read_image(path, self.image_size)
+        if img is None:
+            _say_once(f"skipping unreadable image {path}: {reason}")
         return None if img is None else (img, label)
+
+
+_said: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """One warning line per job, however many processes (ranks, loader workers) and epochs
+    meet the file: the first to note it in the job's shared folder says it."""
+    from alexnet_mp import local_job
+
+    if line not in _said:
+        _said.add(line)
+        if local_job.first_note(line):
+            _log.warning("%s", line)
 
 
 def decode(encoded: bytes) -> Tensor:
@@ -185,18 +202,27 @@ def shorter_side_centre_crop(img: Tensor, size: int) -> Tensor:
     return img[:, top:top + size, left:left + size].contiguous()
 
 
-def load_image(path: str | Path, size: int) -> Tensor | None:
-    """The paper's preprocessing of one file (sec. 2): uint8 RGB [3, size, size], or
-    ``None`` with a warning naming the file when it cannot be read."""
+def _read_image(path: str | Path, size: int) -> tuple[Tensor | None, str]:
+    """:func:`load_image`'s image, or None and why the file cannot be read."""
     try:
         img = decode(Path(path).read_bytes())
         if min(img.shape[-2:]) < 1:
             raise ValueError("empty image")
-        return shorter_side_centre_crop(img, size)
+        return shorter_side_centre_crop(img, size), ""
     except (OSError, ValueError, SyntaxError, EOFError, RuntimeError, Image.DecompressionBombError) as e:
-        warnings.warn(f"skipping unreadable image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                      stacklevel=2)
-        return None
+        # PIL names the in-memory buffer it was given (<_io.BytesIO object at 0x...>): noise, and a
+        # different line each time.
+        why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e).splitlines()[0] if str(e) else "")
+        return None, why or type(e).__name__
+
+
+def load_image(path: str | Path, size: int) -> Tensor | None:
+    """The paper's preprocessing of one file (sec. 2): uint8 RGB [3, size, size], or
+    ``None`` with a warning naming the file when it cannot be read."""
+    img, why = _read_image(path, size)
+    if img is None:
+        warnings.warn(f"skipping unreadable image {path}: {why}", stacklevel=2)
+    return img
 
 
 def check_same_classes(train_ds: Any, val_ds: Any) -> None:

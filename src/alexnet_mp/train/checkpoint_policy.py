@@ -54,7 +54,8 @@ class Checkpoints:
 
     def diverged(self, what: str, state: RunState) -> UserError:
         return UserError(f"{what} at epoch {state.position.epoch + 1}, step {state.position.step}; stopped. "
-                         f"Last good checkpoint: {self.store.last_good([0, 1]) or 'none'} (try a lower optim.lr)")
+                         f"Last good checkpoint: {self.store.last_good(list(range(self.signature['towers']))) or 'none'} "
+                         f"(try a lower optim.lr)")
 
     def check_loss(self, state: RunState) -> float | None:
         """Read the loss summed on the device since the last read; raise on every rank if it is not finite."""

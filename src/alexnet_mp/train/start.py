@@ -56,11 +56,15 @@ def place_run(cfg: DictConfig) -> Placement:
     return placement
 
 
-def check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool) -> None:
+def check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool | str) -> None:
+    """``resume``: True (there must be a run to resume), "auto" (resume one if there is) or False."""
     finished = (run_dir / "summary.json").is_file()
     if resume:
         if finished:
             raise UserError(f"the run in {run_dir} has already finished (summary.json); nothing to resume")
+        if resume is True and not store.has_any():
+            raise UserError(f"resume=true but {run_dir} holds no checkpoint to resume (is hydra.run.dir right?); "
+                            f"pass resume=auto to start a new run there when there is none")
         return
     if finished or store.has_any():
         raise UserError(f"{run_dir} already holds a run; pass resume=true (or resume=auto) to continue it, "
@@ -96,7 +100,8 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     if latest is not None and main:
         log.info("resuming from %s (epoch %d, batch %d, step %d)", latest, p.epoch, p.batch_in_epoch, p.step)
     elif resume and main:
-        log.info("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
+        log.info("%s: %s has no checkpoint yet; starting from scratch",
+                 "resume=auto" if cfg.resume == "auto" else "torchrun restart", run_dir)
 
     inputs = Inputs(cfg, d, device, int(cfg.batch_size), shard=(placement.replica, placement.replicas),
                     tower_group=placement.tower_group)
@@ -107,12 +112,15 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     return run
 
 
-def _resume_asked(cfg: DictConfig, run_dir: Path, main: bool) -> bool:
-    # A job that torchrun restarted (--max-restarts) resumes from its latest checkpoint by itself.
+def _resume_asked(cfg: DictConfig, run_dir: Path, main: bool) -> bool | str:
+    """True, "auto" or False (:func:`check_run_dir`)."""
+    # A job that torchrun restarted (--max-restarts) resumes from its latest checkpoint by itself,
+    # or starts afresh when the failed attempt saved none: as resume=auto.
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restarts and main:
         log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, run_dir)
-    return bool(cfg.resume) or restarts > 0  # true or auto (the schema's words); auto starts an empty dir
+    # true, false or "auto" (the schema checks the word); a restart resumes what it finds, as auto
+    return "auto" if restarts and cfg.resume is False else cfg.resume
 
 
 def _check_data(cfg: DictConfig, d: Data) -> None:
