@@ -7,6 +7,8 @@ Each file is written whole through :func:`alexnet_mp.io.atomic_write`."""
 from __future__ import annotations
 
 import json
+import math
+import time
 
 from alexnet_mp.figure1.curves import crossing, ratio_summary
 from alexnet_mp.figure1.net import Figure1Net, figure1_spec, map_sizes
@@ -17,6 +19,7 @@ from alexnet_mp.stats import spread
 __all__ = ["summarise", "write_outputs", "markdown"]
 
 PAPER = {"relu": 6, "tanh": 35, "ratio": 6}  # Figure 1, read off the plot (spec sec. 8)
+PLOT_EVERY_S = 60.0  # drawing costs about a second: often enough to watch a long run, not per tiny run
 STYLE = {"relu": ("tab:blue", "-"), "tanh": ("tab:red", "--")}
 
 
@@ -68,11 +71,14 @@ def summarise(state: dict, final: bool = False) -> dict:
 
 
 def write_outputs(state: dict, final: bool = False) -> dict:
+    """The files of the runs so far; the plot at most every ``PLOT_EVERY_S`` seconds until the last."""
     result = summarise(state, final)
     out = state["out"]
     atomic_write(out / "figure1.json", json.dumps(result, indent=1))
     atomic_write(out / "figure1.md", markdown(result))
-    plot(result, out / "figure1.png")
+    if final or time.monotonic() - state.get("plotted", -math.inf) >= PLOT_EVERY_S:
+        plot(result, out / "figure1.png")
+        state["plotted"] = time.monotonic()
     return result
 
 
