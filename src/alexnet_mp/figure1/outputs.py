@@ -37,7 +37,7 @@ def _neuron(state: dict, neuron: str) -> dict:
     cfg, target = state["cfg"], state["cfg"]["target_error"]
     chance = 1 - 1 / state["data"]["classes"]
     runs = [r for r in state["runs"].values() if r["neuron"] == neuron]
-    search = {repr(r["lr"]): r["errors"] for r in runs if r["role"] == "search"
+    search = {repr(r["lr"]): r["errors"] for r in runs if r["role"] == "search" and r["lr"] in cfg["search"]["rates"]
               and r["epochs"] == cfg["search"]["epochs"] and r["seed"] == cfg["search"]["seed"]}
     lr = state["rates"].get(neuron)
     seeds = {}

@@ -47,7 +47,10 @@ def _check(cfg: DictConfig) -> None:
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda, but no CUDA device is visible")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape all run long: let cuDNN pick its kernels once
+    return device
 
 
 def _load_images(dcfg: DictConfig, device: torch.device) -> tuple[Images, dict]:
