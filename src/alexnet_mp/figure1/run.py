@@ -41,7 +41,8 @@ def _check(cfg: DictConfig) -> None:
     if not cfg.search.rates or any(float(r) <= 0 for r in cfg.search.rates):
         raise UserError(f"search.rates must be positive learning rates, at least one, not {list(cfg.search.rates)}")
     if cfg.data.name == "imagefolder" and not cfg.data.root:
-        raise UserError("data.root=PATH is needed: a folder with train/<class>/ images (e.g. ../shared/data/cifar10-full)")
+        raise UserError("data.root=PATH is needed: a folder with train/<class>/ images "
+                        "(e.g. ../shared/data/cifar10-full)")
 
 
 def _device(name: str) -> torch.device:
@@ -84,7 +85,8 @@ def _stored_runs(path: Path, fingerprint: dict) -> dict:
     try:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        raise UserError(f"{path} exists but cannot be read as JSON: move it away or choose another output_dir") from None
+        raise UserError(f"{path} exists but cannot be read as JSON: move it away or choose another "
+                        "output_dir") from None
     if old.get("fingerprint") != fingerprint:
         raise UserError(f"{path} holds runs of other settings (data, batch size or momentum): choose another "
                         f"output_dir, or move it away to start afresh")
