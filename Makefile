@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train prepare reproduce figures predict export compare bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare reproduce figures figure1 predict export compare bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,9 @@ reproduce: $(STAMP)  ## the paper's comparisons over seeds: make reproduce ARGS=
 
 figures: $(STAMP)  ## the paper's Figures 3 and 4 from a trained run: make figures ARGS='checkpoint=RUN_DIR'
 	$(PY) launch/figures.py $(ARGS)
+
+figure1: $(STAMP)  ## the paper's Figure 1, ReLU against tanh: make figure1 ARGS='data.root=../shared/data/cifar10-full' (figure1=gpu: the GPU run)
+	$(PY) launch/figure1.py $(ARGS)
 
 predict: $(STAMP)  ## top-k classes of photographs: make predict ARGS='checkpoint=RUN_DIR images=PHOTO_OR_FOLDER'
 	$(PY) launch/predict.py $(ARGS)

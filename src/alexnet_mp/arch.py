@@ -56,6 +56,7 @@ class Layer:
     relu: bool = True
     lrn: bool = False  # after ReLU (sec. 3.3)
     pool: bool = False  # max-pool after (ReLU and LRN); its window is the net's `pool` (sec. 3.4)
+    pool_kind: str = "max"  # "max", or "avg" as in cuda-convnet's CIFAR-10 net (Figure 1, alexnet_mp.figure1)
     dropout: bool = False  # on the outputs, with the net's `dropout_p` (sec. 4.2)
     bias_init: float = 0.0  # sec. 5: 1 in conv2, conv4, conv5, fc6, fc7; else 0
 

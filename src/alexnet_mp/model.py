@@ -222,7 +222,7 @@ class AlexNet(nn.Module):
             if layer.lrn:
                 x = self._lrn(x)
             if layer.pool:
-                x = F.max_pool2d(x, *self.spec.pool)
+                x = (F.max_pool2d if layer.pool_kind == "max" else F.avg_pool2d)(x, *self.spec.pool)
             if layer.dropout:
                 x = getattr(self, f"{layer.name}_dropout")(x)
             if layer.name == until:

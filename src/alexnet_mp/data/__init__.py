@@ -9,6 +9,7 @@ One concern a module:
 - :mod:`~alexnet_mp.data.seeds`: every random stream as a function of (seed, epoch, index);
 - :mod:`~alexnet_mp.data.augment`: the draws of sec. 4.1 and their application per batch;
 - :mod:`~alexnet_mp.data.loader`: whole uint8 batches of any epoch;
+- :mod:`~alexnet_mp.data.memory`: a dataset decoded once into one uint8 tensor (small images, Figure 1);
 - :mod:`~alexnet_mp.data.sources`: the dataset a ``data`` config names;
 - :mod:`~alexnet_mp.data.prepared`: the prepared dataset's format and reader;
 - :mod:`~alexnet_mp.data.prepare` and :mod:`~alexnet_mp.data.shards`: the prepare (writer).

@@ -1,0 +1,22 @@
+"""The paper's Figure 1: ReLU against tanh on CIFAR-10; writes OUTPUT_DIR/figure1.{json,md,png}.
+
+    python launch/figure1.py data.root=../shared/data/cifar10-full [data.train_size=10000] [epochs=12] ['seeds=[0,1,2]']
+    python launch/figure1.py figure1=gpu data.root=PATH       # the GPU run: every training image, 35 epochs, 5 seeds
+Stopped? Run the same command again: the runs already in OUTPUT_DIR/figure1.json are kept.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
+from alexnet_mp.cli import run_entry_point, run_hydra
+from alexnet_mp.figure1 import figure1
+
+
+@hydra.main(config_path="../conf", config_name="figure1", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: figure1(cfg), cfg)
+
+
+if __name__ == "__main__":
+    run_hydra(main)
