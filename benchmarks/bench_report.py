@@ -273,8 +273,9 @@ def _plot_errors(right, results: dict) -> None:
                 right.annotate(f"{m:+.2f}", (i + offset, m), ha="center", va="top" if m < 0 else "bottom",
                                xytext=(0, -3 if m < 0 else 3), textcoords="offset points", fontsize=8)
             values += [m - sd for m, sd in zip(means, stds)] + [m + sd for m, sd in zip(means, stds)]
+        source = (results.get("sources") or {}).get("error")
         right.set_title(f"Error, full-2dev minus half-1dev\n(mean and std over {len(s['seeds'])} seed(s), "
-                        f"{s['epochs']} epochs)")
+                        f"{s['epochs']} epochs{', from ' + Path(source['file']).name if source else ''})")
     else:
         right.text(0.5, 0.75, "error part skipped", ha="center", va="center", transform=right.transAxes)
         right.set_title("Error, full-2dev minus half-1dev")
