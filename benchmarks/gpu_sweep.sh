@@ -6,8 +6,8 @@
 #   there:  PYTHON=python3 PYTHONPATH=src bash benchmarks/gpu_sweep.sh      (carry .data, and .whl for hydra)
 # 1. unpacks the archive (tar xzf) into DATA_DIR, and the finished runs of an earlier session
 #    (RESULTS_DIR/reproduce-gpu-runs.tar.gz) into the sweep folder: they are kept, not trained again;
-# 2. runs `launch/reproduce.py preset=gpu_sweep` for at most SWEEP_LIMIT_S seconds (a run cut off saves its
-#    checkpoint and is trained again from the start next session: checkpoints do not travel back);
+# 2. runs `launch/reproduce.py preset=gpu_sweep` for at most SWEEP_LIMIT_S seconds (a run cut off is trained
+#    again from the start next session: checkpoints do not travel back);
 # 3. writes the report of every finished run, RESULTS_DIR/reproduce-gpu.{json,md,png}, packs the finished
 #    runs' small files into RESULTS_DIR/reproduce-gpu-runs.tar.gz and copies all of it to $OUT when set.
 # Run it again (the runs archive committed) to continue a sweep the limit stopped.
@@ -48,7 +48,8 @@ fi
 
 args=(preset=gpu_sweep "data.root=$DATA_DIR/$name" "device=$DEVICE" "sweep_dir=$SWEEP" "output_dir=$RESULTS" "$@")
 start=$(date +%s)
-# timeout signals the whole process group: each training run saves where it is and exits
+# timeout signals the whole process group: the runs in flight stop (loader workers included, so a run may stop
+# without saving; on this machine it resumes from its last checkpoint, on a fresh one it starts again)
 timeout --kill-after=60 "$LIMIT" "$PY" launch/reproduce.py "${args[@]}"
 status=$?
 { [ "$status" = 124 ] || [ "$status" = 137 ]; } && say "stopped at the time limit (${LIMIT} s): run this script again to continue"
