@@ -50,6 +50,7 @@ from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCE
 from bench_report import markdown, spread_text, write_results  # noqa: F401
 from bench_results import build_results, environment
 from bench_timing import cpu_name, free_port, time_worker, merge_rounds, summarise_time
+from bench_sources import error_from_reproduce, timing_from_result
 
 # -- where the devices are ----------------------------------------------------------------------
 
@@ -214,11 +215,22 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
         raise UserError("seeds must list at least one seed, e.g. seeds=[0]")
     settings = _settings(cfg, seeds)
     print(f"{NAME}: {plan['meaning']} ({', '.join(plan['names'])})", flush=True)
-    time_part = _time_part(cfg, plan)
-    scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
-    error_part, failure = _error_part(cfg, plan, seeds, run_dir)
+    sources = earlier_parts(cfg)  # timing_from / error_from: parts of earlier results, not measured again
+    if "timing" in sources:
+        time_part, scale, env, timed, _ = sources["timing"]
+        settings.update(timed)
+    else:
+        time_part, env = _time_part(cfg, plan), environment(plan, cfg)
+        scale = time_scale(cfg, plan) if int(cfg.get("devices", 0)) else None
+    if "error" in sources:
+        (error_part, source), failure = sources["error"], None
+        settings.update(seeds=source["seeds"], epochs=source["epochs"], train_overrides=source["train_overrides"],
+                        data=source["data_overrides"] or [str(source["data"])])
+    else:
+        error_part, failure = _error_part(cfg, plan, seeds, run_dir)
 
-    results = build_results(time_part, error_part, environment(plan, cfg), settings, scale)
+    results = build_results(time_part, error_part, env, settings, scale)
+    results["sources"] = {part: sources[part][-1] if part in sources else None for part in ("timing", "error")}
     results["provenance"] = provenance.record(cfg)
     paths = write_results(results, Path(str(cfg.output_dir)))
     print("\n" + markdown(results), flush=True)
@@ -228,13 +240,27 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
     return results, paths
 
 
+def earlier_parts(cfg: DictConfig) -> dict[str, tuple]:
+    """The parts ``timing_from`` and ``error_from`` name, read before any work (bench_sources)."""
+    parts = {}
+    if cfg.get("timing_from"):
+        if cfg.skip_time or int(cfg.devices):
+            raise UserError("timing_from takes the whole time part from a result: drop skip_time and devices")
+        parts["timing"] = timing_from_result(Path(str(cfg.timing_from)))
+    if cfg.get("error_from"):
+        if cfg.skip_error:
+            raise UserError("error_from takes the error part from a reproduce report: drop skip_error=true")
+        parts["error"] = error_from_reproduce(Path(str(cfg.error_from)))
+    return parts
+
+
 def _settings(cfg: DictConfig, seeds: list[int]) -> dict:
     """What the results were measured with, as they record it."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     settings = {k: plain[k]
                 for k in ("device", "batch", "input_size", "geometry", "num_classes", "warmup_steps", "timed_steps",
                           "rounds", "threads", "peak_matmul_size", "peak_matmul_seconds", "seeds", "epochs", "train_overrides",
-                          "eval_overrides", "skip_time", "skip_error")}
+                          "eval_overrides", "skip_time", "skip_error", "timing_from", "error_from")}
     settings["data"] = data_overrides(cfg.data)
     settings["speed"], settings["overlap"] = _speed_settings(cfg), bool(cfg.comm.overlap)
     settings["time_seed"] = seeds[0]  # weights, images and dropout masks of the timed steps

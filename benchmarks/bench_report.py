@@ -54,7 +54,43 @@ def _header(results: dict) -> list[str]:
             f"{_rounds_text(s.get('rounds', 1))}; "
             f"speed options {', '.join(f'{k}={v}' for k, v in s['speed'].items())}, comm.overlap={s['overlap']}; "
             f"torch {env['torch']}, "
-            f"commit {(env['git_commit'] or '?')[:10]}{' (dirty)' if env['git_dirty'] else ''}, {results['created']}."]
+            f"commit {(env['git_commit'] or '?')[:10]}{' (dirty)' if env['git_dirty'] else ''}, "
+            f"{_timing_source(results).get('created', results['created'])}."] + _timing_note(results)
+
+
+def _timing_source(results: dict) -> dict:
+    return (results.get("sources") or {}).get("timing") or {}
+
+
+def _commit(git: dict | None, committed_in: dict | None) -> str:
+    """The code's commit as a result recorded it, or else the commit that added the result's file."""
+    if git and git.get("commit"):
+        return f"commit {git['commit'][:10]}{' (dirty)' if git.get('dirty') else ''}"
+    if committed_in:
+        return (f"the code's commit not recorded in the result; the file was committed in "
+                f"{committed_in['commit'][:10]} ({committed_in['date']})")
+    return "the code's commit not recorded"
+
+
+def _timing_note(results: dict) -> list[str]:
+    t = _timing_source(results)
+    if not t:
+        return []
+    return ["", f"The time part was not measured again: it is the run of {t.get('created')} in `{t.get('file')}` "
+                f"({_commit({'commit': t.get('commit'), 'dirty': t.get('dirty')}, t.get('committed_in'))}; "
+                f"{', '.join(t.get('devices') or ['device not recorded'])}; torch {t.get('torch')}), with its "
+                f"settings; this report was written {results['created']}."]
+
+
+def _error_note(e: dict) -> str:
+    devices = ", ".join(e["devices"]) if e.get("devices") else "device not recorded in the result"
+    how = ("as two towers under torchrun" if e.get("full_processes") == 2 else
+           "as one process (groups=2: the two towers' function, which the exactness tests prove)")
+    return (f"From the reproduce sweep `{e['file']}`, not trained again: its full net, trained {how}, is "
+            f"full-2dev, and its half net half-1dev, paired on seeds {e['seeds']}; {e['epochs']} epochs each, "
+            f"data {e['data']}, recipe {' '.join(e.get('train_overrides') or [])}; {devices}; "
+            f"{_commit(e.get('git'), e.get('committed_in'))}. The sweep ran its runs side by side, so no "
+            f"training speed is given.")
 
 
 def _time_row(name: str, t: dict) -> str:
@@ -129,6 +165,8 @@ def _error_section(results: dict) -> list[str]:
     ec = {n: results["configurations"][n]["error"] for n in TRAINED}
     if any("skipped" in e for e in ec.values()):
         return lines + [f"- {n}: skipped: {e['skipped']}" for n, e in ec.items() if "skipped" in e]
+    source = (results.get("sources") or {}).get("error")
+    lines += ([_error_note(source), ""] if source else [])
     lines += [f"Data: {' '.join(s['data'])}; {s['epochs']} epochs; seeds {s['seeds']}. Mean (std over seeds).", "",
               "| configuration | centre top-1 | centre top-5 | ten-crop top-1 | ten-crop top-5 "
               "| training images/s |",
@@ -136,7 +174,8 @@ def _error_section(results: dict) -> list[str]:
     for name, e in ec.items():
         cells = [f"{_pct(e[c][k]['mean'], 2)} ({spread_text(e[c][k]['std'])})"
                  for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
-        lines.append(f"| {name} | {' | '.join(cells)} | {e['train_images_per_s']:.1f} |")
+        rate = "-" if e["train_images_per_s"] is None else f"{e['train_images_per_s']:.1f}"
+        lines.append(f"| {name} | {' | '.join(cells)} | {rate} |")
     d = results["error_differences"]
     cells = [f"{100 * d[c][k]['mean']:+.2f} ({spread_text(d[c][k]['std'], points=True)}{_interval(d[c][k])})"
              for c in ("center", "ten_crop") for k in ("top1_err", "top5_err")]
@@ -234,8 +273,9 @@ def _plot_errors(right, results: dict) -> None:
                 right.annotate(f"{m:+.2f}", (i + offset, m), ha="center", va="top" if m < 0 else "bottom",
                                xytext=(0, -3 if m < 0 else 3), textcoords="offset points", fontsize=8)
             values += [m - sd for m, sd in zip(means, stds)] + [m + sd for m, sd in zip(means, stds)]
+        source = (results.get("sources") or {}).get("error")
         right.set_title(f"Error, full-2dev minus half-1dev\n(mean and std over {len(s['seeds'])} seed(s), "
-                        f"{s['epochs']} epochs)")
+                        f"{s['epochs']} epochs{', from ' + Path(source['file']).name if source else ''})")
     else:
         right.text(0.5, 0.75, "error part skipped", ha="center", va="center", transform=right.transAxes)
         right.set_title("Error, full-2dev minus half-1dev")

@@ -97,7 +97,7 @@ def _ratios(configs: dict) -> dict:
         half = _timed(configs, "half-1dev")["per_device"][0]["forward_macs_per_image"]
         ratios["full-2dev/half-1dev"]["arithmetic_per_device"] = tower / half
     both = _both_errors(configs)
-    if both:
+    if both and both[0]["train_images_per_s"] and both[1]["train_images_per_s"]:  # none from a sweep's runs
         train_rate = both[0]["train_images_per_s"] / both[1]["train_images_per_s"]
         if ratios["full-2dev/half-1dev"] is not None:
             ratios["full-2dev/half-1dev"]["train_images_per_s"] = train_rate

@@ -46,6 +46,8 @@ class BenchConfig:
     epochs: int = setting(10, ge=1)
     train_overrides: List[str] = setting(factory=lambda: ["progress=false"])
     eval_overrides: List[str] = setting(factory=lambda: ["progress=false"])
+    timing_from: Optional[str] = None         # a benchmark result's JSON: its time part, not measured again
+    error_from: Optional[str] = None          # a reproduce report's JSON: its full and half nets' errors
 
 
 @dataclass

@@ -56,6 +56,7 @@ class ReproduceConfig:
     slurm: SlurmConfig = setting(factory=SlurmConfig)
     output_dir: str = "results"
     output_name: str = "reproduce"
+    report_only: bool = False                 # write the report of the finished runs; train nothing
 
 
 def store(cs) -> None:

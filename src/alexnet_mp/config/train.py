@@ -75,6 +75,7 @@ class CommConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = setting(0, ge=0)
+    every_epochs: int = setting(1, ge=1)  # and after every Nth epoch and the last (many short runs on one disk)
     keep: int = setting(2, ge=0)
 
 

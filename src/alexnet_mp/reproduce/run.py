@@ -73,8 +73,9 @@ def reproduce(cfg: DictConfig) -> dict:
     parallel = max(1, cores // per_run) if str(cfg.parallel) == "auto" else int(cfg.parallel)
     sweep.dir.mkdir(parents=True, exist_ok=True)
     todo = [(c, s) for c, s in runs if sweep.result(c, s) is None]
-    log.info("reproduce: %d runs (%d already finished, kept), %d side by side, in %s",
-             len(runs), len(runs) - len(todo), parallel, sweep.dir)
+    log.info("reproduce: %d runs (%d already finished, kept), %d side by side, in %s%s",
+             len(runs), len(runs) - len(todo), parallel, sweep.dir, "; report only" if cfg.report_only else "")
+    todo = [] if cfg.report_only else todo
     data_args = sweep.data_args() if todo else []
     settings = {"data": _data_name(cfg.data), "epochs": int(cfg.epochs), "seeds": seeds,
                 "ablation_seeds": int(cfg.ablation_seeds), "configs": configs,

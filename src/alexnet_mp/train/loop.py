@@ -169,7 +169,8 @@ def train_epochs(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metr
                          p.epoch + 1, cfg.epochs, row["train_loss"], 100 * row["val_top1_err"], 100 * row["val_top5_err"],
                          row["images_per_s"], f"; learning rate now {state.schedule.lr:.2g}" if dropped else "")
             p.next_epoch()
-            checkpoints.save(state, "epoch")
+            if p.epoch % int(cfg.checkpoint.every_epochs) == 0 or p.epoch == int(cfg.epochs):
+                checkpoints.save(state, "epoch")
     return False
 
 
