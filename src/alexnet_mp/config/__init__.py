@@ -4,7 +4,7 @@ Hydra's ``ConfigStore``, over which the YAML files in ``conf/`` are presets and 
 One module per command: :mod:`.train` (with the ``model``, ``optim`` and ``schedule`` groups),
 :mod:`.data` (the ``data`` group every command shares), :mod:`.evaluate` (evaluate and
 figures), :mod:`.prepare`, :mod:`.bench` (the two benchmarks), :mod:`.reproduce` (the
-sweep) and :mod:`.use` (predict, export, compare); :mod:`.schema` holds the rule of a field and the one validator. Importing this package
+sweep) and :mod:`.use` (predict, export, compare), :mod:`.figure2`; :mod:`.schema` holds the rule of a field and the one validator. Importing this package
 registers the schema, so ``conf/*.yaml`` can name it in their defaults lists (``- base_train``).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from alexnet_mp.config import bench, data, evaluate, prepare, reproduce, train, use
+from alexnet_mp.config import bench, data, evaluate, figure2, prepare, reproduce, train, use
 from alexnet_mp.config.schema import check, describe, explain, flatten, resume_may_change, setting
 
 __all__ = ["check", "describe", "explain", "flatten", "resume_may_change", "setting", "register", "presets"]
@@ -26,7 +26,7 @@ CONF = Path(__file__).resolve().parents[3] / "conf"
 def register() -> None:
     """Store every command's schema in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
-    for module in (data, train, evaluate, prepare, bench, reproduce, use):
+    for module in (data, train, evaluate, figure2, prepare, bench, reproduce, use):
         module.store(cs)
     if not OmegaConf.has_resolver("alexnet_mp_presets"):
         OmegaConf.register_new_resolver("alexnet_mp_presets", presets)
