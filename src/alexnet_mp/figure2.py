@@ -211,3 +211,49 @@ def draw_figure2(spec: NetSpec, input_size: int, path: Path, *, geometry: str = 
             "Grey: a tower's own units. Red: units both towers read.", ha="left", va="center", fontsize=9)
     ax.set_title(title or f"Figure 2 from arch.py: the {spec.name} net at {input_size} px", fontsize=12)
     return save_png(fig, Path(path), dpi=110, bbox_inches="tight")
+
+
+def make_figure2(cfg) -> list[str]:
+    """``launch/figure2.py``: Figure 2 for ``cfg.model``, then (``cfg.timeline``) one traced step of
+    the two towers as ``step-timeline.json`` and ``step-timeline.png`` in ``cfg.output_dir``."""
+    import json
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from alexnet_mp import timeline
+    from alexnet_mp.io import atomic_write
+    from alexnet_mp.parallel import wants_cuda
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    spec, size = figure_spec(model_cfg), figure_input_size(cfg.image_size, model_cfg)
+    geometry = arch_options(model_cfg)["geometry"]
+    table = crossings(spec, size, geometry)  # also checks the size leaves a map (one line if not)
+    out = Path(str(cfg.output_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    ablated = ", ".join(f"{k}={model_cfg[k]}" for k in ("lrn", "pool", "dropout", "remove")
+                        if k in model_cfg and str(model_cfg[k]) != str(arch_options({})[k]))
+    what = f"model={spec.name}{' (' + ablated + ')' if ablated else ''}, {size} px"
+    written = [draw_figure2(spec, size, out / "figure2.png", geometry=geometry,
+                            title=f"Figure 2 from arch.py: {what}, fp32 ({model_cfg['num_classes']} classes)")]
+    if cfg.timeline:
+        wants_cuda(str(cfg.device), str(cfg.dist_backend))  # a bad device request as one line, before spawning
+        opts = dict(model=model_cfg, input_size=size, batch_size=int(cfg.batch_size), seed=int(cfg.seed),
+                    warmup_steps=int(cfg.warmup_steps), overlap=bool(cfg.overlap), device=str(cfg.device),
+                    backend=str(cfg.dist_backend), threads=int(cfg.threads), timeout_s=float(cfg.dist_timeout_s))
+        records = timeline.trace_step(opts)
+        other = {"what": what, "batch_size": opts["batch_size"], "overlap": opts["overlap"],
+                 "placement": records[0]["description"], "clock": "time.perf_counter (alexnet_mp.comm_trace)",
+                 "figure2_crossings": [dict(name=c.name, source=c.source, forward_bytes_per_image=c.forward_bytes,
+                                            backward_bytes_per_image=c.backward_bytes,
+                                            backward_bytes_per_image_gloo=c.backward_bytes_gloo) for c in table]}
+        trace = timeline.chrome_trace(records, [l.name for l in spec.layers], opts["overlap"], opts["batch_size"],
+                                      other)
+        atomic_write(out / "step-timeline.json", json.dumps(trace, indent=1))
+        written.append(str(out / "step-timeline.json"))
+        written.append(timeline.draw_timeline(trace, out / "step-timeline.png", title=(
+            f"one training step of the two towers: {what}, batch {opts['batch_size']}, "
+            f"{records[0]['description']}")))
+    for path in written:
+        logging.getLogger("alexnet_mp").info("wrote %s", path)
+    return written
