@@ -229,6 +229,8 @@ def make_figure2(cfg) -> list[str]:
     spec, size = figure_spec(model_cfg), figure_input_size(cfg.image_size, model_cfg)
     geometry = arch_options(model_cfg)["geometry"]
     table = crossings(spec, size, geometry)  # also checks the size leaves a map (one line if not)
+    if cfg.timeline:
+        wants_cuda(str(cfg.device), str(cfg.dist_backend))  # a bad device request as one line, before any work
     out = Path(str(cfg.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     ablated = ", ".join(f"{k}={model_cfg[k]}" for k in ("lrn", "pool", "dropout", "remove")
@@ -237,7 +239,6 @@ def make_figure2(cfg) -> list[str]:
     written = [draw_figure2(spec, size, out / "figure2.png", geometry=geometry,
                             title=f"Figure 2 from arch.py: {what}, fp32 ({model_cfg['num_classes']} classes)")]
     if cfg.timeline:
-        wants_cuda(str(cfg.device), str(cfg.dist_backend))  # a bad device request as one line, before spawning
         opts = dict(model=model_cfg, input_size=size, batch_size=int(cfg.batch_size), seed=int(cfg.seed),
                     warmup_steps=int(cfg.warmup_steps), overlap=bool(cfg.overlap), device=str(cfg.device),
                     backend=str(cfg.dist_backend), threads=int(cfg.threads), timeout_s=float(cfg.dist_timeout_s))
