@@ -15,7 +15,9 @@ which the processes of one machine share. The step's phase boundaries (forward, 
 optimizer step) are read on the same clock; a rank's compute is the host time in each phase
 outside the collectives' launch and wait calls, named by the layers that run there. On a GPU
 the tracer's ``sync`` mode (``profile=true``'s) synchronises the device around each collective,
-so the compute before a launch is finished there when it is read.
+so the compute before a launch is finished there when it is read; what a tower enqueues between
+a launch and its wait (its own block, its weight gradient) runs on the device during the wait,
+so there the dark "waited" part holds that compute too.
 
 ``step-timeline.json`` is Chrome's trace format (``traceEvents``, one process per rank, a
 "compute" and a "collectives" thread each): open it in https://ui.perfetto.dev or
@@ -38,7 +40,6 @@ from alexnet_mp.errors import UserError
 __all__ = ["trace_step", "chrome_trace", "compute_spans", "draw_timeline"]
 
 _PHASES = ("forward", "backward", "optimizer step")
-_COLLECTIVE = {"forward": "all-gather"}
 
 
 def _free_port() -> int:
