@@ -209,9 +209,9 @@ def chrome_trace(records: list[dict], names: list[str], overlap: bool, batch: in
     events = []
     for rec in records:
         pid = rec["rank"]
-        events += [{"ph": "M", "pid": pid, "name": "process_name",
+        events += [{"ph": "M", "pid": pid, "tid": 0, "name": "process_name",
                     "args": {"name": f"rank {pid}: tower {pid} on {rec['device']} ({rec['backend']})"}},
-                   {"ph": "M", "pid": pid, "name": "process_sort_index", "args": {"sort_index": pid}},
+                   {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": pid}},
                    {"ph": "M", "pid": pid, "tid": 0, "name": "thread_name", "args": {"name": "compute"}},
                    {"ph": "M", "pid": pid, "tid": 1, "name": "thread_name", "args": {"name": "collectives"}}]
         marks = rec["marks"]
