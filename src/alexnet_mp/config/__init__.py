@@ -34,12 +34,13 @@ def register() -> None:
 
 def presets(config_name: str) -> str:
     """The preset groups a command composes (``--help``): each group of ``conf/`` that its
-    YAML names, or that training adds (``experiment``, ``ablation``), with its options."""
+    YAML names, or that training adds (``experiment``, ``ablation``; launch/figure2.py takes
+    ``ablation`` too), with its options."""
     text = (CONF / f"{config_name}.yaml").read_text() if (CONF / f"{config_name}.yaml").is_file() else ""
     rows = []
     for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
-        if f"- {group.name}:" in text or f"/{group.name}:" in text or (config_name == "config"
-                                                                       and group.name == "ablation"):
+        if f"- {group.name}:" in text or f"/{group.name}:" in text or (
+                config_name in ("config", "figure2") and group.name == "ablation"):
             names = sorted(y.stem for y in group.glob("*.yaml"))
             rows.append(f"{group.name}: {', '.join(names)}")
     return "\n".join(rows) or "(none)"
