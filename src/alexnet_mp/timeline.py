@@ -122,12 +122,13 @@ def trace_step(opts: dict) -> list[dict]:
     ``opts``: model (a plain ``conf/model`` mapping), input_size, batch_size, warmup_steps, seed,
     overlap, device, backend, threads, timeout_s."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     with tempfile.TemporaryDirectory(prefix="alexnet_mp-timeline-") as out_dir:
         try:
             mp.start_processes(_worker, args=(_free_port(), out_dir, opts), nprocs=2, join=True,
                                start_method="spawn")
-        except mp.ProcessException as err:
+        except ProcessException as err:
             errors = sorted(Path(out_dir).glob("error*.txt"))
             if errors:
                 raise UserError(errors[0].read_text()) from None
