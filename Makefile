@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train prepare reproduce figures figure1 predict export compare bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,9 @@ figures: $(STAMP)  ## the paper's Figures 3 and 4 from a trained run: make figur
 
 figure1: $(STAMP)  ## the paper's Figure 1, ReLU against tanh: make figure1 ARGS='data.root=../shared/data/cifar10-full' (figure1=gpu: the GPU run)
 	$(PY) launch/figure1.py $(ARGS)
+
+figure2: $(STAMP)  ## Figure 2 drawn from arch.py and one traced training step of the two towers (results/): make figure2 ARGS='+ablation=no_conv4 output_dir=DIR'
+	$(PY) launch/figure2.py $(ARGS)
 
 predict: $(STAMP)  ## top-k classes of photographs: make predict ARGS='checkpoint=RUN_DIR images=PHOTO_OR_FOLDER'
 	$(PY) launch/predict.py $(ARGS)

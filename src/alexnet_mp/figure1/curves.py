@@ -46,7 +46,7 @@ def fastest_rate(search: dict[float, dict]) -> float:
 
 def ratio_summary(slow: dict[int, float | None], fast: dict[int, float | None], epochs: int) -> dict:
     """The ratio of epochs to 25%, ``slow / fast`` per seed both ran (tanh over ReLU), with its
-    spread (:func:`alexnet_mp.stats.spread`). A seed where the slow net never crossed within
+    spread (:func:`alexnet_mp.student_t.spread`). A seed where the slow net never crossed within
     ``epochs`` gives a lower bound, ``epochs / fast``, listed apart and flagged ``at_least``."""
     seeds = sorted(s for s in set(slow) & set(fast) if fast[s] is not None)
     exact = {s: slow[s] / fast[s] for s in seeds if slow[s] is not None}
