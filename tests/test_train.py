@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,36 +10,10 @@ import torch
 from PIL import Image
 
 from alexnet_mp import comm, data
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA, TINY, error_line, final_state, launch, ok, start
 from distributed import run_ranks
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["experiment=smoke", "progress=false"]  # 128 train / 64 val synthetic images, batch 16, 2 epochs
-
 pytestmark = pytest.mark.slow
-
-
-def launch(args: list[str], nproc: int = 2, script: str = "launch/train.py", timeout: int = 240):
-    if nproc == 0:  # plain python, no torchrun
-        cmd = [sys.executable, script, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(proc) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
-def error_line(proc) -> str:
-    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("alexnet_mp: error: ")]
-    assert proc.returncode != 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return lines[0]
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "model_final.pt", weights_only=True)["state_dict"]
 
 
 # -- both towers see the same batches -----------------------------------------------------------
@@ -118,16 +89,13 @@ def test_sigterm_to_the_whole_job_saves_the_step_reached_and_resumes_bit_for_bit
     """A scheduler's SIGTERM to every process of a torchrun job (torchrun forwards it too, so
     each rank gets it twice), sent after the periodic checkpoint at step 5: every rank stops at
     one step, saves it, and prints nothing about a lost rank; resuming ends where the straight run does."""
+    import os
     import signal
     import time
 
     run = tmp_path / "run"
     args = [*TINY, "checkpoint.every_steps=5"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
-           *args, f"hydra.run.dir={run}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, as a scheduler's job has
+    proc = start([*args, f"hydra.run.dir={run}"])  # its own process group, as a scheduler's job has
     deadline = time.monotonic() + 180
     while not _published(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -237,7 +205,7 @@ def test_corrupt_images_are_skipped_counted_and_evaluated(tmp_path):
     assert summary["skipped_images"] == 1 and summary["towers"] == 2
     # Without data=..., evaluation reads the data settings saved with the model.
     proc = launch([f"checkpoint={run}", f"output={tmp_path / 'eval.json'}", "progress=false"], nproc=0,
-                  script="launch/evaluate.py")
+                  script="evaluate")
     ok(proc)
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 17
@@ -266,12 +234,13 @@ PLATEAU = ["schedule.warmup_steps=0", "schedule.patience=0", "schedule.threshold
 
 @pytest.fixture(scope="module")
 def paper_rule_runs(tmp_path_factory):
-    """The paper's update rule with plateau drops: straight through, and stopped then resumed."""
+    """The paper's update rule with plateau drops: straight through, and stopped then resumed.
+    Half the smoke data (4 steps an epoch): three epochs are what the drops need, not their size."""
     tmp = tmp_path_factory.mktemp("paper-rule")
-    args = [*TINY, *PLATEAU, "optim.rule=paper", "checkpoint.every_steps=4"]
+    args = [*TINY, *PLATEAU, "data.train_size=64", "data.val_size=32", "optim.rule=paper", "checkpoint.every_steps=5"]
     ok(launch([*args, f"hydra.run.dir={tmp / 'straight'}"], nproc=0))
-    ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "debug.max_steps=20"], nproc=0))  # in epoch 3
-    checkpoint = next((tmp / "resumed" / "checkpoints").glob("step-00000020*")) / "tower0.pt"
+    ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "debug.max_steps=10"], nproc=0))  # in epoch 3
+    checkpoint = next((tmp / "resumed" / "checkpoints").glob("step-00000010*")) / "tower0.pt"
     shard = torch.load(checkpoint, weights_only=True)
     ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "resume=true"], nproc=0))
     return tmp, shard
