@@ -166,7 +166,7 @@ def _scripts_of_make() -> dict[str, str]:
 
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:
-    """(where, script, overrides) of every command line in README.md and docs/*.md."""
+    """(where, script, overrides) of every command line in README.md and docs/*.md (benchmarks' too)."""
     out, make = [], _scripts_of_make()
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         if not doc.is_file():
@@ -179,7 +179,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
                 i += 1
                 line = line[:-1] + " " + lines[i].strip()
             i += 1
-            if not re.match(r"(python launch/|torchrun |make \S+ .*ARGS=)", line):
+            if not re.match(r"(python (launch|benchmarks)/|torchrun |make \S+ .*ARGS=)", line):
                 continue
             words = shlex.split(PLACEHOLDERS.sub("/tmp/placeholder", line), comments=True)
             if words[0] == "make":
@@ -187,7 +187,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
                 out.append((where, make[words[1]], shlex.split(args)))
                 continue
             script = next((w for w in words if w.endswith(".py")), None)
-            if script is not None:
+            if script is not None and "config_name=" in (ROOT / script).read_text():  # not scaling_model.py
                 out.append((where, script, [w for w in words[words.index(script) + 1:] if "=" in w]))
     return out
 
