@@ -61,7 +61,8 @@ def _ratios(rank: int, port: int, job: dict, out_dir: str) -> None:
                 torch.manual_seed(100 + step)  # the same dropout masks on both towers
                 F.cross_entropy(tower(x), y).backward()
                 comm_trace.stop()
-                per_collective += [trace.waited_seconds[k] / trace.seconds[k] for k in trace.seconds if trace.seconds[k]]
+                per_collective += [trace.waited_seconds[k] / trace.seconds[k] for k in trace.seconds
+                                   if trace.seconds[k]]
             ratios["blocking" if not overlap else "overlapped"] = per_collective
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(ratios))
     finally:
@@ -69,7 +70,8 @@ def _ratios(rank: int, port: int, job: dict, out_dir: str) -> None:
 
 
 def judge(ratios_by_rank: list[dict[str, list[float]]], tolerance: float) -> dict:
-    """Each exchange's median waited / total per tower; met: the blocking one within ``tolerance`` of 1 on every tower."""
+    """Each exchange's median waited / total per tower; met: the blocking exchange's within
+    ``tolerance`` of 1 on every tower."""
     medians = {kind: [statistics.median(r[kind]) for r in ratios_by_rank] for kind in ("blocking", "overlapped")}
     worst = max(abs(m - 1.0) for m in medians["blocking"])
     return {"median_waited_over_total": medians, "collectives_per_tower": len(ratios_by_rank[0]["blocking"]),
