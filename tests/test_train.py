@@ -55,29 +55,6 @@ def straight_run(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("every, stop, latest", [
-    (3, "debug.kill_at_step=11", "step-00000009-epoch-0001-batch-0000001"),  # killed two steps after a checkpoint
-    (8, "debug.kill_at_step=8", "step-00000008-epoch-0000-batch-0000008"),   # killed before epoch 1's evaluation
-    (3, "debug.max_steps=6", "step-00000006-epoch-0000-batch-0000006"),      # a clean stop on a checkpoint step
-])
-def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, straight_run, every, stop, latest):
-    args = [*TINY, f"checkpoint.every_steps={every}"]
-    stopped = launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", stop])
-    assert (stopped.returncode == 0) == stop.startswith("debug.max_steps")
-    assert (tmp_path / "crash" / "checkpoints" / "latest").read_text() == latest
-    assert not (tmp_path / "crash" / "summary.json").exists()
-    ok(launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "resume=true"]))
-    straight, resumed = final_state(straight_run), final_state(tmp_path / "crash")
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
-    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s", "data_wait_share")}  # noqa: E731
-                      for l in (d / "metrics.jsonl").read_text().splitlines()]
-    assert rows(straight_run) == rows(tmp_path / "crash") and len(rows(tmp_path / "crash")) == 2
-    for f in ("config.yaml", "learning_curves.png", "summary.json"):
-        assert (tmp_path / "crash" / f).is_file(), f
-    assert list((tmp_path / "crash" / "tensorboard").iterdir())
-
-
 def _published(run: Path) -> str:
     try:
         return (run / "checkpoints" / "latest").read_text()
@@ -85,19 +62,54 @@ def _published(run: Path) -> str:
         return ""
 
 
-def test_sigterm_to_the_whole_job_saves_the_step_reached_and_resumes_bit_for_bit(tmp_path, straight_run):
-    """A scheduler's SIGTERM to every process of a torchrun job (torchrun forwards it too, so
-    each rank gets it twice), sent after the periodic checkpoint at step 5: every rank stops at
-    one step, saves it, and prints nothing about a lost rank; resuming ends where the straight run does."""
+def _stopped(run: Path, args: list[str], stop: str, latest: str) -> None:
+    """``args`` stopped by ``stop``: exit 0 for a clean stop only, ``latest`` named, no summary yet."""
+    stopped = launch([*args, f"hydra.run.dir={run}", stop])
+    assert (stopped.returncode == 0) == stop.startswith("debug.max_steps")
+    assert _published(run) == latest
+    assert not (run / "summary.json").exists()
+
+
+def _resumed_as_straight(run: Path, straight_run: Path) -> None:
+    """A finished resumed run: the straight run's weights bit for bit, its metrics and its files."""
+    straight, resumed = final_state(straight_run), final_state(run)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s", "data_wait_share")}  # noqa: E731
+                      for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert rows(straight_run) == rows(run) and len(rows(run)) == 2
+    for f in ("config.yaml", "learning_curves.png", "summary.json"):
+        assert (run / f).is_file(), f
+    assert list((run / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("every, stop, latest", [
+    (3, "debug.kill_at_step=11", "step-00000009-epoch-0001-batch-0000001"),  # killed two steps after a checkpoint
+    (8, "debug.kill_at_step=8", "step-00000008-epoch-0000-batch-0000008"),   # killed before epoch 1's evaluation
+])
+def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, straight_run, every, stop, latest):
+    args = [*TINY, f"checkpoint.every_steps={every}"]
+    _stopped(tmp_path / "crash", args, stop, latest)
+    ok(launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "resume=true"]))
+    _resumed_as_straight(tmp_path / "crash", straight_run)
+
+
+def test_sigterm_to_the_whole_job_after_a_clean_stop_saves_and_resumes_bit_for_bit(tmp_path, straight_run):
+    """One job stopped twice, each stop then resumed: a clean stop on a checkpoint step (step 6),
+    then a scheduler's SIGTERM to every process of the resumed torchrun job (torchrun forwards it
+    too, so each rank gets it twice), sent after the periodic checkpoint at step 10: every rank
+    stops at one step, saves it, and prints nothing about a lost rank; resuming ends where the
+    straight run does. (Two stops in one job: one launch fewer than a job for each.)"""
     import os
     import signal
     import time
 
     run = tmp_path / "run"
+    _stopped(run, [*TINY, "checkpoint.every_steps=3"], "debug.max_steps=6", "step-00000006-epoch-0000-batch-0000006")
     args = [*TINY, "checkpoint.every_steps=5"]
-    proc = start([*args, f"hydra.run.dir={run}"])  # its own process group, as a scheduler's job has
+    proc = start([*args, f"hydra.run.dir={run}", "resume=true"])  # its own process group, as a scheduler's job has
     deadline = time.monotonic() + 180
-    while not _published(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
+    while not _published(run).startswith("step-00000010") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -106,14 +118,12 @@ def test_sigterm_to_the_whole_job_saves_the_step_reached_and_resumes_bit_for_bit
     assert "lost rank" not in out and "alexnet_mp: error" not in out
     step = int(lines[0].split("at step ")[1].split(";")[0])
     latest = _published(run)
-    assert 5 <= step < 16 and latest.startswith(f"step-{step:08d}") and f"saved {run / 'checkpoints' / latest};" in lines[0]
+    assert 10 <= step < 16 and latest.startswith(f"step-{step:08d}") and f"saved {run / 'checkpoints' / latest};" in lines[0]
     meta = json.loads((run / "checkpoints" / latest / "meta.json").read_text())
     assert meta["step"] == step and meta["reason"] in ("preempted", "every_steps")
     assert not (run / "summary.json").exists()
     ok(launch([*args, f"hydra.run.dir={run}", "resume=auto"]))
-    straight, resumed = final_state(straight_run), final_state(run)
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    _resumed_as_straight(run, straight_run)
 
 
 def test_a_finished_run_is_never_overwritten(tmp_path):
