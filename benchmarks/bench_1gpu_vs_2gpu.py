@@ -36,21 +36,23 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import config, provenance
-from alexnet_mp.cli import data_overrides, override_value as _override_value, run_hydra
+from alexnet_mp.cli import data_overrides, override_value, run_hydra, train_command
 from alexnet_mp.reproduce.submit import run_logged
 from alexnet_mp.errors import UserError
 from alexnet_mp.student_t import spread
 from alexnet_mp.train import Speed
 
 # The benchmark by concern: what is compared (bench_configs), the timing processes
-# (bench_timing), the report (bench_report); this file orchestrates. Names the tests use are
-# re-exported here.
-from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, REPO,  # noqa: F401
-                           SUMMARY_KEYS, TRAINED, scale_configurations)
-from bench_report import markdown, spread_text, write_results  # noqa: F401
+# (bench_timing) and their summary (bench_timing_summary), the results (bench_results), the
+# report (bench_report); this file orchestrates.
+from bench_common import REPO, cpu_name, free_port
+from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, SUMMARY_KEYS, TRAINED,
+                           scale_configurations)
+from bench_report import markdown, write_results
 from bench_results import build_results, environment
-from bench_timing import cpu_name, free_port, time_worker, merge_rounds, summarise_time
 from bench_sources import error_from_reproduce, timing_from_result
+from bench_timing import time_worker
+from bench_timing_summary import merge_rounds, summarise_time
 
 # -- where the devices are ----------------------------------------------------------------------
 
@@ -137,16 +139,16 @@ def time_scale(cfg: DictConfig, plan: dict) -> dict:
 
 # -- the error part: the trainer and the evaluator as subprocesses ----------------------------------
 
-def train_command(name: str, seed: int, epochs: int, run_dir: Path, cfg: DictConfig) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={DEVICES_OF[name]}",
-            str(REPO / "launch" / "train.py"), f"model={MODEL_OF[name]}", f"seed={seed}", f"epochs={epochs}",
-            f"threads={int(cfg.threads)}", f"device={cfg.device}", f"hydra.run.dir={_override_value(str(run_dir))}",
-            *data_overrides(cfg.data), *map(str, cfg.train_overrides)]
+def training_command(name: str, seed: int, epochs: int, run_dir: Path, cfg: DictConfig) -> list[str]:
+    """The trainer for one configuration from ``seed``, on the benchmark's data and budget."""
+    return train_command([f"model={MODEL_OF[name]}", f"seed={seed}", f"epochs={epochs}", f"threads={int(cfg.threads)}",
+                          f"device={cfg.device}", f"hydra.run.dir={override_value(str(run_dir))}",
+                          *data_overrides(cfg.data), *map(str, cfg.train_overrides)], DEVICES_OF[name])
 
 
 def evaluate_command(checkpoint: str, run_dir: Path, cfg: DictConfig) -> list[str]:
-    return [sys.executable, str(REPO / "launch" / "evaluate.py"), f"checkpoint={_override_value(checkpoint)}",
-            f"output={_override_value(str(run_dir / 'eval.json'))}", f"device={cfg.device}",
+    return [sys.executable, str(REPO / "launch" / "evaluate.py"), f"checkpoint={override_value(checkpoint)}",
+            f"output={override_value(str(run_dir / 'eval.json'))}", f"device={cfg.device}",
             *data_overrides(cfg.data), *map(str, cfg.eval_overrides)]
 
 
@@ -189,7 +191,7 @@ def train_and_evaluate(name: str, seed: int, cfg: DictConfig, run_dir: Path) -> 
     """Train one configuration from ``seed``, evaluate its final model, return :func:`read_run`."""
     prefix = f"[{name} seed {seed}]"
     logs = run_dir.parent
-    _stream(train_command(name, seed, int(cfg.epochs), run_dir, cfg), logs / f"{run_dir.name}.train.log", prefix)
+    _stream(training_command(name, seed, int(cfg.epochs), run_dir, cfg), logs / f"{run_dir.name}.train.log", prefix)
     summary = json.loads((run_dir / "summary.json").read_text())
     _stream(evaluate_command(summary["final_model"], run_dir, cfg), logs / f"{run_dir.name}.eval.log", prefix)
     return read_run(run_dir)

@@ -6,9 +6,6 @@ Shared by the orchestration (``bench_1gpu_vs_2gpu.py``), the timing processes
 
 from __future__ import annotations
 
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-1gpu-vs-2gpu"
 CONFIGS = ("half-1dev", "half-1dev+neighbour", "full-2dev", "full-1dev")
 MODEL_OF = {"half-1dev": "half", "half-1dev+neighbour": "half", "full-2dev": "full", "full-1dev": "full"}
@@ -19,7 +16,7 @@ PROCESSES_OF = {**DEVICES_OF, "half-1dev+neighbour": 2}
 TRAINED = ("half-1dev", "full-2dev")  # the error part: the paper's two nets
 # Sec. 3.2, footnote 2: error of the two-GPU net minus error of the half net (fractions).
 PAPER_DELTAS = {"top1_err": -0.017, "top5_err": -0.012}
-# (what, which figure, limit): the targets, checked on the measured figures.
+# (what, which figure, limit): the targets, checked on the measured figures.
 TARGETS = (
     ("full-2dev step <= 0.95 x half-1dev+neighbour step", "full-2dev/half-1dev+neighbour", 0.95),
     ("full-2dev step <= 0.53 x full-1dev step", "full-2dev/full-1dev", 0.53),
@@ -28,7 +25,6 @@ TARGETS = (
 )
 SUMMARY_KEYS = ("val_top1_err", "val_top5_err", "images_per_s", "seconds", "final_model")
 EVAL_KEYS = ("center", "ten_crop", "images")
-
 
 
 def scale_configurations(devices: int) -> dict[str, dict]:

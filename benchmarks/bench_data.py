@@ -39,17 +39,15 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from alexnet_mp import config, data
-from alexnet_mp.cli import run_hydra
+from alexnet_mp.cli import run_hydra, train_command
 from alexnet_mp.data import BatchAugment, PreparedImages
+from alexnet_mp.data.reference import PaperTransform  # the per-image transform: the "before" of this benchmark
 from alexnet_mp.errors import UserError
-from bench_1gpu_vs_2gpu import cpu_name  # benchmarks/ is on the path when run as a script
+from bench_common import REPO, cpu_name
+from bench_output import write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference import PaperTransform  # noqa: E402  the per-image reference, the "before" of this benchmark
-
-REPO = Path(__file__).resolve().parents[1]
 NAME = "bench-data"
-FEED_TARGET = 30_000  # images/s a pair of current GPUs trains AlexNet at (the issue's figure)
+FEED_TARGET = 30_000  # images/s: about what a pair of current GPUs trains AlexNet at, the rate a loader must feed
 
 
 # -- the path as it was before the prepare step (kept here to measure against) -------------------
@@ -77,7 +75,7 @@ class _Before:
         self.folder, self.transform = folder, transform
 
     def batch(self, indices: list[int], epoch: int) -> torch.Tensor:
-        # The previous transform drew its numbers from a torch.Generator per image (54 us each).
+        # The path before drew its numbers from a torch.Generator per image, a cost it paid per image.
         for i in indices:
             g = torch.Generator().manual_seed(i + 1000 * epoch)
             torch.randint(0, 10, (2,), generator=g), torch.rand(1, generator=g), torch.randn(3, generator=g)
@@ -133,10 +131,9 @@ def _measure_paths(src: Path, prepared: dict[str, Path], cfg: DictConfig) -> dic
 def _data_wait(prepared: Path, cfg: DictConfig, work: Path) -> dict:
     """A short two-tower run on the prepared data: the share of its steps spent waiting for data."""
     run = work / "train-run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "launch" / "train.py"), "data=prepared", f"data.root={prepared}",
-           f"data.image_size={int(cfg.image_size)}", f"batch_size={int(cfg.train_batch)}", "epochs=1",
-           "progress=false", f"hydra.run.dir={run}"]
+    cmd = train_command(["data=prepared", f"data.root={prepared}", f"data.image_size={int(cfg.image_size)}",
+                         f"batch_size={int(cfg.train_batch)}", "epochs=1", "progress=false", f"hydra.run.dir={run}"],
+                        processes=2)
     print(f"[{NAME}] $ {' '.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
@@ -242,12 +239,8 @@ def main(cfg: DictConfig) -> None:
     except UserError as err:
         print(f"{NAME}: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
-    out = Path(str(cfg.output_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{NAME}.md").write_text(markdown(result))
+    write_results(str(cfg.output_dir), NAME, result, markdown(result))
     print(markdown(result), flush=True)
-
 
 if __name__ == "__main__":
     run_hydra(main)

@@ -1,11 +1,12 @@
 """bench-1gpu-vs-2gpu, the report: the results (:mod:`bench_results`) as Markdown and a
-figure, written with the JSON by ``write_results``."""
+figure, written with the JSON by ``write_results`` (through :mod:`bench_output`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import BinaryIO
 
+import bench_output
 from bench_configs import NAME, PAPER_DELTAS, TRAINED
 from bench_results import gflops
 
@@ -216,7 +217,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, out: BinaryIO) -> None:
     """Throughput (left) and error differences against the paper's (right), side by side."""
     import matplotlib
 
@@ -227,7 +228,7 @@ def plot(results: dict, path: Path) -> None:
     _plot_throughput(left, results)
     _plot_errors(right, results)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(out, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -295,11 +296,4 @@ def _plot_errors(right, results: dict) -> None:
 
 
 def write_results(results: dict, output_dir: Path) -> dict[str, Path]:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: output_dir / f"{NAME}.{ext}" for ext in ("json", "md", "png")}
-    paths["json"].write_text(json.dumps(results, indent=1) + "\n")
-    paths["md"].write_text(markdown(results))
-    plot(results, paths["png"])
-    return paths
-
-
+    return bench_output.write_results(output_dir, NAME, results, markdown(results), plot)

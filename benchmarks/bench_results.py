@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from alexnet_mp.student_t import paired_difference
 
-from bench_configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, REPO, TARGETS, TRAINED
-from bench_timing import cpu_name
+from bench_common import REPO, cpu_name
+from bench_configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, TARGETS, TRAINED
 
 __all__ = ["environment", "build_results", "gflops"]
 
@@ -132,7 +132,7 @@ def _targets(configs: dict, ratios: dict) -> list[dict]:
         else:
             value = ratios[key]["step_time"] if ratios.get(key) and "step_time" in ratios[key] else None
         entry = {"target": label, "value": value, "limit": limit, "met": None if value is None else bool(value <= limit)}
-        if key == "exposed_comm_share" and t2 and t2.get("comm"):  # the issue asks for the total beside it
+        if key == "exposed_comm_share" and t2 and t2.get("comm"):  # the bound, and what it bounds, beside it
             c = t2["comm"]
             entry["beside"] = {"exposed, mean over the towers": c["exposed_mean_share_of_step"],
                                "exposed, larger of the pair": c["exposed_upper_share_of_step"],

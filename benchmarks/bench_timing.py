@@ -12,10 +12,8 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import resource
-import socket
 import threading
 import time
 from pathlib import Path
@@ -29,22 +27,7 @@ from alexnet_mp.flops import forward_macs
 from alexnet_mp.placement import place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
-from bench_timing_summary import exposed_waits, merge_rounds, summarise_time  # noqa: F401 - the names importers use
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_common import measure_matmul_peak, sync
 
 
 # -- the time part: one process per device ------------------------------------------------------
@@ -77,28 +60,6 @@ def _machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_matmul_peak(device: torch.device, size: int, seconds: float = 1.5,
-                        dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of back-to-back ``size`` x ``size`` matmuls in ``dtype`` over ``seconds`` on this device and
-    thread(s), under the TF32 setting in force: the peak at the precision the model runs at."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(device, dtype)
-    b = torch.randn(size, size, generator=gen).to(device, dtype)
-    a @ b  # the first call chooses kernels and touches the pages
-    _sync(device)
-    count, start = 0, time.perf_counter()
-    while count < 3 or time.perf_counter() - start < seconds:
-        a @ b
-        _sync(device)
-        count += 1
-    return count * 2 * size**3 / (time.perf_counter() - start)
-
-
 def _device_peaks(rank: int, world: int, device: torch.device, size: int,
                   seconds: float, dtype: torch.dtype = torch.float32) -> tuple[float, float | None]:
     """(rate alone, rate while every rank runs one) of the matmul on this rank's device.
@@ -127,10 +88,10 @@ def _transfer_rate(device: torch.device, nbytes: int = 1 << 22, repeats: int = 5
     best = math.inf
     for _ in range(repeats):
         dist.barrier()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         dist.all_gather(parts, x)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return nbytes * (dist.get_world_size() - 1) / best
 
@@ -193,10 +154,10 @@ def _timed_steps(state, images, labels, job: dict, device: torch.device, trace, 
             # what other processes took from the cores while we were timed.
             cpu_start, busy_start, wall_start = time.process_time(), _machine_busy_seconds(), time.perf_counter()
         before, helper_before = trace.as_dict(), _helper_threads_cpu()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         train_step(state, images, labels)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
         log(f"step {i + 1}/{total} ({'warm-up' if i < job['warmup'] else 'timed'}): {seconds:.2f} s")
         if i >= job["warmup"]:

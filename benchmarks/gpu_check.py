@@ -3,36 +3,35 @@
 Parts, in this order, each written to ``gpu-check.json`` and ``gpu-check.md`` in ``output_dir``
 as it ends (with torch's, CUDA's, cuDNN's and NCCL's versions):
 
-0. **LRN** (the largest item of the eager bf16 step's profile on an H200). Forward and
+0. **LRN** (the largest item of the eager bf16 step's profile on a GPU, docs/speed.md). Forward and
    backward of the whole net's two LRN layers at batch 128: torch's
    ``F.local_response_norm``, ``alexnet_mp.lrn`` (hand-written autograd) and the fused Triton
    kernels (``alexnet_mp.lrn_triton``), eager and compiled, fp32 and bf16.
 0b. **Two processes** on the one GPU (``two_processes``, :mod:`gpu_check_two`): exactness,
    sync-free ``launch/train.py`` steps, kill -9 and resume, and the two-process step row.
 
-1. **Step times** (issue: the towers on real GPUs). ``full-1dev`` (the whole net, groups=2
+1. **Step times** (the towers on real GPUs). ``full-1dev`` (the whole net, groups=2
    convolutions, one process) and ``tower`` (one tower's compute, its exchanges replaced by a
    local stand-in of the same shapes: what one GPU of a pair computes, without a second GPU)
    at each batch size, fp32 and bf16, with and without channels_last and torch.compile.
    MFU is against a matmul peak measured at the same precision and TF32 setting.
-2. **Data** (issue: the fast data path). Training steps of the whole net fed by the
+2. **Data** (the fast data path). Training steps of the whole net fed by the
    prepared-data loader (uint8 batches, pinned, augmented on the GPU) against the same
    steps fed by inputs already in GPU memory.
 
     bash benchmarks/gpu_check.sh                         # on a machine with a GPU: tests, then this
-    python benchmarks/gpu_check.py --device cpu --batches 4 --steps 1 --warmup 1 --compile false \
-        --matmul-size 256 --data-images 64 --data-batch 16 --data-epochs 1 --lrn-batch 4 --lrn-compile false \
-        --two-steps 1 --two-batch 2 --train-steps 12 --kill-at 7 --variants eager  # a smoke run on a CPU
+    python benchmarks/gpu_check.py device=cpu batches=[4] steps=1 warmup=1 compile=[false] \
+        matmul_size=256 data_images=64 data_batch=16 data_epochs=1 lrn_batch=4 lrn_compile=false \
+        two_steps=1 two_batch=2 train_steps=12 kill_at=7 variants=[eager]   # a smoke run on a CPU
 
+Settings: ``conf/gpu_check.yaml`` (schema ``alexnet_mp.config.bench.GpuCheckConfig``).
 Everything is the product's code: ``alexnet_mp.train.build_run_state`` and ``train_step``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -41,24 +40,26 @@ import tempfile
 import time
 from pathlib import Path
 
+import hydra
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import data, provenance
 from alexnet_mp.arch import LRN_OPTIONS, full_spec
+from alexnet_mp.cli import run_entry_point, run_hydra
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.lrn import local_response_norm
 from alexnet_mp.model import AlexNet, Exchange, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
+from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, measure_matmul_peak, sync
+from bench_output import write_results
 from gpu_check_report import markdown, versions  # benchmarks/ is on the path when run as a script
-from gpu_check_two import add_arguments, two_processes
+from gpu_check_two import two_processes
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
-OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
-SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+NAME = "gpu-check"
 
 
 class LocalStandIn(Exchange):
@@ -75,35 +76,17 @@ class LocalStandIn(Exchange):
         return self.gather(x, "logits", sizes)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 1.0) -> float:
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    n, start = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    sync(device)
-    return n * 2 * size**3 / (time.perf_counter() - start)
-
-
 def build_state(kind: str, batch: int, speed: Speed, device: torch.device, classes: int = 1000) -> RunState:
-    state = build_run_state(MODEL, OPTIM, SCHEDULE, num_classes=classes, input_size=224, seed=0, device=device,
-                            world=1, speed=speed)
+    state = build_run_state(PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, num_classes=classes, input_size=224, seed=0,
+                            device=device, world=1, speed=speed)
     if kind == "tower":  # one tower of the same net, fed by the stand-in exchange
         torch.manual_seed(0)
         tower = AlexNet(full_spec(classes), input_size=224, tower=(0, 2), exchange=LocalStandIn(), init="paper")
         tower = tower.to(device)
         if speed.channels_last:
             tower = tower.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(tower.parameters(), **OPTIM)
-        state = RunState(tower, optimizer, PlateauSchedule(optimizer, **SCHEDULE), device, speed)
+        optimizer = build_optimizer(tower.parameters(), **PAPER_OPTIM)
+        state = RunState(tower, optimizer, PlateauSchedule(optimizer, **PAPER_SCHEDULE), device, speed)
     return state
 
 
@@ -143,7 +126,7 @@ def time_steps(kind: str, batch: int, speed: Speed, device: torch.device, warmup
 def step_grid(args) -> list[tuple]:
     """Eager rows first (cheap), then compiled ones, bf16 and CUDA graphs first: a run cut short
     by its deadline keeps the rows that matter most. Compiled rows are channels_last only,
-    since each costs a compilation (30 to 45 s on an H200 machine)."""
+    since each costs a compilation (tens of seconds each on a GPU)."""
     eager = [(b, p, cl, False, "default", k) for b, p, cl, k in
              itertools.product(args.batches, args.precisions, [False, True], ("full-1dev", "tower"))]
     compiled = [(b, p, True, True, m, k) for p in sorted(args.precisions, key=lambda p: p != "bf16")
@@ -157,7 +140,7 @@ def step_part(args, device: torch.device, rows: list[dict], write) -> None:
         speed = Speed(precision=precision, tf32=args.tf32)
         speed.apply_backends()
         dtype = speed.autocast_dtype or torch.float32
-        peaks[precision] = matmul_peak(device, dtype, args.matmul_size)
+        peaks[precision] = measure_matmul_peak(device, args.matmul_size, seconds=1.0, dtype=dtype)
     deadline = time.perf_counter() + args.deadline_s
     for batch, precision, channels_last, compiled, mode, kind in step_grid(args):
         speed = Speed(precision=precision, channels_last=channels_last, compile=compiled, cudnn_benchmark=True,
@@ -291,50 +274,23 @@ def data_part(args, device: torch.device, work: Path) -> dict:
             "memory_images_per_s": memory_rate, "ratio": loader_rate / memory_rate}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--batches", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--compile", type=lambda v: v == "true", nargs="+", default=[False, True])
-    p.add_argument("--compile-modes", nargs="+", default=["reduce-overhead", "default"],
-                   help="torch.compile modes of the compiled rows, in the order they run")
-    p.add_argument("--tf32", action="store_true", help="TF32 on for fp32 rows (off by default: fp32 is fp32)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--matmul-size", type=int, default=8192)
-    p.add_argument("--images", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
-    p.add_argument("--data-images", type=int, default=8000)
-    p.add_argument("--data-batch", type=int, default=128)
-    p.add_argument("--data-epochs", type=int, default=3)
-    p.add_argument("--data-precision", default="bf16")
-    p.add_argument("--deadline-s", type=float, default=150.0,
-                   help="start no step row after this many seconds of the step part; later rows say so")
-    p.add_argument("--lrn-batch", type=int, default=128, help="batch of the LRN part; 0 skips it")
-    p.add_argument("--lrn-compile", type=lambda v: v == "true", default=True,
-                   help="also time the compiled LRN (true/false)")
-    p.add_argument("--skip-steps", action="store_true")
-    p.add_argument("--skip-two", action="store_true", help="skip the two-process part")
-    add_arguments(p)
-    p.add_argument("--skip-data", action="store_true")
-    p.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"))
-    return p
+@hydra.main(config_path="../conf", config_name="gpu_check", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: check(cfg), cfg)  # cfg checked against its schema (GpuCheckConfig) first
 
 
-def main() -> None:
-    args = _parser().parse_args()
+def check(cfg: DictConfig) -> None:
+    """Every part in turn, the result files rewritten after each."""
+    args = OmegaConf.to_object(cfg)  # plain lists and numbers for the parts
     device = torch.device(args.device)
     result = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tf32": args.tf32,
-              "settings": vars(args), "steps": [], "data": None, "lrn": [], "versions": versions(),
+              "settings": OmegaConf.to_container(cfg), "steps": [], "data": None, "lrn": [], "versions": versions(),
               "two_processes": {}}
-    result["provenance"] = provenance.record(vars(args))
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = provenance.record(cfg)
 
     def write() -> None:  # after every part, so a run cut short keeps what it measured
-        (out / "gpu-check.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "gpu-check.md").write_text(markdown(result))
+        write_results(args.output_dir, NAME, result, markdown(result))
 
     if args.lrn_batch:
         try:  # a failure here (a compiler's, say) must not cost the device check its other parts
@@ -360,4 +316,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    run_hydra(main)

@@ -17,4 +17,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 { timeout 80 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/
   timeout 30 "$PY" -m pytest -q -p no:cacheprovider tests/test_lrn_triton.py; } 2>&1 \
     | tee "$OUT/gpu-check-tests.log" | tail -15
-timeout 370 "$PY" benchmarks/gpu_check.py --output-dir "$OUT" --deadline-s 100 --two-deadline-s 170 "$@"
+timeout 370 "$PY" benchmarks/gpu_check.py "output_dir=$OUT" deadline_s=100 two_deadline_s=170 "$@"   # "$@": more overrides

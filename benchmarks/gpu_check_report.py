@@ -1,5 +1,5 @@
 """The device check's report: the versions of the GPU stack, and every part's figures
-(two processes, step times, LRN, data) as ``gpu-check.md`` against the issue's targets."""
+(two processes, step times, LRN, data) as ``gpu-check.md``, each figure beside its target."""
 
 from __future__ import annotations
 

@@ -13,12 +13,14 @@ each recorded as it ends (``write()``), each skipped once ``deadline`` has passe
   weights with ``deterministic=true``, eager, ``compile=true`` and ``compile_mode=reduce-overhead``,
   and the largest difference without ``deterministic``.
 
-    python benchmarks/gpu_check_two.py --device cpu --train-steps 12 --kill-at 7 --batch 4   # a CPU dry run
+Its settings are the device check's (``conf/gpu_check.yaml``); it runs alone as
+
+    python benchmarks/gpu_check.py device=cpu skip_steps=true skip_data=true lrn_batch=0 \
+        train_steps=12 kill_at=7 two_batch=4 two_steps=1 variants=[eager]     # a CPU dry run
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -31,10 +33,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, free_port, rel_diff
+
 TOL = 1e-5  # tests/test_parallel.py's bound for the two-process comparisons
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / (b.double().abs().max() or 1.0)).item()
 
 
 def _worker(rank: int, port: int, device: str, backend: str, env: dict, batch: int, steps: int, out: str) -> None:
@@ -60,14 +61,12 @@ def _worker(rank: int, port: int, device: str, backend: str, env: dict, batch: i
             loss.backward()
             outs.append(loss.detach())
         ref = parallel.shard_state_dict({n: p.grad for n, p in full.named_parameters()}, tower)
-        diffs = {"loss": _rel(outs[1], outs[0])}
-        diffs.update({n: _rel(p.grad, ref[n]) for n, p in tower.named_parameters()})
+        diffs = {"loss": rel_diff(outs[1], outs[0])}
+        diffs.update({n: rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters()})
         result["diffs"][f"overlap={overlap}"] = max(diffs.values())
     speed = Speed(precision="bf16" if dev.type == "cuda" else "fp32", channels_last=dev.type == "cuda")
-    state = build_run_state({"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"},
-                            {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"},
-                            {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0},
-                            num_classes=1000, input_size=224, seed=0, device=dev, world=2, speed=speed)
+    state = build_run_state(PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, num_classes=1000, input_size=224, seed=0,
+                            device=dev, world=2, speed=speed)
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(batch, 3, 224, 224, generator=g) * 60).to(dev)
     y = torch.randint(0, 1000, (batch,), generator=g).to(dev)
@@ -86,11 +85,7 @@ def _worker(rank: int, port: int, device: str, backend: str, env: dict, batch: i
 
 
 def exact_and_step(device: str, backend: str, env: dict, batch: int, steps: int) -> dict:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_worker, args=(port, device, backend, env, batch, steps, out), nprocs=2, join=True)
         ranks = [torch.load(os.path.join(out, f"{r}.pt"), weights_only=False) for r in range(2)]
@@ -137,9 +132,9 @@ def straight_kill_resume(work: Path, name: str, base: list[str], env: dict, kill
     if b is None:
         return {**row, "error": _tail(resumed)}
     row["bit_identical"] = all(torch.equal(a[k], b[k]) for k in a)
-    row["max_rel_diff"] = max(_rel(b[k], a[k]) for k in a)
+    row["max_rel_diff"] = max(rel_diff(b[k], a[k]) for k in a)
     if reference is not None:
-        row["max_rel_diff_from_deterministic"] = max(_rel(a[k], reference[k]) for k in a)
+        row["max_rel_diff_from_deterministic"] = max(rel_diff(a[k], reference[k]) for k in a)
     row["final"] = a
     return row
 
@@ -191,25 +186,3 @@ def two_processes(args, write, result: dict) -> None:
     write()
     runs(args, backend, env, result, write, deadline)
     write()
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-steps", type=int, default=100, help="training steps of each launch/train.py run")
-    p.add_argument("--kill-at", type=int, default=57, help="the step after which the crashed run is killed")
-    p.add_argument("--two-batch", type=int, default=128)
-    p.add_argument("--two-steps", type=int, default=10, help="timed steps of the two-process row")
-    p.add_argument("--two-deadline-s", type=float, default=200.0)
-    p.add_argument("--run-timeout-s", type=float, default=150.0)
-    p.add_argument("--variants", nargs="+", default=["eager", "compile", "reduce-overhead", "eager-nondeterministic"],
-                   help="launch/train.py variants to run, of eager compile reduce-overhead eager-nondeterministic")
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "gpu-check-two.json"))
-    add_arguments(parser)
-    ns = parser.parse_args()
-    out: dict = {}
-    two_processes(ns, lambda: Path(ns.output).write_text(json.dumps(out, indent=1, default=str) + "\n"), out)
-    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, default=str))

@@ -1,28 +1,28 @@
 """Where a GPU step's time goes, and what CUDA graphs save: a short companion of gpu_check.py.
 
 For the whole net (full-1dev) and one tower (the exchange replaced by a local stand-in), bf16
-with channels_last at one batch size: the profiler's table of the eager step's kernels (5
-steps), then the step time of ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+with channels_last at the first of ``batches``: the profiler's table of the eager step's
+kernels (5 steps), then the step time of ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+Settings: the device check's, ``conf/gpu_check.yaml`` (``device``, ``batches``).
 
-    python benchmarks/gpu_profile.py cuda 128 > benchmarks/results/gpu-profile.log
-    python benchmarks/gpu_profile.py cpu 2       # a smoke run (compile's default mode on a CPU)
+    python benchmarks/gpu_profile.py batches=[128] > benchmarks/results/gpu-profile.log
+    python benchmarks/gpu_profile.py device=cpu batches=[2]     # a smoke run (compile's default mode on a CPU)
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import hydra
 import torch
+from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import build_state, inputs, sync, time_steps  # noqa: E402
+from alexnet_mp.cli import run_entry_point, run_hydra
+from alexnet_mp.train import Speed, train_step
+from bench_common import sync
+from gpu_check import build_state, inputs, time_steps  # benchmarks/ is on the path when run as a script
 
-from alexnet_mp.train import Speed, train_step  # noqa: E402
 
-
-def main(device: torch.device, batch: int) -> None:
+def profile_steps(device: torch.device, batch: int) -> None:
     cuda = device.type == "cuda"
     x, y = inputs(batch, device)
     eager = Speed(precision="bf16", channels_last=True, cudnn_benchmark=True)
@@ -46,5 +46,10 @@ def main(device: torch.device, batch: int) -> None:
               f"{r['images_per_s']:.0f} images/s (warm-up: {r['warmup_seconds']:.0f} s)", flush=True)
 
 
+@hydra.main(config_path="../conf", config_name="gpu_check", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: profile_steps(torch.device(cfg.device), int(cfg.batches[0])), cfg)
+
+
 if __name__ == "__main__":
-    main(torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda"), int(sys.argv[2]) if len(sys.argv) > 2 else 128)
+    run_hydra(main)

@@ -1,4 +1,5 @@
-"""Run a function in real gloo process groups, one process per rank, for the tests."""
+"""Run functions in real gloo process groups, one process per rank, for the tests (spawned
+processes import this module, so it stays small)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,15 @@ def init_towers(*, towers: int = 2, threads: int | None = None, device: str = "a
             f"(launch with torchrun --nproc_per_node={towers})"
         )
     return join_process_group(threads=threads, device=device, init_method=init_method)
+
+
+def _in_turn(rank: int, calls: dict) -> dict:
+    return {name: fn(rank, *args) for name, (fn, *args) in calls.items()}
+
+
+def run_ranks_together(calls: dict[str, tuple], world: int = 2) -> dict[str, list]:
+    """Several ``name: (fn, *args)`` in one gloo group, one after another: the processes start once
+    for all of them (their start-up costs more than a tiny comparison). Returns ``name: [each rank's result]``.
+    Each ``fn`` leaves the process as it found it (any module setting it changes, it restores)."""
+    per_rank = run_ranks(_in_turn, calls, world=world)
+    return {name: [r[name] for r in per_rank] for name in calls}

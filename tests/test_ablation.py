@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +13,9 @@ from alexnet_mp import build_model, count_parameters
 from alexnet_mp.arch import feature_map_sizes
 from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
 from alexnet_mp.parallel import parallelize, shard_state_dict
-from conftest import config_error
+from conftest import ROOT, config_error, rel_diff
 from distributed import run_ranks
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = 60_965_224
 # Hand-computed from the table (spec, sec. 1): weights k*k*in*out/groups plus biases.
 CONV3 = 3 * 3 * 256 * 384 + 384  # 885,120: reads both towers' 128 + 128 channels
@@ -135,9 +133,7 @@ def _ablated_towers(rank: int) -> dict:
     F.cross_entropy(ref, y).backward()
     F.cross_entropy(out, y).backward()
     grads = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, tower)
-    scale = lambda t: t.abs().max().item()  # noqa: E731
-    return {"logits": (out - ref).abs().max().item() / scale(ref),
-            "grads": max((p.grad - grads[n]).abs().max().item() / scale(grads[n]) for n, p in tower.named_parameters())}
+    return {"logits": rel_diff(out, ref), "grads": max(rel_diff(p.grad, grads[n]) for n, p in tower.named_parameters())}
 
 
 def test_ablated_net_on_two_towers_equals_one_process():
@@ -154,7 +150,7 @@ def test_presets_compose_and_set_what_they_name(preset, key, value):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         base = OmegaConf.to_container(compose("config"), resolve=True)
         cfg = OmegaConf.to_container(compose("config", overrides=[f"+ablation={preset}"]), resolve=True)
         paper = compose("config", overrides=["experiment=paper", f"+ablation={preset}", "data.root=/x"])
@@ -171,8 +167,8 @@ def test_presets_compose_and_set_what_they_name(preset, key, value):
 
 def test_a_checkpoint_from_another_ablation_does_not_resume(tmp_path):
     """The switches are part of the checkpoint's signature."""
-    cmd = [sys.executable, str(REPO / "launch" / "train.py"), "experiment=smoke", "epochs=1",
+    cmd = [sys.executable, str(ROOT / "launch" / "train.py"), "experiment=smoke", "epochs=1",
            "data.train_size=32", "data.val_size=16", f"hydra.run.dir={tmp_path}", "debug.max_steps=1"]
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
-    bad = subprocess.run(cmd + ["resume=true", "+ablation=no_lrn"], cwd=REPO, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    bad = subprocess.run(cmd + ["resume=true", "+ablation=no_lrn"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "another configuration (lrn='paper' here 'none')" in bad.stderr, bad.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""FLOP counts against the specification, and the 1-GPU-vs-2-GPU benchmark's result files."""
+"""FLOP counts against the specification, the 1-GPU-vs-2-GPU benchmark's result files, and
+how bench-comm-wait judges its figure."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ from hydra import compose, initialize_config_dir
 
 from alexnet_mp import build_model
 from alexnet_mp.arch import full_spec
+from alexnet_mp.cli import data_overrides
 from alexnet_mp.errors import UserError
 from alexnet_mp.flops import forward_flops, forward_macs, layer_macs, train_flops
 from alexnet_mp.model import AlexNet
+from alexnet_mp.student_t import spread
+from conftest import CONF, ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # spawned timing processes inherit sys.path
+sys.path.insert(0, str(ROOT / "benchmarks"))  # as when a benchmark runs; spawned timing processes inherit it
 import bench_1gpu_vs_2gpu as bench  # noqa: E402
+from bench_comm_wait import judge  # noqa: E402
+from bench_configs import CONFIGS, DEVICES_OF, NAME, SUMMARY_KEYS  # noqa: E402
+from bench_report import spread_text  # noqa: E402
+from bench_timing_summary import exposed_waits, merge_rounds, summarise_time  # noqa: E402
 
 
 def _tower(index: int, **kw) -> AlexNet:
@@ -71,7 +78,7 @@ def test_forward_macs_equal_what_the_layers_compute(name, size, geometry):
 # -- the benchmark's results ------------------------------------------------------------------------
 
 def _cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("bench", overrides=[f"output_dir={tmp_path / 'results'}", *overrides])
 
 
@@ -99,10 +106,10 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
                "peak_matmul_size=64", "peak_matmul_seconds=0.01", "seeds=[0,1]")
     results, paths = bench.run_benchmark(cfg, tmp_path / "runs")
 
-    assert {p.name for p in paths.values()} == {f"{bench.NAME}.{e}" for e in ("json", "md", "png")}
+    assert {p.name for p in paths.values()} == {f"{NAME}.{e}" for e in ("json", "md", "png")}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     on_disk = json.loads(paths["json"].read_text())
-    assert on_disk["configurations"].keys() == set(bench.CONFIGS)
+    assert on_disk["configurations"].keys() == set(CONFIGS)
     assert on_disk["environment"]["batch"] == 2 and on_disk["environment"]["torch"] == torch.__version__
     for key in ("device_names", "threads_per_device", "git_commit", "device_kind"):
         assert key in on_disk["environment"]
@@ -110,7 +117,7 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
 
     for name, c in on_disk["configurations"].items():
         t = c["time"]
-        assert t["batch"] == 2 and t["input_size"] == 67 and len(t["per_device"]) == bench.DEVICES_OF[name]
+        assert t["batch"] == 2 and t["input_size"] == 67 and len(t["per_device"]) == DEVICES_OF[name]
         st = t["step_seconds"]
         assert 0 < st["min"] <= st["median"] <= st["max"]
         assert t["images_per_s"] == pytest.approx(2 / st["median"])
@@ -121,7 +128,7 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
             assert d["train_flops_per_image"] == 6 * d["forward_macs_per_image"]
             assert d["achieved_flops_per_s"] == pytest.approx(d["train_flops_per_image"] * 2 / st["median"])
     # The per-device work and parameters are the model's own.
-    half, neighbour, full2, full1 = (on_disk["configurations"][n]["time"] for n in bench.CONFIGS)
+    half, neighbour, full2, full1 = (on_disk["configurations"][n]["time"] for n in CONFIGS)
     assert neighbour["per_device"][0]["parameters"] == half["per_device"][0]["parameters"]
     assert half["per_device"][0]["forward_macs_per_image"] == forward_macs(build_model("half", num_classes=1000,
                                                                                        input_size=67))
@@ -163,7 +170,7 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
     assert on_disk["settings"]["speed"]["precision"] == "fp32" and on_disk["settings"]["overlap"] is True
 
     md = paths["md"].read_text()
-    for text in (*bench.CONFIGS, "full-2dev/half-1dev", "full-2dev/full-1dev", "-2.50 (0.71; 95% [-8.85, +3.85])",
+    for text in (*CONFIGS, "full-2dev/half-1dev", "full-2dev/full-1dev", "-2.50 (0.71; 95% [-8.85, +3.85])",
                  "paper"):
         assert text in md
 
@@ -181,7 +188,7 @@ def test_read_run_rejects_incomplete_or_impossible_results(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"val_top1_err": 0.5}))
     with pytest.raises(UserError, match="lacks"):
         bench.read_run(tmp_path)
-    (tmp_path / "summary.json").write_text(json.dumps(dict.fromkeys(bench.SUMMARY_KEYS, 1.0)))
+    (tmp_path / "summary.json").write_text(json.dumps(dict.fromkeys(SUMMARY_KEYS, 1.0)))
     (tmp_path / "eval.json").write_text(json.dumps({"center": {"top1_err": 42.0, "top5_err": 0.1},
                                                     "ten_crop": {"top1_err": 0.1, "top5_err": 0.1}, "images": 3}))
     with pytest.raises(UserError, match="fraction"):
@@ -190,13 +197,13 @@ def test_read_run_rejects_incomplete_or_impossible_results(tmp_path):
 
 def test_the_trainer_gets_the_benchmarks_data_and_budget(tmp_path):
     cfg = _cfg(tmp_path, "data=imagefolder", "data.root=/data/my images", "epochs=3", "threads=1")
-    cmd = bench.train_command("full-2dev", 5, 3, tmp_path / "run", cfg)
+    cmd = bench.training_command("full-2dev", 5, 3, tmp_path / "run", cfg)
     assert "--nproc_per_node=2" in cmd and "model=full" in cmd and "seed=5" in cmd and "epochs=3" in cmd
     assert "data=imagefolder" in cmd and "data.root='/data/my images'" in cmd and "progress=false" in cmd
-    assert "--nproc_per_node=1" in bench.train_command("half-1dev", 5, 3, tmp_path, cfg)
-    assert "model=half" in bench.train_command("half-1dev", 5, 3, tmp_path, cfg)
+    assert "--nproc_per_node=1" in bench.training_command("half-1dev", 5, 3, tmp_path, cfg)
+    assert "model=half" in bench.training_command("half-1dev", 5, 3, tmp_path, cfg)
     with pytest.raises(UserError, match="data.root"):
-        bench.data_overrides(_cfg(tmp_path, "data=imagefolder").data)
+        data_overrides(_cfg(tmp_path, "data=imagefolder").data)
 
 
 @pytest.mark.parametrize("data_args", [(), ("data=imagefolder", "data.root=/data/my images", "data.image_size=77")])
@@ -204,12 +211,12 @@ def test_the_trainer_and_evaluator_commands_compose_against_their_configs(tmp_pa
     from hydra import compose, initialize_config_dir
 
     cfg = _cfg(tmp_path, *data_args, "epochs=3")
-    train = bench.train_command("full-2dev", 5, 3, tmp_path / "run", cfg)
+    train = bench.training_command("full-2dev", 5, 3, tmp_path / "run", cfg)
     evaluate = bench.evaluate_command(str(tmp_path / "run" / "model_final.pt"), tmp_path / "run", cfg)
     script_at = lambda cmd, name: next(i for i, a in enumerate(cmd) if a.endswith(name))  # noqa: E731
     train_args = [a for a in train[script_at(train, "train.py") + 1:] if not a.startswith("hydra.")]
     eval_args = evaluate[script_at(evaluate, "evaluate.py") + 1:]
-    with initialize_config_dir(config_dir=str(bench.REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         trained = compose(config_name="config", overrides=train_args)
         evaluated = compose(config_name="evaluate", overrides=eval_args)
     assert trained.model.name == "full" and trained.seed == 5 and trained.epochs == 3
@@ -218,10 +225,10 @@ def test_the_trainer_and_evaluator_commands_compose_against_their_configs(tmp_pa
 
 
 def test_one_seed_has_no_spread_and_says_so():
-    one, two = bench.spread([0.25]), bench.spread([0.25, 0.35])
+    one, two = spread([0.25]), spread([0.25, 0.35])
     assert one["std"] is None and one["n"] == 1 and two["std"] == pytest.approx(0.0707, rel=1e-2)
-    assert bench.spread_text(None) == "n/a" and bench.spread_text(0.0123) == "1.23%"
-    assert bench.spread_text(None, points=True) == "n/a"
+    assert spread_text(None) == "n/a" and spread_text(0.0123) == "1.23%"
+    assert spread_text(None, points=True) == "n/a"
 
 
 def test_devices_n_times_the_half_net_replicas_against_the_tower_pair_replicas(tmp_path):
@@ -268,12 +275,12 @@ def test_rounds_take_each_ratio_within_a_round(tmp_path, monkeypatch):
 
     def fake_time(name, cfg, plan, shape=None):
         calls[name] = calls.get(name, 0) + 1
-        return [_rank(r, [step[name][calls[name] - 1]] * 2) for r in range(bench.DEVICES_OF[name])]
+        return [_rank(r, [step[name][calls[name] - 1]] * 2) for r in range(DEVICES_OF[name])]
 
     monkeypatch.setattr(bench, "time_configuration", fake_time)
     cfg = _cfg(tmp_path, "device=cpu", "skip_error=true", "rounds=3")
     results, paths = bench.run_benchmark(cfg, tmp_path / "runs")
-    assert calls == {name: 3 for name in bench.CONFIGS}  # every configuration once per round
+    assert calls == {name: 3 for name in CONFIGS}  # every configuration once per round
     full = results["configurations"]["full-2dev"]["time"]
     assert full["round_medians"] == [18, 18, 9] and full["timed_steps"] == 6
     assert full["per_device"][0]["peak_memory_bytes"] == 100
@@ -287,7 +294,6 @@ def test_rounds_take_each_ratio_within_a_round(tmp_path, monkeypatch):
 
 
 def test_merge_rounds_pools_steps_and_collectives():
-    import bench_timing
     one, two = _rank(0, [1.0, 2.0]), _rank(0, [3.0])
     one.update(comm_seconds=[0.1, 0.2], waited_by_step=[{"conv3.forward": 0.05}, {}], comm_bytes=100, transfer_bytes_per_s=2e9,
                comm_by_layer={"conv3.forward": {"bytes": 60, "seconds": 0.2, "waited_seconds": 0.05, "calls": 2}},
@@ -296,13 +302,13 @@ def test_merge_rounds_pools_steps_and_collectives():
                comm_by_layer={"conv3.forward": {"bytes": 30, "seconds": 0.3, "waited_seconds": 0.1, "calls": 1},
                               "fc6.forward": {"bytes": 5, "seconds": 0.01, "waited_seconds": 0.0, "calls": 1}},
                peak_memory_bytes=400, baseline_memory_bytes=9)
-    (m,) = bench_timing.merge_rounds([[one], [two]])
+    (m,) = merge_rounds([[one], [two]])
     assert m["step_seconds"] == [1.0, 2.0, 3.0] and m["comm_seconds"] == [0.1, 0.2, 0.3]
     assert m["waited_by_step"] == [{"conv3.forward": 0.05}, {}, {"conv3.forward": 0.1}] and m["comm_bytes"] == 150
     assert m["timed_wall_seconds"] == 6.0 and m["machine_busy_seconds"] is None
     assert m["timeline_by_step"] is None  # no host timestamps in either round
     one["timeline_by_step"], two["timeline_by_step"] = [["a"], ["b"]], [["c"]]
-    assert bench_timing.merge_rounds([[one], [two]])[0]["timeline_by_step"] == [["a"], ["b"], ["c"]]
+    assert merge_rounds([[one], [two]])[0]["timeline_by_step"] == [["a"], ["b"], ["c"]]
     assert m["transfer_bytes_per_s"] == pytest.approx(1.5e9)
     assert (m["peak_memory_bytes"], m["baseline_memory_bytes"]) == (500, 7)  # one round's peak with its baseline
     assert m["comm_by_layer"]["conv3.forward"] == pytest.approx(
@@ -311,7 +317,6 @@ def test_merge_rounds_pools_steps_and_collectives():
 
 
 def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other_tower():
-    import bench_timing
     # (layer, direction, launch start, launch end, wait start, wait end), one clock for both towers.
     # Step 1, conv3: tower 0 launches at 0.0 and waits from 0.1; tower 1 launches only at 0.3, so
     # tower 0's wait until 0.3 is for tower 1's compute; from 0.3 to 0.5 both wait for the bytes.
@@ -321,7 +326,7 @@ def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other
                  1: [[["conv3", "forward", 0.3, 0.31, 0.45, 0.5]],
                      [["fc6", "forward", 1.0, 1.0, 1.0, 1.3], ["fc7", "forward", 2.0, 2.0, 2.0, 2.1]]]}
     def comm_of(ranks):
-        return bench_timing.summarise_time(ranks, batch=4, input_size=67)["comm"]
+        return summarise_time(ranks, batch=4, input_size=67)["comm"]
 
     ranks = []
     for rank in range(2):
@@ -332,7 +337,7 @@ def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other
         ranks.append(r)
     step1 = ((0.01 + 0.2) + (0.01 + 0.05)) / 2
     step2 = ((0.01 + 0.05 + 0.1) + (0.1 + 0.1)) / 2  # tower 1 waited 0.2 s for tower 0 at fc6
-    exposed = bench_timing.exposed_waits(ranks, towers=2)
+    exposed = exposed_waits(ranks, towers=2)
     assert exposed["mean"] == pytest.approx([step1, step2])
     # The larger figure of the pair at each collective: tower 0 at conv3 and fc7, tower 1 at fc6.
     assert exposed["upper"] == pytest.approx([0.21, 0.1 + 0.1])
@@ -351,9 +356,18 @@ def test_exposed_communication_is_the_wait_for_bytes_in_flight_not_for_the_other
     assert comm["exposed_mean_share_of_step"] <= comm["exposed_upper_share_of_step"] <= comm["exposed_share_of_step"]
     # Two replicas of the pair: each pair's collectives are matched within the pair.
     other = [dict(r, rank=r["rank"] + 2) for r in ranks]
-    assert bench_timing.exposed_waits(ranks + other, towers=2)["mean"] == pytest.approx([step1, step2])
+    assert exposed_waits(ranks + other, towers=2)["mean"] == pytest.approx([step1, step2])
     # Without host timestamps (CUDA events) exposed is not measured; mismatched collectives are an error.
-    assert bench_timing.exposed_waits([dict(r, timeline_by_step=None) for r in ranks], towers=2) is None
+    assert exposed_waits([dict(r, timeline_by_step=None) for r in ranks], towers=2) is None
     odd = dict(ranks[1], timeline_by_step=[timelines[1][0], timelines[1][1][:1]])
     with pytest.raises(RuntimeError, match="different collectives"):
-        bench_timing.exposed_waits([ranks[0], odd], towers=2)
+        exposed_waits([ranks[0], odd], towers=2)
+
+
+def test_comm_wait_is_met_when_every_towers_blocking_median_is_near_one():
+    near = [{"blocking": [0.97, 1.0, 1.0], "overlapped": [0.2, 0.5, 0.9]}, {"blocking": [0.5, 0.99, 1.0], "overlapped": [0.4]}]
+    judged = judge(near, tolerance=0.05)
+    assert judged["met"] is True and judged["median_waited_over_total"]["blocking"] == [1.0, 0.99]
+    assert judged["median_waited_over_total"]["overlapped"] == [0.5, 0.4] and judged["value"] == 0.99
+    far = [near[0], {"blocking": [0.8, 0.9, 1.0], "overlapped": [0.4]}]  # one tower's median 0.9: missed
+    assert judge(far, tolerance=0.05)["met"] is False and judge(far, tolerance=0.05)["value"] == 0.9

@@ -5,7 +5,6 @@ command the README and docs/ show composes against its config."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shlex
 import subprocess
@@ -18,10 +17,7 @@ from omegaconf import OmegaConf
 from alexnet_mp import config
 from alexnet_mp.config.train import RESUME_MAY_CHANGE, TrainConfig
 from alexnet_mp.errors import UserError
-from conftest import compose_config, config_error
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+from conftest import ROOT, compose_config, config_error, job_env
 
 
 # -- every preset composes over its schema ----------------------------------------------------------
@@ -37,6 +33,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     ("prepare", ["data.root=/x", "out=/y"], "PrepareConfig"),
     ("bench", [], "BenchConfig"),
     ("bench_data", [], "BenchDataConfig"),
+    ("bench_comm_wait", [], "BenchCommWaitConfig"),
+    ("gpu_check", [], "GpuCheckConfig"),
     ("reproduce", [], "ReproduceConfig"),
 ])
 def test_every_preset_composes_over_its_schema(name, overrides, schema):
@@ -101,19 +99,19 @@ def test_a_launcher_prints_composition_and_schema_errors_as_one_line(tmp_path):
                                 ("train.py", ["optim.lr=-1"], "optim.lr must be a positive number"),
                                 ("evaluate.py", ["checkpoint=/x", "split=test"], "split must be val or train")):
         proc = subprocess.run([sys.executable, f"launch/{script}", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                              env=ENV, capture_output=True, text=True, timeout=120)
+                              env=job_env(), capture_output=True, text=True, timeout=120)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("alexnet_mp: error: ") and words in lines[0], lines
 
 
 def test_cfg_job_and_help_show_the_typed_config():
-    job = subprocess.run([sys.executable, "launch/train.py", "--cfg", "job"], cwd=ROOT, env=ENV,
+    job = subprocess.run([sys.executable, "launch/train.py", "--cfg", "job"], cwd=ROOT, env=job_env(),
                          capture_output=True, text=True, timeout=120)
     assert job.returncode == 0, job.stderr
     shown = OmegaConf.create(job.stdout)
     assert shown.model.geometry == "224" and shown.dist_timeout_s == 300.0 and shown.data.name == "synthetic"
-    helped = subprocess.run([sys.executable, "launch/train.py", "--help"], cwd=ROOT, env=ENV, capture_output=True,
+    helped = subprocess.run([sys.executable, "launch/train.py", "--help"], cwd=ROOT, env=job_env(), capture_output=True,
                             text=True, timeout=120)
     assert helped.returncode == 0, helped.stderr
     assert "docs/configuration.md" in helped.stdout and "model: full, half" in helped.stdout and "ablation: caffe_bias," in helped.stdout
@@ -168,7 +166,7 @@ def _scripts_of_make() -> dict[str, str]:
 
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:
-    """(where, script, overrides) of every command line in README.md and docs/*.md."""
+    """(where, script, overrides) of every command line in README.md and docs/*.md (benchmarks' too)."""
     out, make = [], _scripts_of_make()
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         if not doc.is_file():
@@ -181,7 +179,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
                 i += 1
                 line = line[:-1] + " " + lines[i].strip()
             i += 1
-            if not re.match(r"(python launch/|torchrun |make \S+ .*ARGS=)", line):
+            if not re.match(r"(python (launch|benchmarks)/|torchrun |make \S+ .*ARGS=)", line):
                 continue
             words = shlex.split(PLACEHOLDERS.sub("/tmp/placeholder", line), comments=True)
             if words[0] == "make":
@@ -189,7 +187,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
                 out.append((where, make[words[1]], shlex.split(args)))
                 continue
             script = next((w for w in words if w.endswith(".py")), None)
-            if script is not None:
+            if script is not None and "config_name=" in (ROOT / script).read_text():  # not scaling_model.py
                 out.append((where, script, [w for w in words[words.index(script) + 1:] if "=" in w]))
     return out
 

@@ -26,15 +26,8 @@ from alexnet_mp.data import (
     ten_crop,
 )
 from alexnet_mp.errors import UserError
-from reference import PaperTransform
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _one_line(err: pytest.ExceptionInfo) -> str:
-    msg = str(err.value)
-    assert "\n" not in msg and msg
-    return msg
+from alexnet_mp.data.reference import PaperTransform
+from conftest import SHARED_DATA, one_line
 
 
 # ----------------------------------------------------------------------------- crop sizes
@@ -57,10 +50,10 @@ def test_crop_size_for_rejects_too_small_and_unknown_geometry():
     assert crop_size_for(77, "224") == 67  # the smallest stored size that still works
     with pytest.raises(UserError) as err:
         crop_size_for(76, "224")
-    assert "76" in _one_line(err)
+    assert "76" in one_line(err)
     with pytest.raises(UserError) as err:
         crop_size_for(32, "227")
-    assert "32" in _one_line(err)
+    assert "32" in one_line(err)
     with pytest.raises(UserError):
         crop_size_for(256, "225")
 
@@ -214,20 +207,20 @@ def test_corrupt_files_give_none_with_a_warning_and_are_dropped(folder):
 def test_image_folder_user_errors(folder, tmp_path):
     with pytest.raises(UserError) as err:
         ImageFolderImages(tmp_path / "nowhere", "train", 32)
-    assert str(tmp_path / "nowhere") in _one_line(err)
+    assert str(tmp_path / "nowhere") in one_line(err)
     with pytest.raises(UserError) as err:
         ImageFolderImages(folder, "test", 32)
-    assert str(folder / "test") in _one_line(err)
+    assert str(folder / "test") in one_line(err)
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(UserError) as err:
         ImageFolderImages(tmp_path / "empty", "train", 32)
-    assert str(tmp_path / "empty" / "train") in _one_line(err)
+    assert str(tmp_path / "empty" / "train") in one_line(err)
     for name in ("a", "b"):
         (tmp_path / "noimg" / "train" / name).mkdir(parents=True)
         (tmp_path / "noimg" / "train" / name / "readme.txt").write_text("x")
     with pytest.raises(UserError) as err:
         ImageFolderImages(tmp_path / "noimg", "train", 32)
-    assert str(tmp_path / "noimg" / "train") in _one_line(err)
+    assert str(tmp_path / "noimg" / "train") in one_line(err)
 
 
 def test_check_same_classes(folder):
@@ -236,7 +229,7 @@ def test_check_same_classes(folder):
     (folder / "val" / "cat").rename(folder / "val" / "cow")
     with pytest.raises(UserError) as err:
         check_same_classes(train, ImageFolderImages(folder, "val", 16))
-    msg = _one_line(err)
+    msg = one_line(err)
     assert "missing from val: [cat]" in msg and "extra in val: [cow]" in msg
 
 

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from test_train import ROOT, TINY, error_line, launch, ok
+from conftest import ROOT, TINY, command, error_line, job_env, launch, ok, start
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +39,7 @@ def _temporaries(run: Path) -> list[Path]:
 def stopped(tmp_path_factory) -> tuple[Path, int, str]:
     """A one-process run sent SIGUSR1 (Slurm's --signal) after its checkpoint at step 2."""
     run = tmp_path_factory.mktemp("stopped") / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "launch/train.py", *ONE_PROCESS, "checkpoint.every_steps=2",
-                             f"hydra.run.dir={run}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start([*ONE_PROCESS, "checkpoint.every_steps=2", f"hydra.run.dir={run}"], nproc=0)
     deadline = time.monotonic() + 120
     while not _latest(run).startswith("step-00000002") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -73,9 +69,8 @@ def _limit_file_size(limit: int):
 
 
 def _run_limited(args: list[str], limit: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "launch/train.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240, preexec_fn=_limit_file_size(limit))
+    return subprocess.run(command(args, nproc=0), cwd=ROOT, env=job_env(), capture_output=True, text=True,
+                          timeout=240, preexec_fn=_limit_file_size(limit))
 
 
 def _assert_clean_disk_full(proc, run: Path, before: str, words: str) -> None:
@@ -231,7 +226,7 @@ def test_an_unwritable_run_directory_is_one_line_before_training(tmp_path):
         assert "cannot create the run directory" in line and str(parent / "run") in line
         assert "training full net" not in proc.stdout + proc.stderr
         line = error_line(launch([f"checkpoint={tmp_path}", f"output={parent / 'x' / 'eval.json'}"], nproc=0,
-                                 script="launch/evaluate.py"))
+                                 script="evaluate"))
         assert "cannot create the output folder" in line
     finally:
         if mounted:

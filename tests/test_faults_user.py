@@ -11,26 +11,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_train import ROOT, TINY, _folder, error_line, final_state, launch, ok, straight_run  # noqa: F401
+from conftest import ROOT, published_checkpoint, TINY, command, error_line, final_state, image_folder, job_env, launch, ok
 
 pytestmark = pytest.mark.slow
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _published(run: Path) -> str:
-    try:
-        return (run / "checkpoints" / "latest").read_text()
-    except OSError:
-        return ""
-
 
 def _workers(pid: int) -> list[int]:
     """torchrun ``pid``'s workers: its children running launch/train.py."""
@@ -60,11 +49,9 @@ def test_a_killed_launcher_stops_its_workers_which_save_and_resume_bit_for_bit(t
     ends bit-identical to the uninterrupted run."""
     run = tmp_path / "run"
     args = [*TINY, "checkpoint.every_steps=5", "data.workers=0"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
-           *args, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command([*args, f"hydra.run.dir={run}"]), cwd=ROOT, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
-    while not _published(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
+    while not published_checkpoint(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     workers = _workers(proc.pid)
     assert len(workers) == 2 and proc.poll() is None, workers
@@ -85,7 +72,7 @@ def test_a_killed_launcher_stops_its_workers_which_save_and_resume_bit_for_bit(t
     found = re.fullmatch(rf"alexnet_mp: the launcher \(torchrun, pid {proc.pid}\) is gone; stopped at step (\d+); "
                          rf"saved (\S+); continue with resume=true \(or resume=auto\)", lines[0])
     assert found, lines[0]
-    step, latest = int(found[1]), _published(run)
+    step, latest = int(found[1]), published_checkpoint(run)
     assert 5 <= step < 16 and latest.startswith(f"step-{step:08d}") and found[2] == str(run / "checkpoints" / latest)
     assert not (run / "summary.json").exists() and "Traceback" not in out
     fd = os.open(run / ".lock", os.O_RDWR)
@@ -108,7 +95,7 @@ def test_divergence_names_the_last_good_checkpoint_of_a_one_shard_run(tmp_path, 
                               "batch_size=16", "epochs=1", "progress=false", "checkpoint.every_steps=1",
                               "log_every_steps=1", "optim.lr=1e6", "data.workers=0", f"hydra.run.dir={run}"],
                              nproc=nproc))
-    latest = _published(run)
+    latest = published_checkpoint(run)
     assert latest and f"Last good checkpoint: {run / 'checkpoints' / latest} " in line, line
 
 
@@ -133,7 +120,7 @@ def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A half net trained two epochs on folders of photographs (classes a, b) holding one
     broken file, with a loader worker: the file is met by the statistics, then each epoch."""
     tmp = tmp_path_factory.mktemp("trained")
-    root = _folder(tmp / "data", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4)
+    root = image_folder(tmp / "data", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4)
     (root / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
     run = tmp / "run"
     proc = launch(["model=half", "data=imagefolder", f"data.root={root}", "data.image_size=77", "batch_size=4",
@@ -153,21 +140,21 @@ def test_an_unreadable_image_is_said_once_per_job_on_one_line(trained):
 
 def test_evaluating_on_other_classes_is_an_error_unless_allowed(trained, tmp_path):
     run, _ = trained
-    other = _folder(tmp_path / "other", {"train": ["c", "d"], "val": ["c", "d"]}, per_class=2)
+    other = image_folder(tmp_path / "other", {"train": ["c", "d"], "val": ["c", "d"]}, per_class=2)
     args = [f"checkpoint={run}", "data=imagefolder", f"data.root={other}", "data.image_size=77", "progress=false",
             "workers=0", f"output={tmp_path / 'eval.json'}"]
-    line = error_line(launch(args, nproc=0, script="launch/evaluate.py"))
+    line = error_line(launch(args, nproc=0, script="evaluate"))
     assert "class names" in line and "allow_class_mismatch=true" in line
     assert not (tmp_path / "eval.json").exists()
-    proc = launch([*args, "allow_class_mismatch=true"], nproc=0, script="launch/evaluate.py")
+    proc = launch([*args, "allow_class_mismatch=true"], nproc=0, script="evaluate")
     ok(proc)
     assert (tmp_path / "eval.json").is_file() and "class names" in proc.stdout + proc.stderr
 
 
 # -- 5. an output path that is a folder ----------------------------------------------------------
 
-@pytest.mark.parametrize("script, option", [("launch/export.py", "out"), ("launch/predict.py", "output"),
-                                            ("launch/evaluate.py", "output")])
+@pytest.mark.parametrize("script, option", [("export", "out"), ("predict", "output"),
+                                            ("evaluate", "output")])
 def test_an_output_path_that_is_a_folder_is_one_line_before_the_work(trained, tmp_path, script, option):
     run, _ = trained
     folder = tmp_path / "out.onnx"  # a name export accepts, but a folder
@@ -200,9 +187,8 @@ def test_the_jobs_note_folders_are_removed_and_stale_ones_cleaned(tmp_path):
     for stale in (notes / f"alexnet_mp-job-pid{dead.pid}-x", notes / f"alexnet_mp-job-d6a1-0-{dead.pid}"):
         stale.mkdir()
         (stale / "error").touch()
-    env = {**ENV, "TMPDIR": str(notes)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
-           "data=imagefolder", f"data.root={tmp_path / 'nowhere'}", "progress=false", f"hydra.run.dir={tmp_path / 'r'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    cmd = command(["data=imagefolder", f"data.root={tmp_path / 'nowhere'}", "progress=false",
+                   f"hydra.run.dir={tmp_path / 'r'}"])
+    proc = subprocess.run(cmd, cwd=ROOT, env=job_env(TMPDIR=str(notes)), capture_output=True, text=True, timeout=240)
     assert (proc.stdout + proc.stderr).count("alexnet_mp: error:") == 1, proc.stderr[-2000:]
     assert not list(notes.glob("alexnet_mp-job-*")), list(notes.iterdir())

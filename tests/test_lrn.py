@@ -74,12 +74,12 @@ def test_device_check_times_both_lrns_and_reports_their_difference(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--lrn-batch", "2",
-                    "--lrn-compile", "false", "--warmup", "1", "--steps", "2", "--skip-steps", "--skip-data",
-                    "--skip-two", "--output-dir", str(tmp_path)], check=True, cwd=repo, capture_output=True,
+    from conftest import ROOT
+
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "device=cpu", "lrn_batch=2",
+                    "lrn_compile=false", "warmup=1", "steps=2", "skip_steps=true", "skip_data=true",
+                    "skip_two=true", f"output_dir={tmp_path}"], check=True, cwd=ROOT, capture_output=True,
                    env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})  # fused: GPU only
     rows = json.loads((tmp_path / "gpu-check.json").read_text())["lrn"]
     assert {(r["implementation"], r["precision"]) for r in rows} == {

@@ -12,27 +12,20 @@ from alexnet_mp import build_model
 from alexnet_mp import comm_trace
 from alexnet_mp.errors import UserError
 from alexnet_mp.parallel import full_state_dict, parallelize, shard_state_dict
-from distributed import init_towers, run_ranks
+from conftest import rel_diff
+from distributed import init_towers, run_ranks_together
 
 TOL = 1e-5  # the other two-process comparisons in this file
-# What test_two_towers_equal_one_process_net asserts, by what is compared (README, "Exactness"):
-# largest difference relative to the reference's largest magnitude. Measured on the 2-core CPU
-# machine: logits and loss 8.5e-7, gradients 1.2e-6, parameters 6.0e-7 and momentum 9.5e-7 after
-# 4 steps, assembled state dict 2.4e-7, the 7-class 227 net 6.0e-7.
+# What test_two_towers_equal_one_process_net asserts, by what is compared: the largest difference
+# relative to the reference's largest magnitude (the figures measured: docs/parallelism.md).
 # In fp32 a rounding difference of 1e-7 can tip a near-tie (a pre-activation at the ReLU's
 # zero, two values of a max-pool window): then the gradient of one pooled unit goes to another
-# input and a layer's gradient differs by 7e-3. _batch(1) does that at conv5 since the LRN
-# rewrite (its rounding moved); in float64 the same comparison agrees to 5e-15 or less, so the
-# first-step gradients are compared in float64 on that batch and in fp32 on _batch(2).
+# input and a layer's gradient differs by 7e-3. _batch(1) tips one at conv5; in float64 the same
+# comparison agrees to 1e-12, so the first-step gradients are compared in float64 on that batch
+# and in fp32 on _batch(2).
 BOUNDS = {"eval": 2e-6, "train": 2e-6, "grad": 3e-6, "param": 2e-6, "momentum": 2e-6, "assembled": 1e-6, "7 classes": 2e-6,
           "float64": 1e-12}
 BATCH, SIZE, CLASSES = 4, 96, 10
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest absolute difference relative to the reference's largest magnitude."""
-    scale = b.abs().max().item() or 1.0
-    return (a.double() - b.double()).abs().max().item() / scale
 
 
 def _batch(seed: int, size: int = SIZE, classes: int = CLASSES):
@@ -123,10 +116,17 @@ def _float64_gradients(full, tower, x, y) -> dict[str, float]:
     return {f"float64 grad {n}": rel_diff(p.grad, grads_ref[n]) for n, p in tower.named_parameters()}
 
 
+@pytest.fixture(scope="module")
+def spawned():
+    """Every two-process part of this module, run in one pair of processes."""
+    return run_ranks_together({"overlap": (_exactness, True), "no-overlap": (_exactness, False),
+                               "both ways": (_gradients_both_ways,)})
+
+
 # Every crossing layer overlapped with its own compute (the default) and gather-then-compute.
-@pytest.fixture(scope="module", params=[True, False], ids=["overlap", "no-overlap"])
-def ranks(request):
-    return run_ranks(_exactness, request.param)
+@pytest.fixture(scope="module", params=["overlap", "no-overlap"])
+def ranks(request, spawned):
+    return spawned[request.param]
 
 
 def test_two_towers_equal_one_process_net(ranks):
@@ -180,7 +180,7 @@ def _gradients_both_ways(rank: int) -> dict:
     x, y = _batch(5)
     F.cross_entropy(full(x), y).backward()
     ref = shard_state_dict({n: p.grad for n, p in full.named_parameters()}, parallelize(full))
-    diffs = {}
+    diffs, default = {}, collectives.REDUCE_SCATTER_BACKENDS
     for way, backends in (("reduce-scatter", {"gloo"}), ("all-reduce fallback", set())):
         collectives.REDUCE_SCATTER_BACKENDS = backends  # gloo can run both paths; NCCL uses the first
         trace = comm_trace.start()
@@ -188,11 +188,12 @@ def _gradients_both_ways(rank: int) -> dict:
         F.cross_entropy(tower(x), y).backward()
         diffs[way] = max(rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters())
         diffs[f"{way} bytes"] = comm_trace.stop().bytes[("fc6", "backward")]
+    collectives.REDUCE_SCATTER_BACKENDS = default
     return diffs
 
 
-def test_backward_by_reduce_scatter_and_by_all_reduce_give_the_same_gradients():
-    for result in run_ranks(_gradients_both_ways):
+def test_backward_by_reduce_scatter_and_by_all_reduce_give_the_same_gradients(spawned):
+    for result in spawned["both ways"]:
         assert result["reduce-scatter"] < TOL and result["all-reduce fallback"] < TOL
         assert result["all-reduce fallback bytes"] == 2 * result["reduce-scatter bytes"]
 

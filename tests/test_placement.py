@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from alexnet_mp import placement
 from alexnet_mp.errors import UserError
 from alexnet_mp.placement import DeviceView, choose_backend, gpu_index, local_view, wants_cuda
+from conftest import one_line
 from distributed import free_port
 
 
@@ -29,12 +30,6 @@ def _env(monkeypatch, **values) -> None:
         monkeypatch.delenv(name, raising=False)
     for name, value in values.items():
         monkeypatch.setenv(name, str(value))
-
-
-def _one_line(err) -> str:
-    text = str(err.value)
-    assert "\n" not in text
-    return text
 
 
 @pytest.mark.parametrize("gpus, local_rank, local_world, index", [
@@ -58,7 +53,7 @@ def test_local_rank_is_never_taken_from_rank(monkeypatch):
     assert view.index is None and view.local_rank is None
     with pytest.raises(UserError) as err:
         choose_backend([view], "auto", True)
-    assert "LOCAL_RANK=None" in _one_line(err) and "rank 1" in str(err.value)
+    assert "LOCAL_RANK=None" in one_line(err) and "rank 1" in str(err.value)
 
 
 def test_local_view_reads_the_environment(monkeypatch):
@@ -78,7 +73,7 @@ def test_impossible_requests_are_one_line_errors(monkeypatch, device, backend, g
     _fake_gpus(monkeypatch, gpus)
     with pytest.raises(UserError) as err:
         wants_cuda(device, backend)
-    assert message in _one_line(err)
+    assert message in one_line(err)
 
 
 @pytest.mark.parametrize("device, gpus, use", [("auto", 0, False), ("auto", 1, True), ("cpu", 2, False),
@@ -106,7 +101,7 @@ def test_a_rank_without_its_gpu_names_what_every_rank_sees():
     views = _views(("a", 2, 0, "GPU-0"), ("a", 2, 1, "GPU-1"), ("a", 2, None, ""), ("a", 2, None, ""))
     with pytest.raises(UserError) as err:
         choose_backend(views, "auto", True)
-    text = _one_line(err)
+    text = one_line(err)
     assert all(f"rank {r} on a sees 2 GPU(s)" in text for r in range(4)) and "CUDA_VISIBLE_DEVICES" in text
 
 
@@ -131,7 +126,7 @@ def test_two_ranks_on_one_gpu_under_nccl(monkeypatch, nccl, enabled, allowed):
             continue
         with pytest.raises(UserError) as err:
             choose_backend(SHARED, backend, True)
-        assert "use dist_backend=gloo, or NCCL 2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1" in _one_line(err)
+        assert "use dist_backend=gloo, or NCCL 2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1" in one_line(err)
 
 
 def test_nccl_version_as_an_int(monkeypatch):

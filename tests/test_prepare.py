@@ -30,17 +30,9 @@ from alexnet_mp.data.prepare import bytes_on_disk, prepare_dataset
 from alexnet_mp.data.shards import RawWriter
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import disk_full_error
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from conftest import ROOT, SHARED_DATA, one_line
 SIZE = 32
 CLASSES = ("cat", "dog", "eel")
-
-
-def _one_line(err: pytest.ExceptionInfo) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg
-    return msg
 
 
 def _photo(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -186,7 +178,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_shards_and_equals_an_uni
     assert not (out / "manifest.json").exists() and (out / "prepare.json").exists()
     with pytest.raises(UserError) as err:
         PreparedImages(out, "train", SIZE)
-    assert "incomplete prepared dataset (interrupted prepare?)" in _one_line(err)
+    assert "incomplete prepared dataset (interrupted prepare?)" in one_line(err)
     records = sorted(out.glob("*/shard-*.pt"))
     assert 1 <= len(records) < 12  # 25 + 9 files in shards of 3: 9 + 3 shards
     kept = {}
@@ -230,7 +222,7 @@ def test_a_full_disk_is_one_line_marks_nothing_complete_and_a_rerun_finishes(src
     monkeypatch.setattr(RawWriter, "commit", commit)  # forked workers inherit the patch
     with pytest.raises(UserError) as err:
         prepare_dataset(src, out, image_size=SIZE, workers=2, shard_size=10, progress=False)
-    msg = _one_line(err)
+    msg = one_line(err)
     assert "no space left on device while writing" in msg and "images-0000" in msg and "re-run" in msg
     assert not (out / "manifest.json").exists() and not list(out.rglob(".*.tmp-*"))
     monkeypatch.setattr(RawWriter, "commit", original)
@@ -245,7 +237,7 @@ def test_a_full_disk_is_one_line_marks_nothing_complete_and_a_rerun_finishes(src
     monkeypatch.setattr(prep, "atomic_write", full)
     with pytest.raises(UserError) as err:
         prepare_dataset(src, out, image_size=SIZE, workers=2, shard_size=10, progress=False)
-    assert "manifest.json" in _one_line(err) and not (out / "manifest.json").exists()
+    assert "manifest.json" in one_line(err) and not (out / "manifest.json").exists()
     monkeypatch.undo()
     prepare_dataset(src, out, image_size=SIZE, workers=2, shard_size=10, progress=False)
     assert len(PreparedImages(out, "train", SIZE)) == 24
@@ -259,27 +251,27 @@ def test_out_must_be_new_empty_or_the_same_prepare(src, raw, tmp_path):
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(UserError) as err:
         prepare_dataset(src, busy, image_size=SIZE, progress=False)
-    assert "is not empty and is not a prepared dataset; choose an empty or new folder" in _one_line(err)
+    assert "is not empty and is not a prepared dataset; choose an empty or new folder" in one_line(err)
     with pytest.raises(UserError) as err:  # the complete dataset at another size
         prepare_dataset(src, raw, image_size=48, progress=False)
-    msg = _one_line(err)
+    msg = one_line(err)
     assert "other settings" in msg and "settings.image_size 32 there, 48 now" in msg and "delete" in msg
     with pytest.raises(UserError) as err:
         prepare_dataset(src, raw, image_size=SIZE, format="jpeg", progress=False)
-    assert "settings.format" in _one_line(err)
+    assert "settings.format" in one_line(err)
 
 
 def test_the_reader_refuses_what_is_not_a_complete_prepared_dataset_of_this_size(src, raw, tmp_path):
     with pytest.raises(UserError) as err:
         PreparedImages(src, "train", SIZE)
-    msg = _one_line(err)
+    msg = one_line(err)
     assert "raw image folder" in msg and "python launch/prepare.py" in msg and "data=prepared" in msg
     with pytest.raises(UserError) as err:
         PreparedImages(tmp_path / "nowhere", "train")
-    assert "does not exist" in _one_line(err)
+    assert "does not exist" in one_line(err)
     with pytest.raises(UserError) as err:
         open_prepared(raw, 48)
-    msg = _one_line(err)
+    msg = one_line(err)
     assert "32px" in msg and "data.image_size=48" in msg
     broken = tmp_path / "broken"
     (broken / "train").mkdir(parents=True)
@@ -290,7 +282,7 @@ def test_the_reader_refuses_what_is_not_a_complete_prepared_dataset_of_this_size
     (broken / "val" / "images-00001.npy").unlink()
     with pytest.raises(UserError) as err:
         PreparedImages(broken, "val", SIZE)
-    assert "missing val/images-00001.npy" in _one_line(err)
+    assert "missing val/images-00001.npy" in one_line(err)
 
 
 def test_classes_that_differ_between_train_and_val_are_refused_before_writing(tmp_path):
@@ -299,7 +291,7 @@ def test_classes_that_differ_between_train_and_val_are_refused_before_writing(tm
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "val" / "fox" / "a.png")
     with pytest.raises(UserError) as err:
         prepare_dataset(src, tmp_path / "out", image_size=SIZE, progress=False)
-    assert "train and val classes differ" in _one_line(err) and "fox" in str(err.value)
+    assert "train and val classes differ" in one_line(err) and "fox" in str(err.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -311,25 +303,25 @@ def test_classes_that_differ_between_train_and_val_are_refused_before_writing(tm
 def test_bad_settings_are_one_line_errors(src, tmp_path, key, value, words):
     with pytest.raises(UserError) as err:
         prepare_dataset(src, tmp_path / "out", **{"image_size": SIZE, key: value})
-    assert words in _one_line(err)
+    assert words in one_line(err)
     assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- the launcher
 
-def test_launch_prepare_end_to_end_and_a_bad_input_exits_1_with_one_line(src, tmp_path):
+def test_launch_prepare_end_to_end_and_a_bad_input_exits_1_withone_line(src, tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, str(REPO / "launch" / "prepare.py"), f"data.root={src}", f"out={out}",
+    cmd = [sys.executable, str(ROOT / "launch" / "prepare.py"), f"data.root={src}", f"out={out}",
            f"data.image_size={SIZE}", "progress=false"]
-    crash = subprocess.run(cmd + ["shard_size=4", "debug.stop_after_shards=1"], cwd=REPO, capture_output=True,
+    crash = subprocess.run(cmd + ["shard_size=4", "debug.stop_after_shards=1"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert crash.returncode == 3, crash.stderr
     assert not (out / "manifest.json").exists()
-    done = subprocess.run(cmd + ["shard_size=4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd + ["shard_size=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "continuing an interrupted prepare" in done.stdout and "(1 skipped)" in done.stdout
     assert len(PreparedImages(out, "val", SIZE)) == 9
-    bad = subprocess.run(cmd[:3] + [f"out={src}"] + cmd[4:], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(cmd[:3] + [f"out={src}"] + cmd[4:], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alexnet_mp: error: ") and "not empty" in lines[0]

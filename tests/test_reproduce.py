@@ -16,8 +16,7 @@ from alexnet_mp.evaluate import load_trained_model
 from alexnet_mp.figures import chromatic_share, kernel_grid, nearest_neighbours, tower_chromatic_shares
 from alexnet_mp.reproduce import CONFIGS, plan_runs, preset_keys, summarise
 from alexnet_mp.student_t import paired_difference, spread, t975
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 # -- statistics against hand computations -----------------------------------------------------

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,36 +10,10 @@ import torch
 from PIL import Image
 
 from alexnet_mp import data, job
-from conftest import SHARED_DATA
+from conftest import ROOT, published_checkpoint, SHARED_DATA, TINY, error_line, final_state, image_folder, launch, ok, start
 from distributed import run_ranks
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["experiment=smoke", "progress=false"]  # 128 train / 64 val synthetic images, batch 16, 2 epochs
-
 pytestmark = pytest.mark.slow
-
-
-def launch(args: list[str], nproc: int = 2, script: str = "launch/train.py", timeout: int = 240):
-    if nproc == 0:  # plain python, no torchrun
-        cmd = [sys.executable, script, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(proc) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
-def error_line(proc) -> str:
-    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("alexnet_mp: error: ")]
-    assert proc.returncode != 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return lines[0]
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "model_final.pt", weights_only=True)["state_dict"]
 
 
 # -- both towers see the same batches -----------------------------------------------------------
@@ -75,61 +46,54 @@ def test_both_towers_get_identical_augmented_batches():
 
 # -- a crash at any moment loses nothing -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory) -> Path:
-    """One uninterrupted two-tower run, the reference of every stopped-and-resumed one below
-    (which checkpoint at other intervals: how often a run checkpoints never changes what it trains)."""
-    run = tmp_path_factory.mktemp("straight")
-    ok(launch([*TINY, "checkpoint.every_steps=5", f"hydra.run.dir={run}"]))
-    return run
+def _stopped(run: Path, args: list[str], stop: str, latest: str) -> None:
+    """``args`` stopped by ``stop``: exit 0 for a clean stop only, ``latest`` named, no summary yet."""
+    stopped = launch([*args, f"hydra.run.dir={run}", stop])
+    assert (stopped.returncode == 0) == stop.startswith("debug.max_steps")
+    assert published_checkpoint(run) == latest
+    assert not (run / "summary.json").exists()
+
+
+def _resumed_as_straight(run: Path, straight_run: Path) -> None:
+    """A finished resumed run: the straight run's weights bit for bit, its metrics and its files."""
+    straight, resumed = final_state(straight_run), final_state(run)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s", "data_wait_share")}  # noqa: E731
+                      for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert rows(straight_run) == rows(run) and len(rows(run)) == 2
+    for f in ("config.yaml", "learning_curves.png", "summary.json"):
+        assert (run / f).is_file(), f
+    assert list((run / "tensorboard").iterdir())
 
 
 @pytest.mark.parametrize("every, stop, latest", [
     (3, "debug.kill_at_step=11", "step-00000009-epoch-0001-batch-0000001"),  # killed two steps after a checkpoint
     (8, "debug.kill_at_step=8", "step-00000008-epoch-0000-batch-0000008"),   # killed before epoch 1's evaluation
-    (3, "debug.max_steps=6", "step-00000006-epoch-0000-batch-0000006"),      # a clean stop on a checkpoint step
 ])
 def test_stopped_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, straight_run, every, stop, latest):
     args = [*TINY, f"checkpoint.every_steps={every}"]
-    stopped = launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", stop])
-    assert (stopped.returncode == 0) == stop.startswith("debug.max_steps")
-    assert (tmp_path / "crash" / "checkpoints" / "latest").read_text() == latest
-    assert not (tmp_path / "crash" / "summary.json").exists()
+    _stopped(tmp_path / "crash", args, stop, latest)
     ok(launch([*args, f"hydra.run.dir={tmp_path / 'crash'}", "resume=true"]))
-    straight, resumed = final_state(straight_run), final_state(tmp_path / "crash")
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
-    rows = lambda d: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_s", "data_wait_share")}  # noqa: E731
-                      for l in (d / "metrics.jsonl").read_text().splitlines()]
-    assert rows(straight_run) == rows(tmp_path / "crash") and len(rows(tmp_path / "crash")) == 2
-    for f in ("config.yaml", "learning_curves.png", "summary.json"):
-        assert (tmp_path / "crash" / f).is_file(), f
-    assert list((tmp_path / "crash" / "tensorboard").iterdir())
+    _resumed_as_straight(tmp_path / "crash", straight_run)
 
 
-def _published(run: Path) -> str:
-    try:
-        return (run / "checkpoints" / "latest").read_text()
-    except OSError:
-        return ""
-
-
-def test_sigterm_to_the_whole_job_saves_the_step_reached_and_resumes_bit_for_bit(tmp_path, straight_run):
-    """A scheduler's SIGTERM to every process of a torchrun job (torchrun forwards it too, so
-    each rank gets it twice), sent after the periodic checkpoint at step 5: every rank stops at
-    one step, saves it, and prints nothing about a lost rank; resuming ends where the straight run does."""
+def test_sigterm_to_the_whole_job_after_a_clean_stop_saves_and_resumes_bit_for_bit(tmp_path, straight_run):
+    """One job stopped twice, each stop then resumed: a clean stop on a checkpoint step (step 6),
+    then a scheduler's SIGTERM to every process of the resumed torchrun job (torchrun forwards it
+    too, so each rank gets it twice), sent after the periodic checkpoint at step 10: every rank
+    stops at one step, saves it, and prints nothing about a lost rank; resuming ends where the
+    straight run does. (Two stops in one job: one launch fewer than a job for each.)"""
+    import os
     import signal
     import time
 
     run = tmp_path / "run"
+    _stopped(run, [*TINY, "checkpoint.every_steps=3"], "debug.max_steps=6", "step-00000006-epoch-0000-batch-0000006")
     args = [*TINY, "checkpoint.every_steps=5"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
-           *args, f"hydra.run.dir={run}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, as a scheduler's job has
+    proc = start([*args, f"hydra.run.dir={run}", "resume=true"])  # its own process group, as a scheduler's job has
     deadline = time.monotonic() + 180
-    while not _published(run).startswith("step-00000005") and proc.poll() is None and time.monotonic() < deadline:
+    while not published_checkpoint(run).startswith("step-00000010") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -137,15 +101,13 @@ def test_sigterm_to_the_whole_job_saves_the_step_reached_and_resumes_bit_for_bit
     assert len(lines) == 1 and lines[0].startswith("alexnet_mp: stopped by SIGTERM at step "), out[-3000:]
     assert "lost rank" not in out and "alexnet_mp: error" not in out
     step = int(lines[0].split("at step ")[1].split(";")[0])
-    latest = _published(run)
-    assert 5 <= step < 16 and latest.startswith(f"step-{step:08d}") and f"saved {run / 'checkpoints' / latest};" in lines[0]
+    latest = published_checkpoint(run)
+    assert 10 <= step < 16 and latest.startswith(f"step-{step:08d}") and f"saved {run / 'checkpoints' / latest};" in lines[0]
     meta = json.loads((run / "checkpoints" / latest / "meta.json").read_text())
     assert meta["step"] == step and meta["reason"] in ("preempted", "every_steps")
     assert not (run / "summary.json").exists()
     ok(launch([*args, f"hydra.run.dir={run}", "resume=auto"]))
-    straight, resumed = final_state(straight_run), final_state(run)
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    _resumed_as_straight(run, straight_run)
 
 
 def test_a_finished_run_is_never_overwritten(tmp_path):
@@ -167,24 +129,13 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
 
 # -- bad input: one line, exit status 1 ---------------------------------------------------------
 
-def _folder(root: Path, classes_by_split: dict[str, list[str]], per_class: int = 3) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for split, classes in classes_by_split.items():
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = torch.randint(0, 256, (40, 50, 3), generator=g, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / c / f"{i}.jpg")
-    return root
-
-
 @pytest.mark.parametrize("case", ["missing", "empty", "mismatch", "no_root"])
 def test_bad_data_root_is_a_one_line_error(tmp_path, case):
     root = tmp_path / "data"
     if case == "empty":
         root.mkdir()
     if case == "mismatch":
-        _folder(root, {"train": ["cat", "dog"], "val": ["cat", "emu"]})
+        image_folder(root, {"train": ["cat", "dog"], "val": ["cat", "emu"]})
     extra = [] if case == "no_root" else [f"data.root={root}"]
     proc = launch(["data=imagefolder", *extra, "progress=false", f"hydra.run.dir={tmp_path / 'run'}"], nproc=0)
     line = error_line(proc)
@@ -223,7 +174,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 
 
 def test_corrupt_images_are_skipped_counted_and_evaluated(tmp_path):
-    root = _folder(tmp_path / "data", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=8)
+    root = image_folder(tmp_path / "data", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=8)
     (root / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
     Image.new("L", (60, 40), 128).save(root / "train" / "b" / "grey.jpg")  # greyscale is converted
     Image.new("CMYK", (60, 40), (0, 50, 90, 10)).save(root / "val" / "b" / "cmyk.jpg")
@@ -237,7 +188,7 @@ def test_corrupt_images_are_skipped_counted_and_evaluated(tmp_path):
     assert summary["skipped_images"] == 1 and summary["towers"] == 2
     # Without data=..., evaluation reads the data settings saved with the model.
     proc = launch([f"checkpoint={run}", f"output={tmp_path / 'eval.json'}", "progress=false"], nproc=0,
-                  script="launch/evaluate.py")
+                  script="evaluate")
     ok(proc)
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 17
@@ -266,12 +217,14 @@ PLATEAU = ["schedule.warmup_steps=0", "schedule.patience=0", "schedule.threshold
 
 @pytest.fixture(scope="module")
 def paper_rule_runs(tmp_path_factory):
-    """The paper's update rule with plateau drops: straight through, and stopped then resumed."""
+    """The paper's update rule with plateau drops: straight through, and stopped then resumed.
+    Half the smoke data (4 steps an epoch): three epochs are what the drops need, not their size;
+    checkpoints only at the ends of epochs and at the stop (each writes the whole net)."""
     tmp = tmp_path_factory.mktemp("paper-rule")
-    args = [*TINY, *PLATEAU, "optim.rule=paper", "checkpoint.every_steps=4"]
+    args = [*TINY, *PLATEAU, "data.train_size=64", "data.val_size=32", "optim.rule=paper"]
     ok(launch([*args, f"hydra.run.dir={tmp / 'straight'}"], nproc=0))
-    ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "debug.max_steps=20"], nproc=0))  # in epoch 3
-    checkpoint = next((tmp / "resumed" / "checkpoints").glob("step-00000020*")) / "tower0.pt"
+    ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "debug.max_steps=10"], nproc=0))  # in epoch 3
+    checkpoint = next((tmp / "resumed" / "checkpoints").glob("step-00000010*")) / "tower0.pt"
     shard = torch.load(checkpoint, weights_only=True)
     ok(launch([*args, f"hydra.run.dir={tmp / 'resumed'}", "resume=true"], nproc=0))
     return tmp, shard

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,29 +13,16 @@ from omegaconf import OmegaConf
 
 from alexnet_mp.errors import UserError
 from alexnet_mp.evaluate import load_trained_model, open_data
+from conftest import launch, ok, one_error_line, rel_diff
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 3
 
 pytestmark = pytest.mark.slow
 
 
-def launch(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, f"launch/{script}.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def ok(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet_mp: error: "), proc.stderr
-    return lines[0]
+def plain(script: str, *args: str):
+    """``launch/<script>.py args`` in one plain process."""
+    return launch(list(args), nproc=0, script=script, timeout=300)
 
 
 def write_folder(root: Path, per_class: dict[str, int]) -> None:
@@ -60,7 +45,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("use")
     write_folder(tmp / "data", {"train": 16, "val": 6})
     run = tmp / "run"
-    ok(launch("train", "batch_size=16", "progress=false", "model=half", "data=imagefolder", f"data.root={tmp / 'data'}",
+    ok(plain("train", "batch_size=16", "progress=false", "model=half", "data=imagefolder", f"data.root={tmp / 'data'}",
               "data.image_size=77", "data.stats_samples=48", "epochs=1", "threads=1", f"hydra.run.dir={run}"))
     return tmp, run
 
@@ -68,7 +53,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(trained):
     tmp, run = trained
-    ok(launch("evaluate", f"checkpoint={run}", f"output={tmp / 'eval.json'}", "workers=0", "progress=false",
+    ok(plain("evaluate", f"checkpoint={run}", f"output={tmp / 'eval.json'}", "workers=0", "progress=false",
               "threads=1"))
     return json.loads((tmp / "eval.json").read_text())
 
@@ -85,7 +70,7 @@ def cfg(**kw):
 def test_predict_agrees_with_evaluate_image_by_image(trained, evaluated):
     tmp, run = trained
     out = tmp / "pred.json"
-    text = ok(launch("predict", f"checkpoint={run}", f"images={tmp / 'data' / 'val'}", "top_k=3", "batch_size=7",
+    text = ok(plain("predict", f"checkpoint={run}", f"images={tmp / 'data' / 'val'}", "top_k=3", "batch_size=7",
                      f"output={out}", "threads=1"))
     records = {r["path"]: r for r in json.loads(out.read_text())}
     assert len(records) == 6 * CLASSES and "kind" in text and "top 3" in text
@@ -119,7 +104,7 @@ def test_predict_bad_input_is_one_line(trained, tmp_path):
     tmp, run = trained
     junk = tmp_path / "junk.pt"
     junk.write_text("not a model")
-    assert "cannot read checkpoint" in one_error_line(launch("predict", f"checkpoint={junk}", f"images={tmp}"))
+    assert "cannot read checkpoint" in one_error_line(plain("predict", f"checkpoint={junk}", f"images={tmp}"))
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(UserError, match="no images"):
         predict(cfg(checkpoint=str(run), images=str(tmp_path / "empty"), top_k=3))
@@ -133,7 +118,7 @@ def test_predict_bad_input_is_one_line(trained, tmp_path):
     for p in sorted((tmp / "data" / "val" / "kind0").iterdir())[:2]:
         (mixed / p.name).write_bytes(p.read_bytes())
     (mixed / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    proc = launch("predict", f"checkpoint={run}", f"images={mixed}", "top_k=2", "threads=1")
+    proc = plain("predict", f"checkpoint={run}", f"images={mixed}", "top_k=2", "threads=1")
     text = ok(proc)
     assert text.count("broken.jpg") == 1 and "1 unreadable skipped" in text and "Traceback" not in text
 
@@ -147,21 +132,17 @@ def ort_logits(onnx_bytes: bytes, x: torch.Tensor):
     return torch.from_numpy(session.run(None, {"crops": x.numpy()})[0])
 
 
-def close(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 @torch.no_grad()
 def test_onnx_export_gives_torchs_logits_in_onnxruntime(trained):
     import onnx
 
     tmp, run = trained
     out = tmp / "net.onnx"
-    ok(launch("export", f"checkpoint={run}", f"out={out}", "threads=1"))
+    ok(plain("export", f"checkpoint={run}", f"out={out}", "threads=1"))
     model, blob = load_trained_model(run)
     crop = blob["data"]["crop"]
     x = torch.randn(5, 3, crop, crop, generator=torch.Generator().manual_seed(0)) * 60  # batch 5, exported with 2
-    assert close(ort_logits(out.read_bytes(), x), model(x)) < 1e-4
+    assert rel_diff(ort_logits(out.read_bytes(), x), model(x)) < 1e-4
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["class_names"]) == ["kind0", "kind1", "kind2"] and meta["crop_size"] == str(crop)
@@ -193,27 +174,27 @@ def test_onnx_lrn_keeps_torchs_alpha_over_size_and_the_towers_apart():
     x = crops.repeat(1, 4, 1, 1)
     ours = local_response_norm(x, groups=2, **LRN_OPTIONS["paper"])
     got = ort_logits(export_onnx(Norm(), 8), crops)
-    assert close(got, ours) < 1e-5
+    assert rel_diff(got, ours) < 1e-5
     wrong_alpha = local_response_norm(x, groups=2, **{**LRN_OPTIONS["paper"], "alpha": 5e-4 * 5})
-    assert close(wrong_alpha, ours) > 1e-2  # the comparison can see a constant off by the window size
+    assert rel_diff(wrong_alpha, ours) > 1e-2  # the comparison can see a constant off by the window size
     one_group = local_response_norm(x, groups=1, **LRN_OPTIONS["paper"])
-    assert close(one_group, ours) > 1e-3  # and a window that crosses the towers
+    assert rel_diff(one_group, ours) > 1e-3  # and a window that crosses the towers
     full = build_model("full", num_classes=10, input_size=67, init="paper").eval()  # the two towers as groups
     crops = torch.randn(3, 3, 67, 67, generator=torch.Generator().manual_seed(2)) * 60
-    assert close(ort_logits(export_onnx(full, 67), crops), full(crops)) < 1e-4
+    assert rel_diff(ort_logits(export_onnx(full, 67), crops), full(crops)) < 1e-4
 
 
 @torch.no_grad()
 def test_torch_export_program_and_bad_out(trained, tmp_path):
     tmp, run = trained
     out = tmp_path / "net.pt2"
-    ok(launch("export", f"checkpoint={run}", f"out={out}", "threads=1"))
+    ok(plain("export", f"checkpoint={run}", f"out={out}", "threads=1"))
     model, blob = load_trained_model(run)
     crop = blob["data"]["crop"]
     x = torch.randn(3, 3, crop, crop) * 60
     extra = {"metadata.json": ""}
     program = torch.export.load(str(out), extra_files=extra)
-    assert close(program.module()(x), model(x)) < 1e-5
+    assert rel_diff(program.module()(x), model(x)) < 1e-5
     assert json.loads(extra["metadata.json"])["crop_size"] == str(crop)
     from alexnet_mp.export import export_model
 
@@ -249,7 +230,7 @@ def test_provenance_in_the_run_and_compare(trained, tmp_path):
     s = json.loads((run / "summary.json").read_text())
     s["val_top1_err"] = (s["val_top1_err"] or 0) + 0.125
     (other / "summary.json").write_text(json.dumps(s))
-    text = ok(launch("compare", str(run), str(other)))
+    text = ok(plain("compare", str(run), str(other)))
     assert "optim.lr" in text and repr(lr) in text and repr(lr * 3) in text and "val_top1_err" in text
     assert "data.image_size" not in text  # keys that agree are not printed
-    assert "no summary.json" in one_error_line(launch("compare", str(run), str(tmp_path)))
+    assert "no summary.json" in one_error_line(plain("compare", str(run), str(tmp_path)))

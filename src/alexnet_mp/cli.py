@@ -21,7 +21,7 @@ from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.preempt import Preempted, exit_preempted
 
 __all__ = ["run_entry_point", "run_hydra", "check_run_dir_override", "hydra_run_dir", "override_value",
-           "data_overrides"]
+           "data_overrides", "train_command"]
 
 
 def hydra_run_dir() -> Path:
@@ -166,3 +166,13 @@ def data_overrides(data_cfg: DictConfig) -> list[str]:
     plain = OmegaConf.to_container(data_cfg, resolve=True)
     return [f"data={plain['name']}"] + [f"data.{k}={override_value(v)}" for k, v in plain.items()
                                         if k != "name" and not isinstance(v, (dict, list))]
+
+
+def train_command(overrides: list[str], processes: int = 1, torchrun: bool = True) -> list[str]:
+    """``launch/train.py`` with ``overrides``: under torchrun with ``processes`` processes on this
+    machine, or (``torchrun=False``) in one plain python process; the sweep and the benchmark launch it so."""
+    script = str(Path(__file__).resolve().parents[2] / "launch" / "train.py")
+    if not torchrun:
+        return [sys.executable, script, *overrides]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", script,
+            *overrides]

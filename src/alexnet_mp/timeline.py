@@ -4,7 +4,7 @@ collective from its launch to its wait, as a Chrome trace and as a two-lane pict
     python launch/figure2.py output_dir=DIR      # also Figure 2 (alexnet_mp.figure2)
 
 Two processes are started (``torch.multiprocessing``, spawn) and placed as the trainer places
-them (:func:`alexnet_mp.parallel.place`): gloo on the CPU, a GPU per rank under NCCL where
+them (:func:`alexnet_mp.placement.place`): gloo on the CPU, a GPU per rank under NCCL where
 there are GPUs. Each builds the net from the seed, keeps its tower
 (:func:`alexnet_mp.parallel.parallelize`), runs ``warmup_steps`` untraced SGD steps on one
 fixed random batch, then one traced step.

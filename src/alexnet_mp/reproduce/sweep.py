@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp.arch import spec_for
 from alexnet_mp.checkpoint import load_file
-from alexnet_mp.cli import data_overrides, override_value
+from alexnet_mp.cli import data_overrides, override_value, train_command
 from alexnet_mp.figures import tower_chromatic_shares
 from alexnet_mp.io import atomic_write
 from alexnet_mp.reproduce.plan import CONFIGS, REPO, preset_keys
@@ -72,19 +72,16 @@ class Sweep:
 
     def train_command(self, config: str, seed: int, data_args: list[str]) -> list[str]:
         run_dir = self.run_dir(config, seed)
-        launcher = [sys.executable, str(REPO / "launch" / "train.py")]
-        if self.launcher != "local" or self.processes(config) == 2:  # a submitit job always runs torchrun
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc_per_node={self.processes(config)}", str(REPO / "launch" / "train.py")]
+        torchrun = self.launcher != "local" or self.processes(config) == 2  # a submitit job always runs torchrun
         named = preset_keys(config)  # the preset's own keys win over the data's
         data_args = [a for a in data_args if a.split("=", 1)[0] not in named]
         # Decided when the job (re)starts, so a requeued Slurm job resumes what its last attempt saved
         # (what the trainer's resume=auto does, decided here so the command says which).
         resume = ["resume=true"] if self._has_checkpoint(run_dir) else []
-        return [*launcher, *CONFIGS[config], f"seed={seed}", f"epochs={int(self.cfg.epochs)}",
-                f"threads={self.threads}", f"device={self.cfg.device}",
-                f"hydra.run.dir={override_value(str(run_dir))}", *data_args, *map(str, self.cfg.train_overrides),
-                *resume]
+        return train_command([*CONFIGS[config], f"seed={seed}", f"epochs={int(self.cfg.epochs)}",
+                              f"threads={self.threads}", f"device={self.cfg.device}",
+                              f"hydra.run.dir={override_value(str(run_dir))}", *data_args,
+                              *map(str, self.cfg.train_overrides), *resume], self.processes(config), torchrun)
 
     @staticmethod
     def _has_checkpoint(run_dir: Path) -> bool:

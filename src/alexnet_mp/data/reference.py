@@ -2,9 +2,9 @@
 
 :class:`PaperTransform` applies sec. 4.1 to ONE image, written as the paper reads; the
 product does the same per batch on the training device
-(:class:`alexnet_mp.data.BatchAugment`), and the tests hold the two equal. Only tests
-(and ``benchmarks/bench_data.py``'s "before" row) use it, so it lives here, not in the
-product.
+(:class:`alexnet_mp.data.BatchAugment`), and the tests hold the two equal. Training never
+uses it: it is the oracle of the tests and the "before" row of ``benchmarks/bench_data.py``,
+which both import it from here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""What several benchmarks share about the machine they measure: where the repository is,
+the CPU's name, a free port for a process group, waiting for a device, the device's matmul
+peak (the denominator of every MFU here), the relative difference of two tensors, and the
+paper's recipe the device check trains with.
+
+Benchmarks run as scripts, with ``benchmarks/`` on the path: ``from bench_common import ...``.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["REPO", "PAPER_MODEL", "PAPER_OPTIM", "PAPER_SCHEDULE", "cpu_name", "free_port", "sync",
+           "measure_matmul_peak", "rel_diff"]
+
+REPO = Path(__file__).resolve().parents[1]
+# The paper's net and recipe (sec. 5) as build_run_state takes them, for the device check's steps.
+PAPER_MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
+PAPER_OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
+PAPER_SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sync(device: torch.device) -> None:
+    """Wait until ``device`` has done what was queued (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: torch.device, size: int, seconds: float = 1.5,
+                        dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of back-to-back ``size`` x ``size`` matmuls in ``dtype`` over ``seconds`` on this device and
+    thread(s), under the TF32 setting in force: the peak at the precision the model runs at."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    a @ b  # the first call chooses kernels and touches the pages
+    sync(device)
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        a @ b
+        sync(device)
+        count += 1
+    return count * 2 * size**3 / (time.perf_counter() - start)
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to the reference ``b``'s largest magnitude."""
+    scale = b.abs().max().item() or 1.0
+    return (a.double() - b.double()).abs().max().item() / scale
