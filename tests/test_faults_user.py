@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, published_checkpoint, TINY, command, error_line, final_state, image_folder, job_env, launch, ok
+from conftest import (ROOT, TINY, command, error_line, final_state, image_folder, job_env, launch, ok,
+                      published_checkpoint)
 
 pytestmark = pytest.mark.slow
 

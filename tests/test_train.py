@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from alexnet_mp import data, job
-from conftest import ROOT, published_checkpoint, SHARED_DATA, TINY, error_line, final_state, image_folder, launch, ok, start
+from conftest import ROOT, SHARED_DATA, TINY, error_line, final_state, image_folder, launch, ok, published_checkpoint, start
 from distributed import run_ranks
 
 pytestmark = pytest.mark.slow
