@@ -22,7 +22,8 @@ from pathlib import Path
 from alexnet_mp.errors import UserError
 from alexnet_mp.student_t import spread
 
-from bench_configs import NAME, REPO
+from bench_common import REPO
+from bench_configs import NAME
 
 __all__ = ["error_from_reproduce", "timing_from_result", "TIMING_SETTINGS"]
 

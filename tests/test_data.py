@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -184,12 +185,17 @@ def test_image_folder_resizes_shorter_side_then_centre_crops(tmp_path):
     assert (got - ref).abs().mean() < 3, (got - ref).abs().mean()
 
 
-def test_corrupt_files_give_none_with_a_warning_and_are_dropped(folder):
+def test_corrupt_files_give_none_with_a_warning_and_are_dropped(folder, caplog):
     ds = ImageFolderImages(folder, "train", 20)
     bad = {p.name: i for i, (p, _) in enumerate(ds.samples)}
     for name in ("bad.jpg", "truncated.jpg"):
-        with pytest.warns(UserWarning, match=name):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="alexnet_mp"):
             assert ds[bad[name]] is None
+            assert ds[bad[name]] is None  # read again (another epoch): said once
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "skipping unreadable image" in lines[0] and name in lines[0], lines
+        assert "\n" not in lines[0]
     good = [i for i in range(len(ds)) if ds.samples[i][0].name != "truncated.jpg"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
