@@ -37,15 +37,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import config, provenance
 from alexnet_mp.cli import data_overrides, override_value, run_hydra, train_command
-from alexnet_mp.reproduce.submit import run_logged
 from alexnet_mp.errors import UserError
+from alexnet_mp.placement import free_port
+from alexnet_mp.reproduce.submit import run_logged
 from alexnet_mp.student_t import spread
 from alexnet_mp.train import Speed
 
 # The benchmark by concern: what is compared (bench_configs), the timing processes
 # (bench_timing) and their summary (bench_timing_summary), the results (bench_results), the
 # report (bench_report); this file orchestrates.
-from bench_common import REPO, cpu_name, free_port
+from bench_common import REPO, cpu_name
 from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, SUMMARY_KEYS, TRAINED,
                            scale_configurations)
 from bench_report import markdown, write_results

@@ -34,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp import build_model, comm_trace
 from alexnet_mp.cli import run_entry_point, run_hydra
 from alexnet_mp.parallel import parallelize
-from bench_common import cpu_name, free_port
+from alexnet_mp.placement import free_port
+from bench_common import cpu_name
 from bench_output import write_results
 
 NAME = "bench-comm-wait"

@@ -9,14 +9,13 @@ Benchmarks run as scripts, with ``benchmarks/`` on the path: ``from bench_common
 from __future__ import annotations
 
 import platform
-import socket
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["REPO", "PAPER_MODEL", "PAPER_OPTIM", "PAPER_SCHEDULE", "cpu_name", "free_port", "sync",
-           "measure_matmul_peak", "rel_diff"]
+__all__ = ["REPO", "PAPER_MODEL", "PAPER_OPTIM", "PAPER_SCHEDULE", "cpu_name", "sync",
+           "measure_matmul_peak"]
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper's net and recipe (sec. 5) as build_run_state takes them, for the device check's steps.
@@ -33,12 +32,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sync(device: torch.device) -> None:
@@ -62,9 +55,3 @@ def measure_matmul_peak(device: torch.device, size: int, seconds: float = 1.5,
         sync(device)
         count += 1
     return count * 2 * size**3 / (time.perf_counter() - start)
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest absolute difference relative to the reference ``b``'s largest magnitude."""
-    scale = b.abs().max().item() or 1.0
-    return (a.double() - b.double()).abs().max().item() / scale

@@ -33,7 +33,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, free_port, rel_diff
+from alexnet_mp.compare import rel_diff
+from alexnet_mp.placement import free_port
+from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO
 
 TOL = 1e-5  # tests/test_parallel.py's bound for the two-process comparisons
 

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import alexnet_mp.config  # noqa: E402,F401 - registers the schema that conf/*.yaml names (base_train, ...)
+from alexnet_mp.compare import rel_diff  # noqa: E402,F401 - the exactness measure the test modules import from here
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -93,12 +94,6 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 def final_state(run_dir: Path) -> dict:
     """The weights a finished training run saved."""
     return torch.load(run_dir / "model_final.pt", weights_only=True)["state_dict"]
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest absolute difference relative to the reference ``b``'s largest magnitude."""
-    scale = b.abs().max().item() or 1.0
-    return (a.double() - b.double()).abs().max().item() / scale
 
 
 # -- configurations -------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ processes import this module, so it stays small)."""
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import torch
@@ -12,13 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.placement import Placement, join_process_group
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from alexnet_mp.placement import Placement, free_port, join_process_group
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:

@@ -28,13 +28,21 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["NCCL_MULTI_RANK", "DeviceView", "Placement", "choose_backend", "describe_placement", "gpu_index",
+__all__ = ["NCCL_MULTI_RANK", "DeviceView", "Placement", "choose_backend", "describe_placement", "free_port", "gpu_index",
            "join_process_group", "local_view", "nccl_shares_gpus", "nccl_version", "place",
            "shared_gpu_backend", "valid_process_counts", "wants_cuda"]
 
 # NCCL lets two ranks of one job share a GPU from this version on, when NCCL_MULTI_RANK_GPU_ENABLE=1
 # (experimental in NCCL; for checking on one-GPU machines, never for speed).
 NCCL_MULTI_RANK = (2, 30)
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for a rendezvous of processes spawned here (tests,
+    benchmarks, the traced step)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

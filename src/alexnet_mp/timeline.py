@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -36,16 +35,11 @@ from pathlib import Path
 import torch
 
 from alexnet_mp.errors import UserError
+from alexnet_mp.placement import free_port
 
 __all__ = ["trace_step", "chrome_trace", "compute_spans", "draw_timeline"]
 
 _PHASES = ("forward", "backward", "optimizer step")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sync(device: torch.device) -> None:
@@ -128,7 +122,7 @@ def trace_step(opts: dict) -> list[dict]:
 
     with tempfile.TemporaryDirectory(prefix="alexnet_mp-timeline-") as out_dir:
         try:
-            mp.start_processes(_worker, args=(_free_port(), out_dir, opts), nprocs=2, join=True,
+            mp.start_processes(_worker, args=(free_port(), out_dir, opts), nprocs=2, join=True,
                                start_method="spawn")
         except ProcessException as err:
             errors = sorted(Path(out_dir).glob("error*.txt"))
