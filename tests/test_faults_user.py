@@ -150,6 +150,10 @@ def test_evaluating_on_other_classes_is_an_error_unless_allowed(trained, tmp_pat
     proc = launch([*args, "allow_class_mismatch=true"], nproc=0, script="evaluate")
     ok(proc)
     assert (tmp_path / "eval.json").is_file() and "class names" in proc.stdout + proc.stderr
+    # Figures 3 and 4 read the data the same way, and say the same option
+    line = error_line(launch([f"checkpoint={run}", "data=imagefolder", f"data.root={other}", "data.image_size=77",
+                              f"output_dir={tmp_path / 'figs'}"], nproc=0, script="figures"))
+    assert "class names" in line and "allow_class_mismatch=true" in line
 
 
 # -- 5. an output path that is a folder ----------------------------------------------------------

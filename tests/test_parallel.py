@@ -206,5 +206,5 @@ def test_backward_by_reduce_scatter_and_by_all_reduce_give_the_same_gradients(sp
     (ValueError("connection closed"), False),  # only the errors collectives raise
 ])
 def test_lost_peers_are_told_from_other_errors(err, lost):
-    from alexnet_mp.job import is_lost_peer
+    from alexnet_mp.ranks import is_lost_peer
     assert is_lost_peer(err) is lost

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_mp import data, job
+from alexnet_mp import data, ranks
 from conftest import ROOT, SHARED_DATA, TINY, error_line, final_state, image_folder, launch, ok, published_checkpoint, start
 from distributed import run_ranks
 
@@ -30,7 +30,7 @@ def _batches_on_both_towers(rank: int) -> list[bool]:
     for epoch in (0, 1):
         for batch in loader.epoch(epoch):
             images = augment.train(batch.images, batch.indices, batch.epoch)
-            same.append(job.all_equal(images) and job.all_equal(batch.labels))
+            same.append(ranks.all_equal(images) and ranks.all_equal(batch.labels))
             first = first or [images]
         first.append(images)
     # and a different epoch must give different batches (augmentation is on)

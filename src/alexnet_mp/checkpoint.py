@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from alexnet_mp.job import all_ranks, barrier, broadcast_object, gather_object
+from alexnet_mp.ranks import all_ranks, barrier, broadcast_object, gather_object
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import DiskFull, atomic_write, torch_bytes
 from alexnet_mp.arch import ARCH_DEFAULTS

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from alexnet_mp import local_job
+from alexnet_mp import job
 from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.preempt import Preempted, exit_preempted
 
@@ -39,7 +39,7 @@ _run_dir_given = False
 def _leave(failed: bool) -> None:
     """This process is done: the job's notes (the last process removes them) and, after a
     failure, the run directory made for nothing."""
-    local_job.leave()
+    job.leave()
     if failed and _fresh_run_dir is not None:
         from alexnet_mp.rundir import remove_if_unused
 
@@ -112,7 +112,7 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run
     if run_dir is not None and not _run_dir_given:
         _fresh_run_dir = run_dir  # Hydra's default folder, made for this job
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        local_job.remove_stale_notes()
+        job.remove_stale_notes()
     rank = int(os.environ.get("RANK", "0"))
     logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
@@ -122,7 +122,7 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run
             config.check(cfg)
         fn()
     except Preempted as stop:
-        local_job.leave()
+        job.leave()
         exit_preempted(str(stop), main=rank == 0)
     except QuietStop:
         sys.stdout.flush()
@@ -137,7 +137,7 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    local_job.leave()
+    job.leave()
 
 
 _HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}

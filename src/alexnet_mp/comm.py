@@ -9,7 +9,7 @@ first and computes the weight gradient while it travels. The collectives themsel
 one flat buffer per crossing, are :mod:`alexnet_mp.collectives`; nothing is timed unless
 the tracer (:mod:`alexnet_mp.comm_trace`) is on. A group of one member bypasses every move.
 Collectives over the whole job outside the passes (barrier, broadcast, sums) are
-:mod:`alexnet_mp.job`'s.
+:mod:`alexnet_mp.ranks`'s.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from alexnet_mp import local_job
+from alexnet_mp import job
 
 __all__ = ["UserError", "QuietStop", "first_error_of_job", "another_rank_reported"]
 
@@ -34,10 +34,10 @@ def _shared_notes() -> bool:
 
 def first_error_of_job() -> bool:
     """True in the first process of the job to report an error, False in any later one: the
-    first leaves a note (:func:`alexnet_mp.local_job.first_note`) before it exits, so a rank whose
+    first leaves a note (:func:`alexnet_mp.job.first_note`) before it exits, so a rank whose
     peer failed finds it and stays quiet instead of printing a second line onto the terminal."""
-    return not _shared_notes() or local_job.first_note("error")
+    return not _shared_notes() or job.first_note("error")
 
 
 def another_rank_reported() -> bool:
-    return _shared_notes() and local_job.has_note("error")
+    return _shared_notes() and job.has_note("error")

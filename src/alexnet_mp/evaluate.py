@@ -78,7 +78,7 @@ def _check_class_names(data_classes: list[str], trained: list[str] | None, allow
     what = (f"the data's class names differ from the model's ({differ} of {len(trained)}; label {i} is "
             f"{data_classes[i]!r} in the data, {trained[i]!r} in the model)")
     if not allow:
-        raise UserError(f"{what}: evaluate on the classes it was trained on, or pass allow_class_mismatch=true")
+        raise UserError(f"{what}: use the classes it was trained on, or pass allow_class_mismatch=true")
     log.warning("%s; evaluating anyway (allow_class_mismatch=true)", what)
 
 

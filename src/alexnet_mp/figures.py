@@ -210,8 +210,9 @@ def _figure4(cfg, model, blob: dict, out: Path, result: dict) -> None:
     from alexnet_mp.evaluate import open_data
 
     device = torch.device("cpu")
-    val, augment, _ = open_data(blob, cfg.get("data"), "val", device)
-    train, _, _ = open_data(blob, cfg.get("data"), "train", device)
+    allow = bool(cfg.allow_class_mismatch)
+    val, augment, _ = open_data(blob, cfg.get("data"), "val", device, allow_class_mismatch=allow)
+    train, _, _ = open_data(blob, cfg.get("data"), "train", device, allow_class_mismatch=allow)
     classes, crop = list(val.classes), blob["data"]["crop"]
     needed = int(cfg.top5_images) + int(cfg.neighbour_queries)
     if len(val) < needed:

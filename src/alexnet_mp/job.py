@@ -1,86 +1,122 @@
-"""What every rank of the job agrees on: small collectives over the whole job (or a group of
-it) used outside the towers' forward and backward passes, each a no-op in one process.
+"""The job this process belongs to: the launcher that supervises it, and the notes its
+processes on this machine share.
 
-``barrier``, ``broadcast_object`` (rank 0's run directory, resume decision, a problem found
-by one rank), ``gather_object`` (every rank's checkpoint shard record), ``all_ranks`` (a flag true everywhere: finite loss, a usable checkpoint, a stop
-signal), ``sum_over`` (the replicas' losses and error counts), ``all_equal`` (both towers see
-the same batch) and ``is_lost_peer`` (how a collective says a peer is gone). The towers' own
-moves are :mod:`alexnet_mp.comm`.
+The launcher. torchrun starts each worker in a session of its own, so a worker outlives a
+launcher killed alone (kill -9, the OOM killer) and would train on unsupervised, holding the
+run lock. The launcher's pid is recorded when this module is imported, at the worker's
+start, while its parent is torchrun; a worker whose launcher died has been given another
+parent (init or a subreaper), so :func:`launcher_gone` is one ``getppid()``, cheap enough for
+every step boundary (:mod:`alexnet_mp.preempt` asks it). ``prctl(PR_SET_PDEATHSIG)`` is not
+used: it fires when the parent *thread* that forked the worker ends, not the launcher.
+
+The notes. Every process of the job on this machine (torchrun's ranks, a process's loader
+workers) shares one folder in the temporary directory, ``alexnet_mp-job-pidOWNER-...``, OWNER
+being the launcher's pid (or the lone process's): a file created there with ``O_EXCL``
+(:func:`first_note`) is something said once per job, the first error or one unreadable
+image. Each process that leaves (:func:`leave`) marks the folder; the last of the job's
+processes on this machine removes it, and folders whose OWNER is no longer alive (a job
+killed outright) are removed by the next job (:func:`remove_stale_notes`).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
-from torch import Tensor
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
-from alexnet_mp.collectives import start_all_gather
+__all__ = ["launcher_pid", "launcher_gone", "launcher_name", "note_dir", "first_note", "has_note", "leave",
+           "remove_stale_notes"]
 
-__all__ = ["all_equal", "all_ranks", "barrier", "broadcast_object", "gather_object", "is_lost_peer", "sum_over"]
+PREFIX = "alexnet_mp-job-"
+_UNDER_TORCHRUN = "TORCHELASTIC_RUN_ID" in os.environ
+_LAUNCHER = os.getppid() if _UNDER_TORCHRUN else None
+# A process without torchrun owns its job; its forked loader workers inherit these values.
+_OWNER = _LAUNCHER if _LAUNCHER is not None else os.getpid()
+_TOKEN = uuid.uuid4().hex[:8]
 
 
-def is_lost_peer(err: BaseException) -> bool:
-    """Whether ``err`` is how a collective reports a lost peer: torch's ``DistBackendError``,
-    or gloo's transport error, a plain RuntimeError. (Under NCCL a survivor waits in a CUDA
-    sync until torchrun kills it or NCCL's watchdog aborts it.)"""
-    if isinstance(err, dist.DistBackendError):
+def launcher_pid() -> int | None:
+    """torchrun's pid, recorded at this process's start; None outside torchrun."""
+    return _LAUNCHER
+
+
+def launcher_gone() -> bool:
+    """Whether the torchrun that started this process has died (this process is orphaned)."""
+    return _LAUNCHER is not None and os.getppid() != _LAUNCHER
+
+
+def launcher_name() -> str:
+    return f"the launcher (torchrun, pid {_LAUNCHER})"
+
+
+def note_dir() -> Path:
+    """The folder this job's processes on this machine share (not created here)."""
+    if _UNDER_TORCHRUN:
+        # The run id and restart count: a restarted attempt's ranks must not read the last one's notes.
+        key = "-".join((os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    else:
+        key = _TOKEN
+    return Path(tempfile.gettempdir()) / f"{PREFIX}pid{_OWNER}-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}"
+
+
+def first_note(name: str) -> bool:
+    """True in the first process of the job to note ``name``, False in every later one.
+    Where no shared note can be made, True: better said twice than never."""
+    folder = note_dir()
+    safe = name if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) else hashlib.sha1(name.encode()).hexdigest()
+    try:
+        folder.mkdir(exist_ok=True)
+        os.close(os.open(folder / safe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    except OSError:
         return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("gloo" in text or "connection reset" in text
-                                              or "connection closed" in text)
+    return True
 
 
-def _group_device(group) -> torch.device:
-    """Where the group's collectives take their tensors: this rank's GPU under NCCL."""
-    if str(dist.get_backend(group)) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def has_note(name: str) -> bool:
+    return (note_dir() / name).exists()
 
 
-def all_equal(x: Tensor, group=None) -> bool:
-    """True when ``x`` is bit-identical on every rank (used to check both towers see the same batch)."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return True
-    n = dist.get_world_size(group)
-    parts = start_all_gather(x.detach(), 0, [x.shape[0]] * n, group, "check", "forward").wait()
-    return all(torch.equal(parts[0], p) for p in parts[1:])
+def leave() -> None:
+    """This process is done with the notes: the last of the job's processes on this machine
+    to leave removes the folder (when there is one)."""
+    folder = note_dir()
+    if not folder.is_dir():
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        (folder / f"left-{local}").touch()
+        left = len(list(folder.glob("left-*")))
+    except OSError:
+        return
+    if left >= int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def all_ranks(flag: bool, group=None) -> bool:
-    """True when ``flag`` is true on every rank; every rank gets the same answer."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_group_device(group))
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
-    return bool(t.item())
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's live process
+    return True
 
 
-def sum_over(t: Tensor, group=None) -> Tensor:
-    """``t`` summed over ``group`` in place (the replicas' losses and error counts); ``t``
-    lives on the group's device (the GPU under NCCL)."""
-    if dist.is_initialized() and group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t
-
-
-def barrier(group=None) -> None:
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.barrier(group=group)
-
-
-def broadcast_object(obj, src: int = 0, group=None):
-    """Rank ``src``'s Python object on every rank (run directory, resume decision)."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
-    return box[0]
-
-
-def gather_object(obj) -> list:
-    """Every rank's Python object, in rank order, on every rank (the whole job)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+def remove_stale_notes() -> None:
+    """Remove the note folders of jobs whose owner (launcher or lone process) is gone."""
+    try:
+        folders = list(Path(tempfile.gettempdir()).glob(f"{PREFIX}*"))
+    except OSError:
+        return
+    for folder in folders:
+        name = folder.name[len(PREFIX):]
+        # pidOWNER-...; before, RUNID-RESTART-AGENTPID
+        owner = name[3:].split("-", 1)[0] if name.startswith("pid") else name.rsplit("-", 1)[-1]
+        if owner.isdigit() and int(owner) > 1 and int(owner) != _OWNER and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from alexnet_mp import job
+from alexnet_mp import ranks
 from alexnet_mp.io import atomic_write, disk_full_error
 
 __all__ = ["MetricsLog", "plot_learning_curves", "save_png"]
@@ -40,7 +40,7 @@ class MetricsLog:
         # On resume keep the epochs the checkpoint had finished; later ones are re-run. Rank 0
         # reads and rewrites the file and hands the rows to the others, who never touch it.
         rows = _read_rows(self.path, last_epoch) if enabled else None
-        self._rows: list[dict] = job.broadcast_object(rows) or []
+        self._rows: list[dict] = ranks.broadcast_object(rows) or []
         if enabled and self.path.is_file():
             atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
         self._writer = None

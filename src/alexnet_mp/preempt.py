@@ -8,7 +8,7 @@ stop at the same step; the run then saves a checkpoint of exactly that position 
 process exits with :data:`EXIT_PREEMPTED`. A second signal (the scheduler signals every
 process *and* torchrun forwards it) finds the flag already set.
 
-The same flag stops a run whose launcher died (:func:`alexnet_mp.local_job.launcher_gone`, asked
+The same flag stops a run whose launcher died (:func:`alexnet_mp.job.launcher_gone`, asked
 before each agreement: no collective of its own). The agreement carries the cause, so every
 rank saves the same step and rank 0 names the launcher even when another rank noticed first.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from alexnet_mp import local_job
+from alexnet_mp import job
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
            "exit_preempted"]
@@ -88,7 +88,7 @@ class PreemptionFlag:
     def cause(self) -> str:
         """What stopped the run, as the stop line begins."""
         if self.agreed == _LAUNCHER_GONE:
-            return (f"{local_job.launcher_name()} is gone; stopped" if local_job.launcher_gone()
+            return (f"{job.launcher_name()} is gone; stopped" if job.launcher_gone()
                     else "the launcher (torchrun) of another rank is gone; stopped")
         if self.received is not None:
             return f"stopped by {signal.Signals(self.received).name}"
@@ -96,7 +96,7 @@ class PreemptionFlag:
 
     def requested(self) -> bool:
         """Collective: True on every rank when any rank has received a stop signal or lost its launcher."""
-        mine = _LAUNCHER_GONE if local_job.launcher_gone() else _SIGNAL if self.received is not None else _NONE
+        mine = _LAUNCHER_GONE if job.launcher_gone() else _SIGNAL if self.received is not None else _NONE
         if dist.is_initialized() and dist.get_world_size(self._group) > 1:
             # The flag's group is gloo (install): a CPU tensor, no wait for a GPU.
             t = torch.tensor([mine], dtype=torch.int32)

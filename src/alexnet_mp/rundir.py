@@ -17,7 +17,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from alexnet_mp import job
+from alexnet_mp import ranks
 from alexnet_mp.errors import UserError
 
 __all__ = ["RunLock", "check_writable", "make_run_dir", "remove_if_unused"]
@@ -87,7 +87,7 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self._fd: int | None = None
         problem = self._take(run_dir) if main else None
-        problem = job.broadcast_object(problem)
+        problem = ranks.broadcast_object(problem)
         if problem:
             raise UserError(problem)
 

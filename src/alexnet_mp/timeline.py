@@ -9,10 +9,10 @@ there are GPUs. Each builds the net from the seed, keeps its tower
 (:func:`alexnet_mp.parallel.parallelize`), runs ``warmup_steps`` untraced SGD steps on one
 fixed random batch, then one traced step.
 
-The times come from the project's collective tracer alone (:mod:`alexnet_mp.comm_trace`, its
-``timeline``): for each collective the host's launch and its wait, on ``time.perf_counter``,
-which the processes of one machine share. The step's phase boundaries (forward, backward,
-optimizer step) are read on the same clock; a rank's compute is the host time in each phase
+The collectives' times come from the project's collective tracer (:mod:`alexnet_mp.comm_trace`,
+its ``timeline``): for each collective the host's launch and its wait, on ``time.perf_counter``,
+which the processes of one machine share. The step's three phase boundaries (forward, backward,
+optimizer step) are the only other readings, taken on the same clock; a rank's compute is the host time in each phase
 outside the collectives' launch and wait calls, named by the layers that run there. On a GPU
 the tracer's ``sync`` mode (``profile=true``'s) synchronises the device around each collective,
 so the compute before a launch is finished there when it is read; what a tower enqueues between

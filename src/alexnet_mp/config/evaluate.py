@@ -40,6 +40,7 @@ class FiguresConfig:
     neighbours: int = setting(6, ge=1)        # ... each with this many nearest training images
     train_images: int = setting(0, ge=0)      # training images searched; 0: all
     threads: int = setting(2, ge=1)
+    allow_class_mismatch: bool = False        # other class names than the model's: a warning, not an error
     data: Optional[DataConfig] = None
 
 

@@ -152,11 +152,11 @@ _said: set[str] = set()
 def _say_once(line: str) -> None:
     """One warning line per job, however many processes (ranks, loader workers) and epochs
     meet the file: the first to note it in the job's shared folder says it."""
-    from alexnet_mp import local_job
+    from alexnet_mp import job
 
     if line not in _said:
         _said.add(line)
-        if local_job.first_note(line):
+        if job.first_note(line):
             _log.warning("%s", line)
 
 

@@ -2,8 +2,8 @@
 
 For small images trained over many epochs (CIFAR-10's 32x32, Figure 1) decoding each
 file again every epoch would cost more than the step; decoded once, a whole epoch is a
-gather from one tensor. Images that cannot be read are dropped with the warning
-:func:`~alexnet_mp.data.images.load_image` gives.
+gather from one tensor. Images that cannot be read are dropped, each said once per job
+on one log line (as :class:`~alexnet_mp.data.images.ImageFolderImages` says it).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import job
+from alexnet_mp import ranks
 from alexnet_mp.checkpoint import CheckpointStore
 from alexnet_mp.config.schema import flatten
 from alexnet_mp.config.train import RESUME_MAY_CHANGE
@@ -60,14 +60,14 @@ class Checkpoints:
     def check_loss(self, state: RunState) -> float | None:
         """Read the loss summed on the device since the last read; raise on every rank if it is not finite."""
         loss = state.flush_loss()
-        if not job.all_ranks(loss is None or math.isfinite(loss)):
+        if not ranks.all_ranks(loss is None or math.isfinite(loss)):
             raise self.diverged(f"the loss became {loss}", state)
         return loss
 
     def save(self, state: RunState, reason: str) -> Path:
         self.check_loss(state)
         finite = all(bool(torch.isfinite(p).all()) for p in state.model.parameters())
-        if not job.all_ranks(finite):
+        if not ranks.all_ranks(finite):
             raise self.diverged("the weights became non-finite", state)
         p = state.position
         name = f"step-{p.step:08d}-epoch-{p.epoch:04d}-batch-{p.batch_in_epoch:07d}"

@@ -11,7 +11,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from alexnet_mp import job, provenance
+from alexnet_mp import provenance, ranks
 from alexnet_mp.io import atomic_save, atomic_write
 from alexnet_mp.parallel import full_state_dict
 from alexnet_mp.train.start import Run
@@ -40,7 +40,7 @@ def finish_run(run: Run, stopped_early: bool, started: float) -> dict:
             atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=1))
         run.metrics.close(plot=True)
         log.info("done: %s", json.dumps({k: summary[k] for k in ("val_top1_err", "val_top5_err", "seconds")}))
-    job.barrier()
+    ranks.barrier()
     return summary
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import data, job
+from alexnet_mp import data, ranks
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
 
@@ -50,7 +50,7 @@ def build_data(cfg: DictConfig, run_dir: Path, main: bool) -> Data:
             except UserError as err:
                 outcome = err
         # Every rank gets the statistics, or the same error, so none waits for a rank that failed.
-        outcome = job.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
+        outcome = ranks.broadcast_object(outcome if isinstance(outcome, data.DatasetStats) else str(outcome))
         if not isinstance(outcome, data.DatasetStats):
             raise UserError(outcome)
         stats = outcome

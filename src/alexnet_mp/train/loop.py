@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import job
+from alexnet_mp import ranks
 from alexnet_mp.metrics_log import MetricsLog
 from alexnet_mp.preempt import PreemptionFlag, StopRequested
 from alexnet_mp.progress import Progress
@@ -52,7 +52,7 @@ def validate(state: RunState, inputs: Inputs, *, progress: bool = False, stop: P
             wrong += topk_wrong(state.logits(images), labels)
             seen += len(batch)
     model.train()
-    counts = job.sum_over(torch.cat([wrong, torch.tensor([seen, skipped], device=wrong.device)]),
+    counts = ranks.sum_over(torch.cat([wrong, torch.tensor([seen, skipped], device=wrong.device)]),
                           state.replica_group)
     wrong1, wrong5, seen, skipped = counts.tolist()
     return {"val_top1_err": wrong1 / max(seen, 1), "val_top5_err": wrong5 / max(seen, 1), "val_images": seen,
@@ -94,7 +94,7 @@ def _batches(loader, inputs: Inputs, p: Position, clock: _EpochClock, check: boo
             p.batch_in_epoch += 1
             continue
         images, labels = inputs.train_input(batch)
-        if check and not job.all_equal(torch.stack([images.sum(), labels.sum().to(images)]),
+        if check and not ranks.all_equal(torch.stack([images.sum(), labels.sum().to(images)]),
                                        group=inputs.tower_group):
             raise RuntimeError("the towers received different batches")
         yield images, labels
@@ -178,7 +178,7 @@ def _epoch_row(state: RunState, result: dict) -> dict:
     """The epoch's row of the metrics log: training totals, validation ``result``, speed."""
     p = state.position
     return {"epoch": p.epoch + 1, "train_loss": p.epoch_loss / max(p.epoch_images, 1), **result,
-            "train_skipped": int(job.sum_over(torch.tensor([p.skipped], device=state.device),
+            "train_skipped": int(ranks.sum_over(torch.tensor([p.skipped], device=state.device),
                                                state.replica_group).item()),  # every replica's rows
             "lr": state.schedule.lr,
             "images_per_s": p.epoch_images / max(p.epoch_seconds, 1e-9), "seconds": p.epoch_seconds,

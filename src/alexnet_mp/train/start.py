@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import comm, job
+from alexnet_mp import comm, ranks
 from alexnet_mp.checkpoint import CheckpointStore
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import atomic_write
@@ -74,7 +74,7 @@ def check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool | str) -> 
 def agree_on_run_dir(mine: Path) -> Path:
     """Rank 0's run directory on every rank: Hydra's timestamped default can differ by a
     second between processes, so the others follow rank 0 and drop their empty folder."""
-    agreed = Path(job.broadcast_object(str(mine)))
+    agreed = Path(ranks.broadcast_object(str(mine)))
     if agreed.resolve() != mine.resolve() and mine.is_dir() and not any(mine.iterdir()):
         mine.rmdir()
     make_run_dir(agreed)
@@ -86,7 +86,7 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     device, main = placement.device, placement.main
     resume = _resume_asked(cfg, run_dir, main)
     check_run_dir(run_dir, store, resume)
-    job.barrier()
+    ranks.barrier()
 
     d = build_data(cfg, run_dir, main)
     _check_data(cfg, d)

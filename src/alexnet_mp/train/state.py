@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from alexnet_mp import job
+from alexnet_mp import ranks
 from alexnet_mp.arch import arch_options
 from alexnet_mp.model import AlexNet, build_model
 from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
@@ -135,7 +135,7 @@ class RunState:
         if not self.loss_images:
             return None
         # Each replica's loss is its rows' mean: the global batch's is the sum over replicas.
-        total = float(job.sum_over(self.loss_sum, self.replica_group))
+        total = float(ranks.sum_over(self.loss_sum, self.replica_group))
         mean = total / (self.loss_images * self.replicas)
         self.position.epoch_loss += total
         self.loss_sum.zero_()

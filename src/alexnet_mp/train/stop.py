@@ -8,7 +8,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from alexnet_mp import job
+from alexnet_mp import ranks
 from alexnet_mp.checkpoint import CheckpointStore
 from alexnet_mp.errors import QuietStop, UserError, another_rank_reported
 from alexnet_mp.placement import Placement
@@ -30,7 +30,7 @@ def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore) ->
     try:
         yield
     except RuntimeError as err:
-        if not job.is_lost_peer(err):
+        if not ranks.is_lost_peer(err):
             raise
         if another_rank_reported():
             raise QuietStop() from None
