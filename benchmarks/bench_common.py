@@ -1,6 +1,6 @@
 """What several benchmarks share about the machine they measure: where the repository is,
 the CPU's name, waiting for a device, the device's matmul peak (the denominator of every MFU
-here), and the paper's recipe the device check trains with. (A free port for a process group
+here), the paper's recipe the device check trains with, and a torchrun's workers. (A free port for a process group
 is :func:`alexnet_mp.placement.free_port`; the relative difference of two tensors
 :func:`alexnet_mp.compare.rel_diff`.)
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["REPO", "PAPER_MODEL", "PAPER_OPTIM", "PAPER_SCHEDULE", "cpu_name", "sync",
-           "measure_matmul_peak"]
+           "measure_matmul_peak", "torchrun_workers"]
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper's net and recipe (sec. 5) as build_run_state takes them, for the device check's steps.
@@ -56,3 +56,17 @@ def measure_matmul_peak(device: torch.device, size: int, seconds: float = 1.5,
         sync(device)
         count += 1
     return count * 2 * size**3 / (time.perf_counter() - start)
+
+
+def torchrun_workers(pid: int, script: str = "launch/train.py") -> list[int]:
+    """torchrun ``pid``'s workers: its children whose command line runs ``script`` (not the
+    other children torchrun may start, such as a compile worker pool)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and script.encode() in (stat.parent / "cmdline").read_bytes():
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids

@@ -1,15 +1,19 @@
 """How long the workers of a torchrun job outlive their launcher killed alone (docs/reliability.md).
 
-Each repetition starts the smoke run (two towers, synthetic data, the CPU), waits for its
-first checkpoint, waits a little longer each time (so the kill falls at other moments of a
-step), then ``kill -9``s torchrun alone and times until no worker is left. Prints each
-time with the workers' one line, then the median.
+Each kill starts the smoke run (two towers, synthetic data, the CPU), waits for its first
+checkpoint, waits a little longer each time (``delay_step_s`` more, so the kill falls at other
+moments of a step), then ``kill -9``s torchrun alone and times until no worker is left.
+Reports each time with the workers' one line, and the median.
 
-    python benchmarks/bench_launcher_death.py [REPEATS] [RUN_ROOT]
+    python benchmarks/bench_launcher_death.py
+    python benchmarks/bench_launcher_death.py kills=1
+
+Writes ``bench-launcher-death.json`` and ``.md`` to ``output_dir`` (benchmarks/results).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import shutil
 import statistics
@@ -19,25 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp.cli import run_entry_point, run_hydra
+from alexnet_mp.job import alive
+from bench_common import REPO, cpu_name, torchrun_workers
+from bench_output import write_results
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return kids
+NAME = "bench-launcher-death"
 
 
 def once(run: Path, delay: float) -> tuple[float, list[str]]:
@@ -47,30 +42,52 @@ def once(run: Path, delay: float) -> tuple[float, list[str]]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch/train.py",
            "experiment=smoke", "progress=false", "epochs=3", "data.workers=0", "checkpoint.every_steps=5",
            f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while not (run / "checkpoints" / "latest").is_file() and proc.poll() is None:
         time.sleep(0.02)
     time.sleep(delay)
-    workers = _children(proc.pid)
+    workers = torchrun_workers(proc.pid)
     proc.kill()
     killed = time.monotonic()
     proc.wait()
-    while any(_alive(w) for w in workers):
+    while any(alive(w) for w in workers):
         time.sleep(0.01)
     seconds = time.monotonic() - killed
     return seconds, [l for l in proc.stdout.read().splitlines() if l.startswith("alexnet_mp:")]
 
 
-def main() -> None:
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 6
-    runs = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp(prefix="launcher-death-"))
-    times = []
-    for i in range(repeats):
-        seconds, lines = once(runs / f"run{i}", 0.3 * i)
-        times.append(seconds)
+def markdown(r: dict) -> str:
+    rows = [f"| {k + 1} | {k * r['settings']['delay_step_s']:.1f} | {t['seconds']:.2f} | {' '.join(t['lines'])} |"
+            for k, t in enumerate(r["kills"])]
+    return "\n".join([f"# {NAME}", "",
+                      f"The smoke run (two towers, synthetic data) on {r['environment']['cpu']} "
+                      f"({r['environment']['cores']} cores), torch {r['environment']['torch']}, {r['created']}: "
+                      "seconds from `kill -9` of torchrun alone to no worker left.", "",
+                      "| kill | after the first checkpoint (s) | seconds | the workers' line |", "|---|---|---|---|",
+                      *rows, "", f"Median **{r['median_s']:.2f} s** over {len(r['kills'])}."]) + "\n"
+
+
+def run(cfg: DictConfig) -> dict:
+    runs = Path(cfg.run_root) if cfg.run_root else Path(tempfile.mkdtemp(prefix="launcher-death-"))
+    kills = []
+    for i in range(int(cfg.kills)):
+        seconds, lines = once(runs / f"run{i}", float(cfg.delay_step_s) * i)
+        kills.append({"seconds": seconds, "lines": lines})
         print(f"{seconds:.2f} s  {lines}", flush=True)
-    print(f"median {statistics.median(times):.2f} s over {repeats}: {' '.join(f'{t:.2f}' for t in sorted(times))}")
+    result = {"benchmark": NAME, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+              "settings": OmegaConf.to_container(cfg, resolve=True),
+              "environment": {"cpu": cpu_name(), "torch": torch.__version__, "cores": os.cpu_count(),
+                              "load_average": os.getloadavg()[0]},
+              "kills": kills, "median_s": statistics.median(k["seconds"] for k in kills)}
+    write_results(str(cfg.output_dir), NAME, result, markdown(result))
+    print(markdown(result), flush=True)
+    return result
+
+
+@hydra.main(config_path="../conf", config_name="bench_launcher_death", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: run(cfg), cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

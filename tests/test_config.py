@@ -34,6 +34,7 @@ from conftest import ROOT, compose_config, config_error, job_env
     ("bench", [], "BenchConfig"),
     ("bench_data", [], "BenchDataConfig"),
     ("bench_comm_wait", [], "BenchCommWaitConfig"),
+    ("bench_launcher_death", [], "BenchLauncherDeathConfig"),
     ("gpu_check", [], "GpuCheckConfig"),
     ("reproduce", [], "ReproduceConfig"),
 ])

@@ -1,4 +1,4 @@
-"""Faults a new user met (issue 29), each ending in one true line: the launcher killed alone,
+"""Faults a new user met, each ending in one true line: the launcher killed alone,
 the divergence line on one-shard layouts, resume=true into an empty folder, other classes at
 evaluation, an output path that is a folder, and the smaller ones (an unreadable image said
 once, no empty run directory left by a rejected configuration, no note folders left behind).
@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexnet_mp.job import alive
 from conftest import (ROOT, TINY, command, error_line, final_state, image_folder, job_env, launch, ok,
                       published_checkpoint)
 
 pytestmark = pytest.mark.slow
+
 
 def _workers(pid: int) -> list[int]:
     """torchrun ``pid``'s workers: its children running launch/train.py."""
@@ -33,13 +35,6 @@ def _workers(pid: int) -> list[int]:
         except OSError:
             continue
     return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # -- 1. the launcher killed alone -------------------------------------------------------------
@@ -60,12 +55,12 @@ def test_a_killed_launcher_stops_its_workers_which_save_and_resume_bit_for_bit(t
     killed = time.monotonic()
     proc.wait()
     try:
-        while any(_alive(w) for w in workers) and time.monotonic() - killed < 30:
+        while any(alive(w) for w in workers) and time.monotonic() - killed < 30:
             time.sleep(0.05)
-        assert not any(_alive(w) for w in workers), "the workers trained on without their launcher"
+        assert not any(alive(w) for w in workers), "the workers trained on without their launcher"
     finally:
         for w in workers:
-            if _alive(w):
+            if alive(w):
                 os.kill(w, signal.SIGKILL)
     out = proc.stdout.read()  # every writer of the pipe is gone
     lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 __all__ = ["launcher_pid", "launcher_gone", "launcher_name", "note_dir", "first_note", "has_note", "leave",
-           "remove_stale_notes"]
+           "remove_stale_notes", "alive"]
 
 PREFIX = "alexnet_mp-job-"
 _UNDER_TORCHRUN = "TORCHELASTIC_RUN_ID" in os.environ
@@ -98,14 +98,21 @@ def leave() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: neither gone nor a zombie (ended, not yet reaped by
+    its parent, which a killed launcher's workers can be for a while)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
-        return True  # another user's live process
-    return True
+        pass  # another user's process
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return not Path("/proc/self").is_dir()  # gone meanwhile, or no /proc to ask
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_notes() -> None:
@@ -118,5 +125,5 @@ def remove_stale_notes() -> None:
         name = folder.name[len(PREFIX):]
         # pidOWNER-...; before, RUNID-RESTART-AGENTPID
         owner = name[3:].split("-", 1)[0] if name.startswith("pid") else name.rsplit("-", 1)[-1]
-        if owner.isdigit() and int(owner) > 1 and int(owner) != _OWNER and not _alive(int(owner)):
+        if owner.isdigit() and int(owner) > 1 and int(owner) != _OWNER and not alive(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,9 @@
 """The schemas of the benchmarks: ``benchmarks/bench_1gpu_vs_2gpu.py`` (``conf/bench.yaml``:
 the paper's half net against the two-tower net, sec. 3.2), ``benchmarks/bench_data.py``
 (``conf/bench_data.yaml``: images/s of each data path), ``benchmarks/bench_comm_wait.py``
-(``conf/bench_comm_wait.yaml``: what the exchange's tracer counts as waited) and
+(``conf/bench_comm_wait.yaml``: what the exchange's tracer counts as waited),
+``benchmarks/bench_launcher_death.py`` (``conf/bench_launcher_death.yaml``: how long workers
+outlive their killed launcher) and
 ``benchmarks/gpu_check.py`` with ``gpu_profile.py`` (``conf/gpu_check.yaml``: the device check)."""
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from alexnet_mp.config.data import DataConfig
 from alexnet_mp.config.schema import setting
 from alexnet_mp.config.train import COMPILE_MODES, DEVICES, CommConfig
 
-__all__ = ["BenchConfig", "BenchDataConfig", "BenchCommWaitConfig", "GpuCheckConfig", "store"]
+__all__ = ["BenchConfig", "BenchDataConfig", "BenchCommWaitConfig", "BenchLauncherDeathConfig", "GpuCheckConfig", "store"]
 
 
 @dataclass
@@ -77,6 +79,14 @@ class BenchCommWaitConfig:
 
 
 @dataclass
+class BenchLauncherDeathConfig:
+    kills: int = setting(6, ge=1)
+    delay_step_s: float = setting(0.3, ge=0)
+    run_root: Optional[str] = None
+    output_dir: str = "benchmarks/results"
+
+
+@dataclass
 class GpuCheckConfig:
     device: str = setting("cuda", choices=("cuda", "cpu"))
     batches: List[int] = setting(factory=lambda: [128, 512])
@@ -112,4 +122,5 @@ def store(cs) -> None:
     cs.store(name="base_bench", node=BenchConfig)
     cs.store(name="base_bench_data", node=BenchDataConfig)
     cs.store(name="base_bench_comm_wait", node=BenchCommWaitConfig)
+    cs.store(name="base_bench_launcher_death", node=BenchLauncherDeathConfig)
     cs.store(name="base_gpu_check", node=GpuCheckConfig)
