@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_config
+from conftest import ROOT, compose_config
 
 from alexnet_mp.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_1gpu_vs_2gpu as bench  # noqa: E402
 
-TIMED = REPO / "benchmarks" / "results" / "bench-1gpu-vs-2gpu.json"  # a real, committed time part
+TIMED = ROOT / "benchmarks" / "results" / "bench-1gpu-vs-2gpu.json"  # a real, committed time part
 # (config, seed) -> (centre top-1, centre top-5, ten-crop top-1, ten-crop top-5)
 ERRORS = {("full", 0): (0.30, 0.08, 0.29, 0.07), ("full", 1): (0.32, 0.09, 0.30, 0.08),
           ("full", 2): (0.31, 0.10, 0.30, 0.09), ("half", 0): (0.35, 0.10, 0.33, 0.09),

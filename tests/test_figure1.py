@@ -2,10 +2,7 @@
 reference, the rate search, the reading of the 25% crossing, and the command run tiny."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +11,7 @@ import torch.nn.functional as F
 from alexnet_mp.errors import UserError
 from alexnet_mp.figure1 import Figure1Net, Images, Recipe, crossing, fastest_rate, figure1, figure1_spec, \
     map_sizes, ratio_summary, train_curve
-from conftest import SHARED_DATA, compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, SHARED_DATA, command, compose_config, job_env
 
 
 # -- the net ------------------------------------------------------------------------------------------
@@ -108,8 +103,7 @@ def threads_kept():
 
 
 def test_the_command_runs_tiny_and_keeps_finished_runs(tmp_path, threads_kept):
-    cmd = [sys.executable, "launch/figure1.py", *TINY, f"output_dir={tmp_path}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd, env = command([*TINY, f"output_dir={tmp_path}"], nproc=0, script="figure1"), job_env()
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     result = json.loads((tmp_path / "figure1.json").read_text())

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
+from conftest import ROOT, compose_config
 
 from alexnet_mp.reproduce import CONFIGS, plan_runs
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_preset_is_the_whole_comparison_sweep_and_its_recipe_composes_for_every_configuration():
