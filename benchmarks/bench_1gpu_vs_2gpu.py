@@ -49,7 +49,8 @@ from alexnet_mp.train import Speed
 from bench_common import REPO, cpu_name
 from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, SUMMARY_KEYS, TRAINED,
                            scale_configurations)
-from bench_report import markdown, write_results
+from bench_output import write_results
+from bench_report import markdown, plot
 from bench_results import build_results, environment
 from bench_sources import error_from_reproduce, timing_from_result
 from bench_timing import time_worker
@@ -235,7 +236,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
     results = build_results(time_part, error_part, env, settings, scale)
     results["sources"] = {part: sources[part][-1] if part in sources else None for part in ("timing", "error")}
     results["provenance"] = provenance.record(cfg)
-    paths = write_results(results, Path(str(cfg.output_dir)))
+    paths = write_results(str(cfg.output_dir), NAME, results, markdown(results), plot)
     print("\n" + markdown(results), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
     if failure:

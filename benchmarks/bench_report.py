@@ -1,16 +1,15 @@
 """bench-1gpu-vs-2gpu, the report: the results (:mod:`bench_results`) as Markdown and a
-figure, written with the JSON by ``write_results`` (through :mod:`bench_output`)."""
+figure, which :func:`bench_output.write_results` writes with the JSON."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import BinaryIO
 
-import bench_output
 from bench_configs import NAME, PAPER_DELTAS, TRAINED
 from bench_results import gflops
 
-__all__ = ["markdown", "plot", "write_results", "spread_text"]
+__all__ = ["markdown", "plot", "spread_text"]
 
 
 def _comm_share(comm: dict | None) -> str:
@@ -293,7 +292,3 @@ def _plot_errors(right, results: dict) -> None:
     right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False,
                  markerscale=0.4)
     right.set_ylabel("percentage points (negative: two-device net better)")
-
-
-def write_results(results: dict, output_dir: Path) -> dict[str, Path]:
-    return bench_output.write_results(output_dir, NAME, results, markdown(results), plot)

@@ -103,7 +103,7 @@ def crossings(spec: NetSpec, input_size: int, geometry: str = "224") -> list[Cro
     return out
 
 
-def human_bytes(n: int) -> str:
+def _bytes_text(n: int) -> str:
     return f"{n:,} B"
 
 
@@ -128,10 +128,10 @@ def _crossing_text(c: Crossing) -> str:
     units = f"{max(c.shares)}×{side}×{side}" if c.area > 1 else f"{max(c.shares)}"
     if c.name == "logits":
         return (f"logits: all-gather of fc8's classes ({units} per tower)\n"
-                f"fwd {human_bytes(c.forward_bytes)} · bwd none (each keeps its slice)")
+                f"fwd {_bytes_text(c.forward_bytes)} · bwd none (each keeps its slice)")
     return (f"{c.name} reads {c.source} of both towers ({units} per tower)\n"
-            f"fwd all-gather {human_bytes(c.forward_bytes)} · bwd reduce-scatter "
-            f"{human_bytes(c.backward_bytes)} (gloo: all-reduce {human_bytes(c.backward_bytes_gloo)})")
+            f"fwd all-gather {_bytes_text(c.forward_bytes)} · bwd reduce-scatter "
+            f"{_bytes_text(c.backward_bytes)} (gloo: all-reduce {_bytes_text(c.backward_bytes_gloo)})")
 
 
 def _box(ax, x: float, y: float, w: float, h: float, text: str, colour: str) -> None:
@@ -205,8 +205,8 @@ def draw_figure2(spec: NetSpec, input_size: int, path: Path, *, geometry: str = 
     bwd = sum(c.backward_bytes for c in by_name.values())
     gloo = sum(c.backward_bytes_gloo for c in by_name.values())
     ax.text(_NOTE_X, len(rows) - 1.5,
-            f"a step, per image per tower: forward {human_bytes(fwd)}\nbackward {human_bytes(bwd)} "
-            f"(gloo {human_bytes(gloo)}); a batch of B moves B times that.\n"
+            f"a step, per image per tower: forward {_bytes_text(fwd)}\nbackward {_bytes_text(bwd)} "
+            f"(gloo {_bytes_text(gloo)}); a batch of B moves B times that.\n"
             "Grey: a tower's own units. Red: units both towers read.", ha="left", va="center", fontsize=9)
     ax.set_title(title or f"Figure 2 from arch.py: the {spec.name} net at {input_size} px", fontsize=12)
     return save_png(fig, Path(path), dpi=110, bbox_inches="tight")
