@@ -1,5 +1,5 @@
 """Figure 1 (alexnet_mp.figure1): the four-layer net's table and shapes against a hand-written
-reference, the rate search, the reading of the 25% crossing, and the command run tiny."""
+reference, the rate search, the reading of the epoch reaching 25%, and the command run tiny."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.figure1 import Figure1Net, Images, Recipe, crossing, fastest_rate, figure1, figure1_spec, \
+from alexnet_mp.figure1 import Figure1Net, Images, Recipe, epoch_at_target, fastest_rate, figure1, figure1_spec, \
     map_sizes, ratio_summary, train_curve
 from conftest import ROOT, SHARED_DATA, command, compose_config, job_env
 
@@ -42,14 +42,14 @@ def test_the_net_computes_the_table(neuron, f):
 
 # -- reading the curves -------------------------------------------------------------------------------
 
-def test_the_crossing_is_read_from_the_curve():
-    assert crossing([0.8, 0.5, 0.3, 0.2, 0.1]) == {"first_epoch": 4, "interpolated": pytest.approx(3.5)}
-    assert crossing([0.6, 0.25, 0.1]) == {"first_epoch": 2, "interpolated": pytest.approx(2.0)}
+def test_the_epoch_reaching_the_target_is_read_from_the_curve():
+    assert epoch_at_target([0.8, 0.5, 0.3, 0.2, 0.1]) == {"first_epoch": 4, "interpolated": pytest.approx(3.5)}
+    assert epoch_at_target([0.6, 0.25, 0.1]) == {"first_epoch": 2, "interpolated": pytest.approx(2.0)}
     # Before epoch 1 the error is chance (0.9 by default): 0.65 of the way down to 0.2 in epoch 1.
-    assert crossing([0.2])["interpolated"] == pytest.approx(0.65 / 0.7)
-    assert crossing([0.8, 0.5, 0.26]) == {"first_epoch": None, "interpolated": None}
-    assert crossing([]) == {"first_epoch": None, "interpolated": None}
-    assert crossing([0.5, 0.4], target=0.45)["first_epoch"] == 2
+    assert epoch_at_target([0.2])["interpolated"] == pytest.approx(0.65 / 0.7)
+    assert epoch_at_target([0.8, 0.5, 0.26]) == {"first_epoch": None, "interpolated": None}
+    assert epoch_at_target([]) == {"first_epoch": None, "interpolated": None}
+    assert epoch_at_target([0.5, 0.4], target=0.45)["first_epoch"] == 2
 
 
 def test_the_ratio_over_seeds_and_its_lower_bounds():

@@ -10,10 +10,10 @@ ReLUs reaches 25% training error six times faster than the same net with tanh un
     python launch/figure1.py data.root=../shared/data/cifar10-full data.train_size=10000 epochs=12 'seeds=[0,1,2]'
 """
 
-from alexnet_mp.figure1.curves import crossing, fastest_rate, ratio_summary
+from alexnet_mp.figure1.curves import epoch_at_target, fastest_rate, ratio_summary
 from alexnet_mp.figure1.net import NEURONS, Figure1Net, figure1_spec, map_sizes
 from alexnet_mp.figure1.run import figure1
 from alexnet_mp.figure1.training import Images, Recipe, train_curve
 
-__all__ = ["NEURONS", "Figure1Net", "Images", "Recipe", "crossing", "fastest_rate", "figure1", "figure1_spec",
+__all__ = ["NEURONS", "Figure1Net", "Images", "Recipe", "epoch_at_target", "fastest_rate", "figure1", "figure1_spec",
            "map_sizes", "ratio_summary", "train_curve"]

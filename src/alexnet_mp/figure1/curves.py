@@ -5,7 +5,7 @@ A curve is a list of running training errors, epoch 1 first. Its epoch at 25% is
 ways: the first whole epoch whose error is at most the target, and the point where the line
 through consecutive epochs' errors meets the target (linear interpolation; before epoch 1
 the error is taken as chance, ``1 - 1/classes``). The interpolated reading is the headline:
-a net that crosses early (ReLU, within a few epochs) would otherwise get a ratio rounded
+a net that reaches it early (ReLU, within a few epochs) would otherwise get a ratio rounded
 to whole epochs.
 """
 
@@ -15,10 +15,10 @@ import math
 
 from alexnet_mp.student_t import spread
 
-__all__ = ["crossing", "fastest_rate", "ratio_summary"]
+__all__ = ["epoch_at_target", "fastest_rate", "ratio_summary"]
 
 
-def crossing(errors: list[float], target: float = 0.25, chance: float = 0.9) -> dict:
+def epoch_at_target(errors: list[float], target: float = 0.25, chance: float = 0.9) -> dict:
     """``{"first_epoch": int or None, "interpolated": float or None}``: where ``errors`` first
     reach ``target`` (None for both if they never do)."""
     previous = chance

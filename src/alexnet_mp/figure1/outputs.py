@@ -1,4 +1,4 @@
-"""Figure 1's results as files: ``figure1.json`` (every run, the rates, the crossings, the
+"""Figure 1's results as files: ``figure1.json`` (every run, the rates, each run's epoch at the target, the
 ratio, the provenance), ``figure1.md`` (the table) and ``figure1.png`` (the curves drawn as
 the paper draws them: epochs against training error from 0 to 0.75, ReLU solid, tanh
 dashed, the mean over seeds with a band from the lowest to the highest seed, the 25% line).
@@ -10,7 +10,7 @@ import json
 import math
 import time
 
-from alexnet_mp.figure1.curves import crossing, ratio_summary
+from alexnet_mp.figure1.curves import epoch_at_target, ratio_summary
 from alexnet_mp.figure1.net import Figure1Net, figure1_spec, map_sizes
 from alexnet_mp.io import atomic_write
 from alexnet_mp.metrics_log import save_png
@@ -44,7 +44,7 @@ def _neuron(state: dict, neuron: str) -> dict:
     for r in runs:
         if r["role"] == "run" and r["lr"] == lr and r["epochs"] == cfg["epochs"] and r["seed"] in cfg["seeds"]:
             seeds[str(r["seed"])] = {"errors": r["errors"], "diverged": r["diverged"], "seconds": r["seconds"],
-                                     **crossing(r["errors"], target, chance)}
+                                     **epoch_at_target(r["errors"], target, chance)}
     reached = [s["interpolated"] for s in seeds.values() if s["interpolated"] is not None]
     return {"lr": lr, "search": search, "seeds": seeds, "reached": f"{len(reached)} of {len(seeds)}",
             "epochs_to_target": spread(reached) if reached else None}
@@ -88,7 +88,7 @@ def _epochs(v: float | None) -> str:
 
 def _ratio_line(ratio: dict | None) -> str:
     if not ratio or not ratio["spread"]:
-        return "Ratio tanh / ReLU of epochs to the target: not measured (a neuron has no crossing yet)."
+        return "Ratio tanh / ReLU of epochs to the target: not measured (a neuron has not reached it yet)."
     s = ratio["spread"]
     sd = "" if s["std"] is None else f" ± {s['std']:.2f} (sd)"
     bound = " (at least: tanh did not reach it within the budget on some seeds)" if ratio["at_least"] else ""
