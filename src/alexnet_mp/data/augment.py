@@ -89,7 +89,7 @@ def _hash32(x: Tensor) -> Tensor:
 def _uniforms(key: int, indices: Tensor, count: int) -> Tensor:
     """``count`` uniform numbers in [0, 1) per index: a counter-based generator keyed by
     ``key`` (a hash of seed and epoch) and the sample index. Unlike a torch.Generator per
-    image (54 us each here) a whole batch costs one vectorised pass, and the numbers do not
+    image, a whole batch costs one vectorised pass (docs/data.md), and the numbers do not
     depend on how indices are grouped into batches or processes."""
     k0, k1 = key & _M32, (key >> 32) & _M32
     idx = indices.to(torch.int64)
@@ -155,9 +155,9 @@ class BatchAugment:
     ``"sqrt"`` or ``"eigenvalue"``, see :func:`pca_weights`).
 
     ``reuse_output`` (CPU only): :meth:`train` writes every batch into the same buffer, so
-    the tensor it returns is overwritten by the next call. A fresh 77 MB buffer per
-    batch of 128 costs more in page faults than the crops themselves (1,600 against 3,900
-    images/s per core here); the trainer uses each batch before it asks for the next.
+    the tensor it returns is overwritten by the next call. A fresh buffer per batch costs
+    more in page faults than the crops themselves (docs/data.md); the trainer uses each
+    batch before it asks for the next.
     """
 
     def __init__(self, stats: DatasetStats, crop: int, *, seed: int, device: torch.device | str = "cpu",
@@ -215,9 +215,9 @@ class BatchAugment:
 
     def _crops_by_slices(self, images: Tensor, top: Tensor, left: Tensor, flip: Tensor,
                          shift: Tensor | None) -> Tensor:
-        # On a CPU one pass per image over its window, straight into the output, is the
-        # fastest (9,600 images/s per core at 224 against 480 for one big gather): the
-        # window is read once as uint8 and the output written once, while it is in cache.
+        # On a CPU one pass per image over its window, straight into the output, is far
+        # faster than one big gather (docs/data.md): the window is read once as uint8 and
+        # the output written once, while it is in cache.
         b, s, c = images.shape[0], self.image_size, self.crop
         out = self._out
         if out is None or out.shape[0] != b:

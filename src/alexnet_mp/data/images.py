@@ -163,11 +163,10 @@ def _say_once(line: str) -> None:
 def decode(encoded: bytes) -> Tensor:
     """uint8 RGB [3, H, W] from an encoded image file's bytes.
 
-    torchvision's libjpeg-turbo/libpng decoders first: on real ImageNet photographs they
-    decode and resize 2.4x faster than PIL here (420 against 172 images/s per core,
-    ``make bench-data``). torchvision 0.29 deprecates them in favour of TorchCodec, which
-    the GPU machine's torch 2.11 stack lacks; PIL takes every format they refuse
-    (BMP, TIFF, PPM, 16-bit PNG...).
+    torchvision's libjpeg-turbo/libpng decoders first: faster than PIL on real photographs
+    (docs/data.md, ``make bench-data``). torchvision 0.29 deprecates them in favour of
+    TorchCodec, which the GPU machine's torch 2.11 stack lacks; PIL takes every format they
+    refuse (BMP, TIFF, PPM, 16-bit PNG...).
     """
     try:
         with warnings.catch_warnings():
