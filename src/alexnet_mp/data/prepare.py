@@ -331,8 +331,7 @@ def _run_in_pool(todo: list[Shard], workers: int, completed: Callable[[dict], No
     # kernel's OOM killer, SIGBUS) breaks the executor with an error, where a Pool waits forever.
     context = multiprocessing.get_context(worker_context())
     if context.get_start_method() == "fork":
-        # Import the decoders and the resize once here, not in every forked worker (seconds
-        # each, docs/data.md).
+        # Import the decoders and the resize once here, not in each forked worker (docs/data.md).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             import torchvision.io  # noqa: F401
