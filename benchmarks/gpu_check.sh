@@ -6,8 +6,8 @@
 #      compiled; fp32 and bf16), two processes sharing the GPU (exactness, launch/train.py sync-free, kill -9
 #      and resume bit-identical, eager and compiled), the step rows of full-1dev and one tower, the data path.
 # Writes benchmarks/results/gpu-check.{json,md} after each part (and the test log beside them).
-# On a machine without the project's venv (the device machine: torch 2.11 preinstalled), run it with
-# PYTHON=python3 and PYTHONPATH=src, carrying the wheels of hydra-core, omegaconf and antlr4.
+# On a GPU machine without the project's venv (say torch 2.11 preinstalled, no network), run it with
+# PYTHON=python3 and PYTHONPATH=src, the wheels of hydra-core, omegaconf and antlr4 in .whl/ of the checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

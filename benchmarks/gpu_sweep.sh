@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The comparison sweep on one H200 (issue 25), one prepared script: about 8 minutes of sweep, then the report
+# The comparison sweep on one H200, one prepared script: about 8 minutes of sweep, then the report
 # (docs/reproducing.md, "On one GPU"). The data travels inside the checkout as one .tar.gz (about 17 MB):
 #   here:   mkdir -p .data && echo /.data/ >> .git/info/exclude
 #           tar czf .data/cifar10-full.tar.gz -C ../shared/data cifar10-full
-#   there:  PYTHON=python3 PYTHONPATH=src bash benchmarks/gpu_sweep.sh      (carry .data, and .whl for hydra)
-# 1. unpacks the archive (tar xzf) into DATA_DIR, and the finished runs of an earlier session
+#   there:  PYTHON=python3 PYTHONPATH=src bash benchmarks/gpu_sweep.sh      (with .data, and .whl for hydra)
+# 1. unpacks the archive (tar xzf) into DATA_DIR, and the finished runs of an earlier run of the script
 #    (RESULTS_DIR/reproduce-gpu-runs.tar.gz) into the sweep folder: they are kept, not trained again;
 # 2. runs `launch/reproduce.py preset=gpu_sweep` for at most SWEEP_LIMIT_S seconds (a run cut off is trained
-#    again from the start next session: checkpoints do not travel back);
+#    again from the start the next time: checkpoints do not travel back);
 # 3. writes the report of every finished run, RESULTS_DIR/reproduce-gpu.{json,md,png}, packs the finished
 #    runs' small files into RESULTS_DIR/reproduce-gpu-runs.tar.gz and copies all of it to $OUT when set.
 # Run it again (the runs archive committed) to continue a sweep the limit stopped.
