@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -74,11 +73,9 @@ def _read(paths: list[Path], size: int) -> tuple[list[Path], list[torch.Tensor],
     """The readable images of ``paths`` (uint8 [3, size, size]) and one line per unreadable one."""
     kept, images, skipped = [], [], []
     for p in paths:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            img = data.load_image(p, size)
+        img, why = data.read_image(p, size)
         if img is None:
-            skipped.append(str(caught[-1].message) if caught else f"skipping unreadable image {p}")
+            skipped.append(f"skipping unreadable image {p}: {why}")
         else:
             kept.append(p)
             images.append(img)
