@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import data
+from alexnet_mp import data, placement
 from alexnet_mp.errors import UserError
 from alexnet_mp.evaluate import eval_augment, load_trained_model
 from alexnet_mp.io import atomic_write, check_not_a_folder
@@ -92,12 +92,6 @@ def predict_images(model: torch.nn.Module, augment, images: torch.Tensor, ten_cr
     return model(patches.flatten(0, 1)).float().view(b, n, -1).softmax(2).mean(1)
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no GPU is visible")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def _table(records: list[dict], top_k: int) -> str:
     width = min(60, max(len(r["path"]) for r in records))
     head = f"{'image':<{width}}  " + "  ".join(f"{f'top {i + 1}':<24}" for i in range(top_k))
@@ -116,7 +110,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
     out = check_output_path(Path(str(cfg.output))) if cfg.output else None
-    device = _device(str(cfg.device))
+    device = placement.single_device(str(cfg.device))
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     names = class_names(blob)
     if top_k > len(names):
