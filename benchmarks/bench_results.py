@@ -7,36 +7,28 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import statistics
-import subprocess
 
 import torch
 from omegaconf import DictConfig
 
+from alexnet_mp.provenance import git_state
 from alexnet_mp.student_t import paired_difference
 
-from bench_common import REPO, cpu_name
+from bench_common import cpu_name
 from bench_configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, TARGETS, TRAINED
 
 __all__ = ["environment", "build_results", "gflops"]
 
 
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment(plan: dict, cfg: DictConfig) -> dict:
-    status = _git("status", "--porcelain")
+    git = git_state()
     return {
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device_kind": plan["kind"], "backend": plan["backend"], "device_meaning": plan["meaning"],
         "device_names": plan["names"], "cpu": cpu_name(), "cpu_cores_available": len(plan["cores"]),
         "threads_per_device": int(cfg.threads) if plan["kind"] == "cpu" else None,
         "batch": int(cfg.batch), "input_size": int(cfg.input_size),
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
+        "git_commit": git["commit"], "git_dirty": git["dirty"],
     }
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 from pathlib import Path
 
 from alexnet_mp.errors import UserError
+from alexnet_mp.provenance import last_commit
 from alexnet_mp.student_t import spread
 
-from bench_common import REPO
 from bench_configs import NAME
 
 __all__ = ["error_from_reproduce", "timing_from_result", "TIMING_SETTINGS"]
@@ -41,16 +40,6 @@ def _read(path: Path, what: str) -> dict:
     if not isinstance(blob, dict):
         raise UserError(f"{path} is not {what}: not a JSON object")
     return blob
-
-
-def _committed_in(path: Path) -> dict | None:
-    """The commit that last changed ``path`` in this checkout, and its date (None when untracked)."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H %cI", "--", str(Path(path).resolve())],
-                             capture_output=True, text=True, timeout=10).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": out[0], "date": out[1]} if len(out) == 2 else None
 
 
 def _errors(runs: dict[int, dict], seeds: list[int], sweep_dir: str | None, config: str) -> dict:
@@ -96,7 +85,7 @@ def error_from_reproduce(path: Path) -> tuple[dict[str, dict], dict]:
               "epochs": s.get("epochs"), "data": s.get("data"), "data_overrides": s.get("data_overrides"),
               "train_overrides": s.get("train_overrides"), "full_processes": s.get("full_processes"),
               "devices": prov.get("devices"), "versions": prov.get("versions"), "git": prov.get("git"),
-              "committed_in": _committed_in(path)}
+              "committed_in": last_commit(path)}
     return part, source
 
 
@@ -113,5 +102,5 @@ def timing_from_result(path: Path) -> tuple[dict[str, dict], dict | None, dict, 
     source = (blob.get("sources") or {}).get("timing") or {
         "file": str(path), "created": blob.get("created"), "commit": env.get("git_commit"),
         "dirty": env.get("git_dirty"), "devices": env.get("device_names"), "torch": env.get("torch"),
-        "committed_in": _committed_in(path)}
+        "committed_in": last_commit(path)}
     return times, blob.get("scale"), env, {k: settings[k] for k in TIMING_SETTINGS if k in settings}, source

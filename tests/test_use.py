@@ -123,6 +123,12 @@ def test_predict_bad_input_is_one_line(trained, tmp_path):
     assert text.count("broken.jpg") == 1 and "1 unreadable skipped" in text and "Traceback" not in text
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine has")
+def test_evaluate_on_cuda_without_a_gpu_is_one_line_before_any_reading(tmp_path):
+    line = one_error_line(plain("evaluate", f"checkpoint={tmp_path / 'absent'}", "device=cuda"))
+    assert "device=cuda but this machine shows no CUDA GPU" in line, line
+
+
 # -- export ----------------------------------------------------------------------------------------
 
 def ort_logits(onnx_bytes: bytes, x: torch.Tensor):

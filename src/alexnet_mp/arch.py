@@ -36,6 +36,7 @@ __all__ = [
     "full_spec",
     "half_spec",
     "spec_for",
+    "spec_from_options",
     "conv1_padding",
     "feature_map_sizes",
     "split_sizes",
@@ -193,6 +194,15 @@ def ablate(spec: NetSpec, *, lrn: bool | None = None, pool: str | None = None, d
     if dropout is not None:
         changes["dropout_p"] = float(dropout)
     return replace(spec, **changes)
+
+
+def spec_from_options(name: str, num_classes: int, *, lrn: str = "paper", pool: str = "overlap",
+                      dropout: float = 0.5, remove: str | None = None, geometry: str | None = None) -> NetSpec:
+    """The table of the ``name`` net with the architecture options applied (the keywords of
+    :func:`arch_options`): ``lrn="none"`` drops the LRN layers, the rest as :func:`ablate`.
+    ``geometry`` fixes the input crop, not the table; it is taken so that arch_options' dict passes whole."""
+    return ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove,
+                  lrn=False if lrn == "none" else None)
 
 
 def split_sizes(total: int, parts: int) -> list[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import data
+from alexnet_mp import data, placement
 from alexnet_mp.arch import arch_options
 from alexnet_mp.checkpoint import load_file
 from alexnet_mp.data import BatchAugment, base_datasets
@@ -104,11 +104,9 @@ def _output_path(cfg: DictConfig) -> Path:
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.threads))
     # split, device and the numbers are checked by the schema (alexnet_mp.config.evaluate).
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no GPU is visible")
+    device = placement.single_device(str(cfg.device))
     out = _output_path(cfg)
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
-    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device)
     base, augment, dcfg = open_data(blob, cfg.get("data"), str(cfg.split), device,
                                     allow_class_mismatch=bool(cfg.allow_class_mismatch))

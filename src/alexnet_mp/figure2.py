@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alexnet_mp.arch import Layer, NetSpec, ablate, arch_options, feature_map_sizes, spec_for, split_sizes
+from alexnet_mp.arch import Layer, NetSpec, arch_options, feature_map_sizes, spec_from_options, split_sizes
 from alexnet_mp.errors import UserError
 
 __all__ = ["BYTES_PER_ELEMENT", "Crossing", "crossings", "draw_figure2", "figure_input_size", "figure_spec"]
@@ -72,10 +72,7 @@ class Crossing:
 
 def figure_spec(model_cfg) -> NetSpec:
     """The table for a ``conf/model`` mapping, its ablations applied as the model applies them."""
-    options = arch_options(model_cfg)
-    spec = spec_for(str(model_cfg["name"]), int(model_cfg["num_classes"]))
-    spec = ablate(spec, pool=options["pool"], dropout=options["dropout"], remove=options["remove"],
-                  lrn=False if options["lrn"] == "none" else None)
+    spec = spec_from_options(str(model_cfg["name"]), int(model_cfg["num_classes"]), **arch_options(model_cfg))
     if spec.towers < 2:
         raise UserError(f"Figure 2 draws the two-tower net; model={spec.name} has {spec.towers} tower")
     return spec

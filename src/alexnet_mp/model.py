@@ -30,7 +30,7 @@ from alexnet_mp.arch import (
     ablate,
     conv1_padding,
     feature_map_sizes,
-    spec_for,
+    spec_from_options,
     split_sizes,
 )
 from alexnet_mp.errors import UserError
@@ -252,7 +252,7 @@ def build_model(
     ``pool``, ``dropout`` and ``remove`` are the paper's ablations (:func:`alexnet_mp.arch.ablate`);
     :func:`alexnet_mp.arch.arch_options` reads them from a config. ``lrn_function``: see :class:`AlexNet`.
     """
-    spec = ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove)
+    spec = spec_from_options(name, num_classes, lrn=lrn, pool=pool, dropout=dropout, remove=remove)
     return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init,
                    lrn_function=lrn_function)
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "param_groups"]
+__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups"]
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -66,6 +66,15 @@ def build_optimizer(params: Iterable[nn.Parameter], *, lr: float, momentum: floa
     if rule == "paper":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise UserError(f"unknown optim.rule {rule!r}: choose 'pytorch' or 'paper'")
+
+
+def optimizer_for(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    """The optimizer an ``optim`` config (:class:`alexnet_mp.config.train.OptimConfig`, a mapping) asks for."""
+    weight_decay = float(optim_cfg["weight_decay"])
+    groups = param_groups(model, weight_decay=weight_decay, bias_decay=bool(optim_cfg.get("bias_decay", True)),
+                          bias_lr_mult=float(optim_cfg.get("bias_lr_mult", 1.0)))
+    return build_optimizer(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
+                           weight_decay=weight_decay, rule=str(optim_cfg["rule"]))
 
 
 class PlateauSchedule:

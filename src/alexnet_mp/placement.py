@@ -151,12 +151,23 @@ def local_view(rank: int, use_cuda: bool) -> DeviceView:
                       os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
 
 
+_NO_GPU = "device=cuda but this machine shows no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def single_device(device: str) -> torch.device:
+    """The device of a one-process command (evaluate, predict, Figure 1): ``auto`` is the GPU
+    where there is one, else the CPU; ``cuda`` without a GPU is :func:`wants_cuda`'s error."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(_NO_GPU)
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def wants_cuda(device: str, backend: str) -> bool:
     """Whether this run puts the towers on GPUs; a one-line error where the request cannot work.
     ``device`` and ``backend`` are words the schema has checked (:mod:`alexnet_mp.config.train`)."""
     available = torch.cuda.is_available()
     if device == "cuda" and not available:
-        raise UserError("device=cuda but this machine shows no CUDA GPU (torch.cuda.is_available() is False)")
+        raise UserError(_NO_GPU)
     use_cuda = device == "cuda" or (device == "auto" and available)
     if backend == "nccl" and not use_cuda:
         raise UserError("dist_backend=nccl needs the towers on GPUs; on the CPU use dist_backend=gloo (or auto)"

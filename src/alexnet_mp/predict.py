@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import data
+from alexnet_mp import data, placement
 from alexnet_mp.errors import UserError
 from alexnet_mp.evaluate import eval_augment, load_trained_model
 from alexnet_mp.io import atomic_write, check_not_a_folder
@@ -74,11 +73,9 @@ def _read(paths: list[Path], size: int) -> tuple[list[Path], list[torch.Tensor],
     """The readable images of ``paths`` (uint8 [3, size, size]) and one line per unreadable one."""
     kept, images, skipped = [], [], []
     for p in paths:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            img = data.load_image(p, size)
+        img, why = data.read_image(p, size)
         if img is None:
-            skipped.append(str(caught[-1].message) if caught else f"skipping unreadable image {p}")
+            skipped.append(f"skipping unreadable image {p}: {why}")
         else:
             kept.append(p)
             images.append(img)
@@ -93,12 +90,6 @@ def predict_images(model: torch.nn.Module, augment, images: torch.Tensor, ten_cr
     patches = augment.ten_crop(images)
     b, n = patches.shape[:2]
     return model(patches.flatten(0, 1)).float().view(b, n, -1).softmax(2).mean(1)
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no GPU is visible")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def _table(records: list[dict], top_k: int) -> str:
@@ -119,7 +110,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
     out = check_output_path(Path(str(cfg.output))) if cfg.output else None
-    device = _device(str(cfg.device))
+    device = placement.single_device(str(cfg.device))
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     names = class_names(blob)
     if top_k > len(names):

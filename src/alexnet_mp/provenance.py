@@ -20,25 +20,35 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["record", "config_hash", "git_state", "versions", "device_names"]
+__all__ = ["record", "config_hash", "git_state", "last_commit", "versions", "device_names"]
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` in this checkout: its output, or None where git or the checkout is missing."""
+    try:  # --no-optional-locks: a status taken beside a running job does not fight it for the index
+        out = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *args], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict[str, Any]:
     """The checkout's commit and dirty flag; None for both outside a git checkout."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = _git("rev-parse", "HEAD")
     # Untracked files (run outputs, caches) do not change the code that ran: tracked files only.
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def last_commit(path: str | Path) -> dict[str, str] | None:
+    """The commit that last changed ``path`` in this checkout and its date (``commit``, ``date``),
+    None where the file is untracked or there is no checkout."""
+    out = (_git("log", "-1", "--format=%H %cI", "--", str(Path(path).resolve())) or "").split()
+    return {"commit": out[0], "date": out[1]} if len(out) == 2 else None
 
 
 def versions() -> dict[str, Any]:

@@ -26,6 +26,7 @@ chrome://tracing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -67,7 +68,9 @@ def _traced_step(rank: int, opts: dict) -> dict:
     """Place this rank, build its tower, warm up, trace one step; what the tracer recorded."""
     from alexnet_mp import comm_trace
     from alexnet_mp.arch import arch_options
+    from alexnet_mp.config.train import OptimConfig
     from alexnet_mp.model import build_model
+    from alexnet_mp.optim import optimizer_for
     from alexnet_mp.parallel import parallelize
     from alexnet_mp.placement import place
 
@@ -78,7 +81,7 @@ def _traced_step(rank: int, opts: dict) -> dict:
     net = build_model(str(model_cfg["name"]), num_classes=int(model_cfg["num_classes"]),
                       input_size=opts["input_size"], init=str(model_cfg["init"]), **arch_options(model_cfg))
     tower = parallelize(net, group=placement.tower_group, device=device, overlap=opts["overlap"]).train()
-    optimizer = torch.optim.SGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)  # sec. 5
+    optimizer = optimizer_for(tower, dataclasses.asdict(OptimConfig()))  # the trainer's, with its defaults (sec. 5)
     g = torch.Generator().manual_seed(opts["seed"])  # the same batch on both towers
     size, batch = opts["input_size"], opts["batch_size"]
     images = (torch.randn(batch, 3, size, size, generator=g) * 60.0).to(device)

@@ -33,7 +33,7 @@ does not need it.
 from alexnet_mp.data.augment import (BatchAugment, Draws, crop_size_for, draw_augmentations, pca_shift,
                                      pca_weights, ten_crop)
 from alexnet_mp.data.images import (IMAGE_EXTENSIONS, ImageFolderImages, SyntheticImages, check_same_classes,
-                                    decode, load_image, shorter_side_centre_crop)
+                                    decode, read_image, shorter_side_centre_crop)
 from alexnet_mp.data.loader import (Batch, BatchLoader, BatchReader, EpochBatches, cores, default_workers,
                                     epoch_order, read_images, worker_context)
 from alexnet_mp.data.prepared import FORMAT_VERSION, PreparedImages, open_prepared, read_manifest
@@ -44,7 +44,7 @@ __all__ = [
     "Batch", "BatchAugment", "BatchLoader", "BatchReader", "DatasetStats", "Draws", "EpochBatches",
     "FORMAT_VERSION", "IMAGE_EXTENSIONS", "ImageFolderImages", "PreparedImages", "StatsSums", "SyntheticImages",
     "base_datasets", "check_same_classes", "compute_stats", "cores", "crop_size_for", "decode", "default_workers",
-    "draw_augmentations", "epoch_order", "load_image", "load_or_compute_stats", "open_prepared", "pca_shift",
-    "pca_weights", "read_images", "read_manifest", "shorter_side_centre_crop", "stats_from_sums", "ten_crop",
+    "draw_augmentations", "epoch_order", "load_or_compute_stats", "open_prepared", "pca_shift",
+    "pca_weights", "read_image", "read_images", "read_manifest", "shorter_side_centre_crop", "stats_from_sums", "ten_crop",
     "worker_context",
 ]

@@ -28,7 +28,7 @@ from alexnet_mp.data.seeds import TAG_CLASS, TAG_IMAGE, generator
 from alexnet_mp.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderImages", "SyntheticImages", "check_same_classes", "decode",
-           "load_image", "shorter_side_centre_crop"]
+           "read_image", "shorter_side_centre_crop"]
 
 _log = logging.getLogger("alexnet_mp.data")
 
@@ -140,7 +140,7 @@ class ImageFolderImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
         path, label = self.samples[index]
-        img, reason = _read_image(path, self.image_size)
+        img, reason = read_image(path, self.image_size)
         if img is None:
             _say_once(f"skipping unreadable image {path}: {reason}")
         return None if img is None else (img, label)
@@ -201,8 +201,9 @@ def shorter_side_centre_crop(img: Tensor, size: int) -> Tensor:
     return img[:, top:top + size, left:left + size].contiguous()
 
 
-def _read_image(path: str | Path, size: int) -> tuple[Tensor | None, str]:
-    """:func:`load_image`'s image, or None and why the file cannot be read."""
+def read_image(path: str | Path, size: int) -> tuple[Tensor | None, str]:
+    """The paper's preprocessing of one file (sec. 2): (uint8 RGB [3, size, size], ""), or
+    (None, why the file cannot be read); the caller says it, once, where it reports."""
     try:
         img = decode(Path(path).read_bytes())
         if min(img.shape[-2:]) < 1:
@@ -213,15 +214,6 @@ def _read_image(path: str | Path, size: int) -> tuple[Tensor | None, str]:
         # different line each time.
         why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e).splitlines()[0] if str(e) else "")
         return None, why or type(e).__name__
-
-
-def load_image(path: str | Path, size: int) -> Tensor | None:
-    """The paper's preprocessing of one file (sec. 2): uint8 RGB [3, size, size], or
-    ``None`` with a warning naming the file when it cannot be read."""
-    img, why = _read_image(path, size)
-    if img is None:
-        warnings.warn(f"skipping unreadable image {path}: {why}", stacklevel=2)
-    return img
 
 
 def check_same_classes(train_ds: Any, val_ds: Any) -> None:

@@ -9,7 +9,7 @@ and, for fancy PCA (sec. 4.1), the RGB covariance over the training set is neede
     python launch/prepare.py data.root=/data/ilsvrc2012 out=/data/ilsvrc2012-256 [format=jpeg]
     torchrun --nproc_per_node=2 launch/train.py data=prepared data.root=/data/ilsvrc2012-256
 
-Each image goes through :func:`alexnet_mp.data.images.load_image` (the same function
+Each image goes through :func:`alexnet_mp.data.images.read_image` (the same function
 ``data=imagefolder`` uses, so both give the same pixels), in the order and with the
 labels of :class:`~alexnet_mp.data.images.ImageFolderImages`. Unreadable files are
 skipped, named and counted. Two storage formats:

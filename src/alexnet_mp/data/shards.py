@@ -1,7 +1,7 @@
 """One shard of a prepare, in a worker process: read, resize, store (Krizhevsky et al. 2012, sec. 2).
 
 A shard is a run of consecutive images of one split. The worker passes each through
-:func:`alexnet_mp.data.images.load_image` (sec. 2: shorter side to S, central S x S
+:func:`alexnet_mp.data.images.read_image` (sec. 2: shorter side to S, central S x S
 kept; the very function ``data=imagefolder`` uses), writes it with :class:`RawWriter`
 (a memory-mapped uint8 ``.npy``) or :class:`JpegWriter` (re-encoded JPEGs and their
 offsets), sums the training images' statistics (:class:`~alexnet_mp.data.dataset_stats.StatsSums`)
@@ -27,7 +27,7 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
-from alexnet_mp.data.images import load_image
+from alexnet_mp.data.images import read_image
 from alexnet_mp.data.prepared import FORMAT_VERSION, data_names, record_name
 from alexnet_mp.data.dataset_stats import StatsSums
 from alexnet_mp.io import (DiskFull, atomic_save, atomic_write, disk_full_error, fsync_dir, publish, remove,
@@ -149,19 +149,6 @@ def shard_disk_full(err: OSError, path: Path) -> DiskFull | None:
     return None if full is None else DiskFull(f"{full}, which continues from the completed shards")
 
 
-def _load(path: Path, size: int) -> tuple[Tensor | None, str]:
-    """:func:`load_image`, its warning for an unreadable file kept as the reason (the main
-    process logs it once, in order, instead of every worker writing to stderr)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        img = load_image(path, size)
-    if img is not None:
-        return img, ""
-    reasons = [str(w.message) for w in caught if "unreadable" in str(w.message)]
-    reason = reasons[-1] if reasons else "unreadable"
-    return None, reason.split(": ", 1)[-1] if reason.startswith("skipping unreadable image") else reason
-
-
 def _write_images(task: Shard, folder: Path, stats: StatsSums | None) -> tuple[list[str], list[int], list, list]:
     """The shard's images into its data files: (their names, labels, skipped files, reasons)."""
     writer = None
@@ -170,7 +157,7 @@ def _write_images(task: Shard, folder: Path, stats: StatsSums | None) -> tuple[l
         writer = (RawWriter(folder, task.index, len(task.files), task.image_size) if task.format == "raw"
                   else JpegWriter(folder, task.index, task.jpeg_quality))
         for rel, label in task.files:
-            img, reason = _load(Path(task.source) / rel, task.image_size)
+            img, reason = read_image(Path(task.source) / rel, task.image_size)
             if img is None:
                 skipped.append(rel)
                 reasons.append(reason)

@@ -64,7 +64,6 @@ class Figure1Net(nn.Module):
 
     def __init__(self, spec: NetSpec, neuron: str, *, input_size: int = 32, in_channels: int = 3):
         super().__init__()
-        assert neuron in NEURONS, f"neuron={neuron!r}: one of {sorted(NEURONS)}"
         assert spec.towers == 1, "the Figure 1 builder makes one-tower nets"
         self.spec, self.neuron, self.input_size = spec, neuron, input_size
         self._neuron = NEURONS[neuron]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp import placement
 from alexnet_mp.data.images import ImageFolderImages, SyntheticImages
 from alexnet_mp.data.memory import decode_into_memory, subset_indices
 from alexnet_mp.errors import UserError
@@ -46,9 +47,7 @@ def _check(cfg: DictConfig) -> None:
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda, but no CUDA device is visible")
-    device = torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    device = placement.single_device(name)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape all run long: let cuDNN pick its kernels once
     return device

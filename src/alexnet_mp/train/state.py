@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from alexnet_mp import ranks
 from alexnet_mp.arch import arch_options
 from alexnet_mp.model import AlexNet, build_model
-from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
+from alexnet_mp.optim import PlateauSchedule, optimizer_for
 from alexnet_mp.parallel import parallelize
 from alexnet_mp.placement import Placement
 
@@ -187,11 +187,7 @@ def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_cl
         model = model.to(memory_format=torch.channels_last)
     model.train()
     speed.apply_backends()
-    groups = param_groups(model, weight_decay=float(optim_cfg["weight_decay"]),
-                          bias_decay=bool(optim_cfg.get("bias_decay", True)),
-                          bias_lr_mult=float(optim_cfg.get("bias_lr_mult", 1.0)))
-    optimizer = build_optimizer(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
-                                weight_decay=float(optim_cfg["weight_decay"]), rule=str(optim_cfg["rule"]))
+    optimizer = optimizer_for(model, optim_cfg)
     schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
                                              ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
     torch.manual_seed(seed + 1)  # dropout's stream, saved and restored with the checkpoint
