@@ -35,12 +35,13 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import config, provenance
-from alexnet_mp.cli import data_overrides, override_value, run_hydra, train_command
+from alexnet_mp import config
+from alexnet_mp.job import provenance
+from alexnet_mp.job.cli import data_overrides, override_value, run_hydra, train_command
 from alexnet_mp.errors import UserError
-from alexnet_mp.placement import free_port
-from alexnet_mp.reproduce.submit import run_logged
-from alexnet_mp.student_t import spread
+from alexnet_mp.parallel.placement import free_port
+from alexnet_mp.paper.reproduce.submit import run_logged
+from alexnet_mp.paper.student_t import spread
 from alexnet_mp.train import Speed
 
 # The benchmark by concern: what is compared (bench_configs), the timing processes

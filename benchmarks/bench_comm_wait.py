@@ -1,6 +1,6 @@
 """What the exchange's tracer counts as waited, on two real gloo processes.
 
-The tracer (``alexnet_mp.comm_trace``) records, for every collective of a crossing layer, its
+The tracer (``alexnet_mp.parallel.comm_trace``) records, for every collective of a crossing layer, its
 seconds from launch to completion and the part the tower waited for it. With blocking
 collectives (``comm.overlap=false``) a tower waits for all of each, so the two must agree:
 the check is that the median collective's waited / total is within ``tolerance`` of 1 on every
@@ -31,10 +31,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import build_model, comm_trace
-from alexnet_mp.cli import run_entry_point, run_hydra
-from alexnet_mp.parallel import parallelize
-from alexnet_mp.placement import free_port
+from alexnet_mp import build_model
+from alexnet_mp.parallel import comm_trace
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.parallel.towers import parallelize
+from alexnet_mp.parallel.placement import free_port
 from bench_common import cpu_name
 from bench_output import write_results
 

@@ -1,8 +1,8 @@
 """What several benchmarks share about the machine they measure: where the repository is,
 the CPU's name, waiting for a device, the device's matmul peak (the denominator of every MFU
 here), the paper's recipe the device check trains with, and a torchrun's workers. (A free port for a process group
-is :func:`alexnet_mp.placement.free_port`; the relative difference of two tensors
-:func:`alexnet_mp.compare.rel_diff`.)
+is :func:`alexnet_mp.parallel.placement.free_port`; the relative difference of two tensors
+:func:`alexnet_mp.use.compare.rel_diff`.)
 
 Benchmarks run as scripts, with ``benchmarks/`` on the path: ``from bench_common import ...``.
 """

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from alexnet_mp import config, data
-from alexnet_mp.cli import run_hydra, train_command
+from alexnet_mp.job.cli import run_hydra, train_command
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.data.reference import PaperTransform  # the per-image transform: the "before" of this benchmark
 from alexnet_mp.errors import UserError

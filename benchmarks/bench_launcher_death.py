@@ -27,8 +27,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp.cli import run_entry_point, run_hydra
-from alexnet_mp.job import alive
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.launcher import alive
 from bench_common import REPO, cpu_name, torchrun_workers
 from bench_output import write_results
 

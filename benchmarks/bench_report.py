@@ -125,7 +125,7 @@ def _time_section(results: dict) -> list[str]:
     if memory_kinds:
         lines += ["", f"Peak memory: {'; '.join(sorted(memory_kinds))}; in brackets, above the process's resident "
                       "size after importing torch. MFU: model FLOPs (3 x 2 x conv/fc "
-                      "multiply-adds per image, alexnet_mp.flops) per second over the matmul rate measured in "
+                      "multiply-adds per image, alexnet_mp.net.flops) per second over the matmul rate measured in "
                       "the same process on the same device, at the model's precision and TF32 setting, while every "
                       "process of the configuration runs one; in brackets (full-2dev), against the device's rate "
                       "when it runs alone. Comm share: from the start to the end of each collective; in brackets, "

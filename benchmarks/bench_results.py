@@ -11,8 +11,8 @@ import statistics
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp.provenance import git_state
-from alexnet_mp.student_t import paired_difference
+from alexnet_mp.job.provenance import git_state
+from alexnet_mp.paper.student_t import paired_difference
 
 from bench_common import cpu_name
 from bench_configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, TARGETS, TRAINED
@@ -104,7 +104,7 @@ def _error_differences(configs: dict) -> dict | None:
     if not both:
         return None
     differences: dict = {"definition": "full-2dev error minus half-1dev error, per seed (negative: full net better); "
-                                       "low/high: the 95% Student-t interval of the mean (alexnet_mp.student_t)",
+                                       "low/high: the 95% Student-t interval of the mean (alexnet_mp.paper.student_t)",
                          "paper": dict(PAPER_DELTAS)}
     for crop in ("center", "ten_crop"):
         differences[crop] = {}

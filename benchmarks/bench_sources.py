@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.provenance import last_commit
-from alexnet_mp.student_t import spread
+from alexnet_mp.job.provenance import last_commit
+from alexnet_mp.paper.student_t import spread
 
 from bench_configs import NAME
 

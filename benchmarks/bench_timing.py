@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 
 from alexnet_mp import count_parameters
-from alexnet_mp import comm_trace
-from alexnet_mp.flops import forward_macs
-from alexnet_mp.placement import place
+from alexnet_mp.parallel import comm_trace
+from alexnet_mp.net.flops import forward_macs
+from alexnet_mp.parallel.placement import place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
 from bench_common import measure_matmul_peak, sync

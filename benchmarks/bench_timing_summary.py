@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from alexnet_mp.flops import TRAIN_PASSES
+from alexnet_mp.net.flops import TRAIN_PASSES
 
 __all__ = ["merge_rounds", "exposed_waits", "summarise_time"]
 
@@ -63,7 +63,7 @@ def exposed_waits(ranks: list[dict], towers: int) -> dict | None:
     larger figure of its pair, summed (the slowest pair's): the most the waits can have added to
     the step whichever tower was behind. ``by_collective``: seconds per step, per collective,
     per rank. Rank r
-    is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.placement``); a pair's
+    is tower ``r % towers`` of replica ``r // towers`` (``alexnet_mp.parallel.placement``); a pair's
     towers run the same collectives in the same order.
     """
     if any(not r.get("timeline_by_step") for r in ranks):
@@ -166,7 +166,7 @@ def _comm_summary(ranks: list[dict], per_device: list[dict], steps: list[float],
         "share_of_step": statistics.fmean(d["comm_share"] for d in per_device),
         "seconds_per_step": seconds,
         "note": "seconds from the start of each collective to its end, including any wait for the slower tower "
-                "(alexnet_mp.comm_trace); waited: the part a tower waited for, not hidden behind its own compute "
+                "(alexnet_mp.parallel.comm_trace); waited: the part a tower waited for, not hidden behind its own compute "
                 "(mean over the towers); exposed: the part of that spent launching and waiting for bytes in "
                 "flight, after the partner tower had launched the collective (host timestamps; None with CUDA "
                 "events), the rest being a wait for the partner's compute (load imbalance): mean over the "

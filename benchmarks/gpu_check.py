@@ -5,8 +5,8 @@ as it ends (with torch's, CUDA's, cuDNN's and NCCL's versions):
 
 0. **LRN** (the largest item of the eager bf16 step's profile on a GPU, docs/speed.md). Forward and
    backward of the whole net's two LRN layers at batch 128: torch's
-   ``F.local_response_norm``, ``alexnet_mp.lrn`` (hand-written autograd) and the fused Triton
-   kernels (``alexnet_mp.lrn_triton``), eager and compiled, fp32 and bf16.
+   ``F.local_response_norm``, ``alexnet_mp.net.lrn`` (hand-written autograd) and the fused Triton
+   kernels (``alexnet_mp.net.lrn_triton``), eager and compiled, fp32 and bf16.
 0b. **Two processes** on the one GPU (``two_processes``, :mod:`gpu_check_two`): exactness,
    sync-free ``launch/train.py`` steps, kill -9 and resume, and the two-process step row.
 
@@ -45,14 +45,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import data, provenance
-from alexnet_mp.arch import LRN_OPTIONS, full_spec
-from alexnet_mp.cli import run_entry_point, run_hydra
+from alexnet_mp import data
+from alexnet_mp.job import provenance
+from alexnet_mp.net.arch import LRN_OPTIONS, full_spec
+from alexnet_mp.job.cli import run_entry_point, run_hydra
 from alexnet_mp.data import BatchAugment, PreparedImages
-from alexnet_mp.flops import TRAIN_PASSES, forward_macs
-from alexnet_mp.lrn import local_response_norm
-from alexnet_mp.model import AlexNet, Exchange, build_model
-from alexnet_mp.optim import PlateauSchedule, build_optimizer
+from alexnet_mp.net.flops import TRAIN_PASSES, forward_macs
+from alexnet_mp.net.lrn import local_response_norm
+from alexnet_mp.net.model import AlexNet, Exchange, build_model
+from alexnet_mp.train.optim import PlateauSchedule, build_optimizer
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
 from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, measure_matmul_peak, sync
 from bench_output import write_results
@@ -160,7 +161,7 @@ def step_part(args, device: torch.device, rows: list[dict], write) -> None:
 
 
 def _torchs_lrn(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """The net's LRN before alexnet_mp.lrn: torch's, per tower, in fp32 under bf16."""
+    """The net's LRN before alexnet_mp.net.lrn: torch's, per tower, in fp32 under bf16."""
     low = x.dtype == torch.bfloat16
     out = [F.local_response_norm(c.float() if low else c, **LRN_OPTIONS["paper"]).to(x.dtype)
            for c in x.chunk(groups, 1)]

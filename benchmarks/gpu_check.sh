@@ -2,7 +2,7 @@
 # The device check, one prepared script (at most about 8 minutes on an H200; docs/gpu.md):
 #   1. the tests marked cuda (no host synchronisation in a step, bf16/channels_last/compile against fp32)
 #      and the fused LRN's tests on the GPU (tests/test_lrn_triton.py);
-#   2. benchmarks/gpu_check.py: LRN forward+backward (torch's, alexnet_mp.lrn, the fused Triton one; eager and
+#   2. benchmarks/gpu_check.py: LRN forward+backward (torch's, alexnet_mp.net.lrn, the fused Triton one; eager and
 #      compiled; fp32 and bf16), two processes sharing the GPU (exactness, launch/train.py sync-free, kill -9
 #      and resume bit-identical, eager and compiled), the step rows of full-1dev and one tower, the data path.
 # Writes benchmarks/results/gpu-check.{json,md} after each part (and the test log beside them).

@@ -10,7 +10,7 @@ __all__ = ["versions", "markdown"]
 
 def versions() -> dict:
     """torch's, CUDA's, cuDNN's, NCCL's and Triton's versions on this machine."""
-    from alexnet_mp.placement import nccl_version
+    from alexnet_mp.parallel.placement import nccl_version
 
     try:
         import triton

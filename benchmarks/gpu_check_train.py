@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.cli import check_run_dir_override, hydra_run_dir, run_entry_point, run_hydra
+from alexnet_mp.job.cli import check_run_dir_override, hydra_run_dir, run_entry_point, run_hydra
 from alexnet_mp.train import StepHooks, train, train_step
 
 COUNTS = {"steps": 0, "syncs": 0}

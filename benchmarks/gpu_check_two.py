@@ -33,8 +33,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from alexnet_mp.compare import rel_diff
-from alexnet_mp.placement import free_port
+from alexnet_mp.use.compare import rel_diff
+from alexnet_mp.parallel.placement import free_port
 from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO
 
 TOL = 1e-5  # tests/test_parallel.py's bound for the two-process comparisons
@@ -43,7 +43,9 @@ TOL = 1e-5  # tests/test_parallel.py's bound for the two-process comparisons
 def _worker(rank: int, port: int, device: str, backend: str, env: dict, batch: int, steps: int, out: str) -> None:
     os.environ.update(env, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from alexnet_mp import build_model, parallel, placement
+    from alexnet_mp import build_model
+    from alexnet_mp.parallel import towers as parallel
+    from alexnet_mp.parallel import placement
     from alexnet_mp.train import Speed, build_run_state, train_step
 
     towers = placement.join_process_group(device=device, backend=backend, timeout_s=120)
@@ -176,7 +178,7 @@ def runs(args, backend: str, env: dict, result: dict, write, deadline: float) ->
 def two_processes(args, write, result: dict) -> None:
     """Fill ``result`` (the ``two_processes`` entry of gpu-check.json) part by part."""
     deadline = time.perf_counter() + args.two_deadline_s
-    from alexnet_mp.placement import shared_gpu_backend
+    from alexnet_mp.parallel.placement import shared_gpu_backend
 
     backend, env = shared_gpu_backend(args.device)
     result.update(backend=backend, env=env, exact=None, sync_free=None, steps=0, runs={})

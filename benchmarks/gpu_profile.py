@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
-from alexnet_mp.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import run_entry_point, run_hydra
 from alexnet_mp.train import Speed, train_step
 from bench_common import sync
 from gpu_check import build_state, inputs, time_steps  # benchmarks/ is on the path when run as a script

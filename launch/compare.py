@@ -9,8 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.cli import run_entry_point, run_hydra
-from alexnet_mp.compare import compare_runs
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.use.compare import compare_runs
 
 
 @hydra.main(config_path="../conf", config_name="compare", version_base="1.3")

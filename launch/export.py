@@ -7,8 +7,8 @@ import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.cli import run_entry_point, run_hydra
-from alexnet_mp.export import export_model
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.use.export import export_model
 
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")

@@ -9,8 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.cli import run_entry_point, run_hydra
-from alexnet_mp.figure1 import figure1
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.paper.figure1 import figure1
 
 
 @hydra.main(config_path="../conf", config_name="figure1", version_base="1.3")

@@ -8,8 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.cli import run_entry_point, run_hydra
-from alexnet_mp.figure2 import make_figure2
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.paper.figure2 import make_figure2
 
 
 @hydra.main(config_path="../conf", config_name="figure2", version_base="1.3")

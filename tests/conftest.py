@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import alexnet_mp.config  # noqa: E402,F401 - registers the schema that conf/*.yaml names (base_train, ...)
-from alexnet_mp.compare import rel_diff  # noqa: E402,F401 - the exactness measure the test modules import from here
+from alexnet_mp.use.compare import rel_diff  # noqa: E402,F401 - the exactness measure the test modules import from here
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

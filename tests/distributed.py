@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.placement import Placement, free_port, join_process_group
+from alexnet_mp.parallel.placement import Placement, free_port, join_process_group
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
@@ -35,7 +35,7 @@ def run_ranks(fn, *args, world: int = 2) -> list:
 
 def init_towers(*, towers: int = 2, threads: int | None = None, device: str = "auto",
                 init_method: str | None = None) -> Placement:
-    """:func:`alexnet_mp.placement.join_process_group`, after checking there is exactly one process per tower."""
+    """:func:`alexnet_mp.parallel.placement.join_process_group`, after checking there is exactly one process per tower."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != towers:
         raise UserError(

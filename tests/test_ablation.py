@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_mp import build_model, count_parameters
-from alexnet_mp.arch import feature_map_sizes
-from alexnet_mp.optim import PlateauSchedule, build_optimizer, param_groups
-from alexnet_mp.parallel import parallelize, shard_state_dict
+from alexnet_mp.net.arch import feature_map_sizes
+from alexnet_mp.train.optim import PlateauSchedule, build_optimizer, param_groups
+from alexnet_mp.parallel.towers import parallelize, shard_state_dict
 from conftest import ROOT, config_error, rel_diff
 from distributed import run_ranks
 

@@ -13,12 +13,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from alexnet_mp import build_model
-from alexnet_mp.arch import full_spec
-from alexnet_mp.cli import data_overrides
+from alexnet_mp.net.arch import full_spec
+from alexnet_mp.job.cli import data_overrides
 from alexnet_mp.errors import UserError
-from alexnet_mp.flops import forward_flops, forward_macs, layer_macs, train_flops
-from alexnet_mp.model import AlexNet
-from alexnet_mp.student_t import spread
+from alexnet_mp.net.flops import forward_flops, forward_macs, layer_macs, train_flops
+from alexnet_mp.net.model import AlexNet
+from alexnet_mp.paper.student_t import spread
 from conftest import CONF, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # as when a benchmark runs; spawned timing processes inherit it
@@ -134,7 +134,7 @@ def test_benchmark_writes_every_figure_on_a_tiny_configuration(tmp_path, monkeyp
                                                                                        input_size=67))
     assert sum(d["parameters"] for d in full2["per_device"]) == full1["per_device"][0]["parameters"]
     assert [d["device"] for d in full2["per_device"]] != [full2["per_device"][0]["device"]] * 2  # own cores
-    # Only the two-device run talks, and what it sends is counted by the benchmark's tracer (alexnet_mp.comm_trace).
+    # Only the two-device run talks, and what it sends is counted by the benchmark's tracer (alexnet_mp.parallel.comm_trace).
     assert half["comm"] is None and full1["comm"] is None and neighbour["comm"] is None
     assert full2["comm"]["bytes_per_image_per_device"] > 0 and 0 <= full2["comm"]["share_of_step"] < 1
     comm = full2["comm"]

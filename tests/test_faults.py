@@ -49,7 +49,7 @@ def stopped(tmp_path_factory) -> tuple[Path, int, str]:
 
 
 def test_a_stop_signal_saves_and_exits_with_the_preemption_status(stopped):
-    from alexnet_mp.preempt import EXIT_PREEMPTED
+    from alexnet_mp.job.preempt import EXIT_PREEMPTED
 
     run, status, out = stopped
     lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]
@@ -112,7 +112,7 @@ def test_a_full_tmpfs_while_checkpointing_is_one_line(stopped, tmp_path):
 
 def test_a_full_disk_under_the_metrics_and_tensorboard_is_one_line(tmp_path):
     from alexnet_mp.io import DiskFull
-    from alexnet_mp.metrics_log import MetricsLog
+    from alexnet_mp.job.metrics_log import MetricsLog
 
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -145,7 +145,7 @@ def _step(run: Path, n: int) -> Path:
 
 
 def test_a_corrupt_shard_of_the_same_size_fails_its_checksum(three_checkpoints, tmp_path):
-    from alexnet_mp.checkpoint import CheckpointStore
+    from alexnet_mp.job.checkpoint import CheckpointStore
 
     run = tmp_path / "run"
     shutil.copytree(three_checkpoints, run)

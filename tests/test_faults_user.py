@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet_mp.job import alive
+from alexnet_mp.job.launcher import alive
 from conftest import (ROOT, TINY, command, error_line, final_state, image_folder, job_env, launch, ok,
                       published_checkpoint)
 

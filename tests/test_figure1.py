@@ -1,4 +1,4 @@
-"""Figure 1 (alexnet_mp.figure1): the four-layer net's table and shapes against a hand-written
+"""Figure 1 (alexnet_mp.paper.figure1): the four-layer net's table and shapes against a hand-written
 reference, the rate search, the reading of the epoch reaching 25%, and the command run tiny."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.figure1 import Figure1Net, Images, Recipe, epoch_at_target, fastest_rate, figure1, figure1_spec, \
+from alexnet_mp.paper.figure1 import Figure1Net, Images, Recipe, epoch_at_target, fastest_rate, figure1, figure1_spec, \
     map_sizes, ratio_summary, train_curve
 from conftest import ROOT, SHARED_DATA, command, compose_config, job_env
 

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from alexnet_mp import build_model
-from alexnet_mp.figure2 import crossings, figure_spec, make_figure2
+from alexnet_mp.paper.figure2 import crossings, figure_spec, make_figure2
 from conftest import ROOT
 
 SIZE, BATCH, CLASSES = 67, 2, 7  # 7 classes: the logits split 4 + 3 and travel padded to 4

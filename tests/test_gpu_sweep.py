@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT, compose_config
 
-from alexnet_mp.reproduce import CONFIGS, plan_runs
+from alexnet_mp.paper.reproduce import CONFIGS, plan_runs
 
 
 

@@ -1,4 +1,4 @@
-"""alexnet_mp.lrn: the hand-written LRN against torch's and against autograd's own gradient."""
+"""alexnet_mp.net.lrn: the hand-written LRN against torch's and against autograd's own gradient."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet_mp.lrn import local_response_norm
+from alexnet_mp.net.lrn import local_response_norm
 
 
 def _torchs(x, groups, **p):

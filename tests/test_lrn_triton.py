@@ -1,4 +1,4 @@
-"""alexnet_mp.lrn_triton, the fused LRN, against torch's ``local_response_norm`` (values and
+"""alexnet_mp.net.lrn_triton, the fused LRN, against torch's ``local_response_norm`` (values and
 gradients), run on the CPU by Triton's interpreter (tiny shapes: the interpreter is slow)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch.nn.functional as F  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from alexnet_mp import lrn_triton  # noqa: E402
-from alexnet_mp.arch import LRN_OPTIONS  # noqa: E402
-from alexnet_mp.lrn import local_response_norm  # noqa: E402
+from alexnet_mp.net import lrn_triton
+from alexnet_mp.net.arch import LRN_OPTIONS  # noqa: E402
+from alexnet_mp.net.lrn import local_response_norm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs a GPU or Triton's interpreter")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alexnet_mp import build_model, count_parameters
-from alexnet_mp.arch import LRN_OPTIONS, feature_map_sizes
+from alexnet_mp.net.arch import LRN_OPTIONS, feature_map_sizes
 from alexnet_mp.errors import UserError
 from conftest import config_error
 

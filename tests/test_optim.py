@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.optim import PaperSGD, PlateauSchedule, build_optimizer
+from alexnet_mp.train.optim import PaperSGD, PlateauSchedule, build_optimizer
 
 
 def _grads(steps: int, shape=(7, 5)) -> list[torch.Tensor]:

@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet_mp import build_model, collectives, comm, comm_trace
-from alexnet_mp.arch import feature_map_sizes, split_sizes
-from alexnet_mp.comm import TowerExchange
-from alexnet_mp.comm_trace import CommTrace
-from alexnet_mp.parallel import parallelize, shard_state_dict
+from alexnet_mp import build_model
+from alexnet_mp.parallel import collectives
+from alexnet_mp.parallel import comm
+from alexnet_mp.parallel import comm_trace
+from alexnet_mp.net.arch import feature_map_sizes, split_sizes
+from alexnet_mp.parallel.comm import TowerExchange
+from alexnet_mp.parallel.comm_trace import CommTrace
+from alexnet_mp.parallel.towers import parallelize, shard_state_dict
 from conftest import rel_diff
 from distributed import run_ranks_together
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_mp import build_model
-from alexnet_mp import comm_trace
+from alexnet_mp.parallel import comm_trace
 from alexnet_mp.errors import UserError
-from alexnet_mp.parallel import full_state_dict, parallelize, shard_state_dict
+from alexnet_mp.parallel.towers import full_state_dict, parallelize, shard_state_dict
 from conftest import rel_diff
 from distributed import init_towers, run_ranks_together
 
@@ -173,7 +173,7 @@ def test_wrong_process_count_is_one_line_error(monkeypatch, world):
 
 
 def _gradients_both_ways(rank: int) -> dict:
-    from alexnet_mp import collectives
+    from alexnet_mp.parallel import collectives
 
     torch.manual_seed(0)
     full = build_model("full", num_classes=CLASSES, input_size=SIZE).eval()
@@ -206,5 +206,5 @@ def test_backward_by_reduce_scatter_and_by_all_reduce_give_the_same_gradients(sp
     (ValueError("connection closed"), False),  # only the errors collectives raise
 ])
 def test_lost_peers_are_told_from_other_errors(err, lost):
-    from alexnet_mp.ranks import is_lost_peer
+    from alexnet_mp.parallel.ranks import is_lost_peer
     assert is_lost_peer(err) is lost

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from alexnet_mp import placement
+from alexnet_mp.parallel import placement
 from alexnet_mp.errors import UserError
-from alexnet_mp.placement import DeviceView, choose_backend, gpu_index, local_view, wants_cuda
+from alexnet_mp.parallel.placement import DeviceView, choose_backend, gpu_index, local_view, wants_cuda
 from conftest import one_line
 from distributed import free_port
 

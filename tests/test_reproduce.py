@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet_mp.evaluate import load_trained_model
-from alexnet_mp.figures import chromatic_share, kernel_grid, nearest_neighbours, tower_chromatic_shares
-from alexnet_mp.reproduce import CONFIGS, plan_runs, preset_keys, summarise
-from alexnet_mp.student_t import paired_difference, spread, t975
+from alexnet_mp.use.evaluate import load_trained_model
+from alexnet_mp.paper.figures34 import chromatic_share, kernel_grid, nearest_neighbours, tower_chromatic_shares
+from alexnet_mp.paper.reproduce import CONFIGS, plan_runs, preset_keys, summarise
+from alexnet_mp.paper.student_t import paired_difference, spread, t975
 from conftest import ROOT
 
 
@@ -249,7 +249,7 @@ def test_a_run_that_ends_at_chance_is_named():
                 "chance_top1_err": 0.9, **{crop: {"top1_err": err, "top5_err": 0.5} for crop in ("center", "ten_crop")}}
     s = summarise([run("full", 0, 0.6), run("no_lrn", 0, 0.9), run("no_lrn", 1, 0.7)], ["full", "no_lrn"])
     assert s["full"]["at_chance"] == [] and s["no_lrn"]["at_chance"] == [0]
-    from alexnet_mp.reproduce import markdown
+    from alexnet_mp.paper.reproduce import markdown
 
     assert "ended at chance error (the net stopped learning; their differences measure a training failure): " \
            "no_lrn (seed 0)." in markdown(s, {"data": "d", "epochs": 1})
@@ -296,7 +296,7 @@ def test_slurm_jobs_through_a_stand_in_sbatch(tmp_path):
 
     from omegaconf import OmegaConf
 
-    from alexnet_mp.reproduce import Sweep
+    from alexnet_mp.paper.reproduce import Sweep
 
     bin_dir, record = tmp_path / "bin", tmp_path / "record"
     bin_dir.mkdir()

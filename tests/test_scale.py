@@ -97,7 +97,7 @@ def _half_net_trained(rank: int, replicas: int, steps: int) -> dict:
     (its rows of each global batch, gradients averaged by DDP) or as one process."""
     import torch.distributed as dist
 
-    from alexnet_mp.placement import Placement
+    from alexnet_mp.parallel.placement import Placement
     from alexnet_mp.train import build_run_state, train_step
 
     torch.set_default_dtype(torch.float64)

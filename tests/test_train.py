@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_mp import data, ranks
+from alexnet_mp import data
+from alexnet_mp.parallel import ranks
 from conftest import ROOT, SHARED_DATA, TINY, error_line, final_state, image_folder, launch, ok, published_checkpoint, start
 from distributed import run_ranks
 

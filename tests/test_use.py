@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from alexnet_mp.errors import UserError
-from alexnet_mp.evaluate import load_trained_model, open_data
+from alexnet_mp.use.evaluate import load_trained_model, open_data
 from conftest import launch, ok, one_error_line, rel_diff
 
 CLASSES = 3
@@ -90,7 +90,7 @@ def test_predict_agrees_with_evaluate_image_by_image(trained, evaluated):
 
 
 def test_ten_crop_prediction_matches_the_ten_crop_error(trained, evaluated):
-    from alexnet_mp.predict import predict
+    from alexnet_mp.use.predict import predict
 
     tmp, run = trained
     records = predict(cfg(checkpoint=str(run), images=str(tmp / "data" / "val"), ten_crop=True, top_k=1))
@@ -99,7 +99,7 @@ def test_ten_crop_prediction_matches_the_ten_crop_error(trained, evaluated):
 
 
 def test_predict_bad_input_is_one_line(trained, tmp_path):
-    from alexnet_mp.predict import predict
+    from alexnet_mp.use.predict import predict
 
     tmp, run = trained
     junk = tmp_path / "junk.pt"
@@ -162,11 +162,11 @@ def test_onnx_export_gives_torchs_logits_in_onnxruntime(trained):
 
 @torch.no_grad()
 def test_onnx_lrn_keeps_torchs_alpha_over_size_and_the_towers_apart():
-    """ONNX's LRN against alexnet_mp.lrn on activations large enough that alpha matters."""
-    from alexnet_mp.arch import LRN_OPTIONS
-    from alexnet_mp.export import export_onnx, onnx_lrn
-    from alexnet_mp.lrn import local_response_norm
-    from alexnet_mp.model import build_model
+    """ONNX's LRN against alexnet_mp.net.lrn on activations large enough that alpha matters."""
+    from alexnet_mp.net.arch import LRN_OPTIONS
+    from alexnet_mp.use.export import export_onnx, onnx_lrn
+    from alexnet_mp.net.lrn import local_response_norm
+    from alexnet_mp.net.model import build_model
 
     class Norm(torch.nn.Module):
         def __init__(self):
@@ -202,7 +202,7 @@ def test_torch_export_program_and_bad_out(trained, tmp_path):
     program = torch.export.load(str(out), extra_files=extra)
     assert rel_diff(program.module()(x), model(x)) < 1e-5
     assert json.loads(extra["metadata.json"])["crop_size"] == str(crop)
-    from alexnet_mp.export import export_model
+    from alexnet_mp.use.export import export_model
 
     def bad_out(out: Path) -> str:
         with pytest.raises(UserError) as err:

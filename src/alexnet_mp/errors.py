@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from alexnet_mp import job
+from alexnet_mp.job import launcher as job
 
 __all__ = ["UserError", "QuietStop", "first_error_of_job", "another_rank_reported"]
 
@@ -34,7 +34,7 @@ def _shared_notes() -> bool:
 
 def first_error_of_job() -> bool:
     """True in the first process of the job to report an error, False in any later one: the
-    first leaves a note (:func:`alexnet_mp.job.first_note`) before it exits, so a rank whose
+    first leaves a note (:func:`alexnet_mp.job.launcher.first_note`) before it exits, so a rank whose
     peer failed finds it and stays quiet instead of printing a second line onto the terminal."""
     return not _shared_notes() or job.first_note("error")
 

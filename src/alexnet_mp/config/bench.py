@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from alexnet_mp.arch import GEOMETRIES
+from alexnet_mp.net.arch import GEOMETRIES
 from alexnet_mp.config.data import DataConfig
 from alexnet_mp.config.schema import setting
 from alexnet_mp.config.train import COMPILE_MODES, DEVICES, CommConfig

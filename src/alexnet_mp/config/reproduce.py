@@ -12,7 +12,7 @@ from alexnet_mp.config.data import DataConfig
 from alexnet_mp.config.schema import setting
 from alexnet_mp.config.train import DEVICES
 
-LAUNCHERS = ("local", "submitit_local", "slurm")  # who runs each training run (alexnet_mp.reproduce.submit)
+LAUNCHERS = ("local", "submitit_local", "slurm")  # who runs each training run (alexnet_mp.paper.reproduce.submit)
 
 __all__ = ["ReproduceConfig", "SlurmConfig", "LAUNCHERS", "store"]
 

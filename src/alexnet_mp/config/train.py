@@ -3,7 +3,7 @@
 
 The net's switches follow the paper's sections (3.3 LRN, 3.4 pooling, 4.2 dropout, 5 the
 initialisation and SGD, 7 a removed middle layer); the words each accepts come from the
-architecture's own tables in :mod:`alexnet_mp.arch`. A field with
+architecture's own tables in :mod:`alexnet_mp.net.arch`. A field with
 ``resume="may_change"`` says how long or how fast a run goes, not what it computes: a run may
 be resumed with another value (:data:`RESUME_MAY_CHANGE`).
 """
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from alexnet_mp.arch import GEOMETRIES, INITS, LRN_CHOICES, POOLINGS, REMOVABLE
+from alexnet_mp.net.arch import GEOMETRIES, INITS, LRN_CHOICES, POOLINGS, REMOVABLE
 from alexnet_mp.config.data import DataConfig, ImageFolderData, PreparedData, SyntheticData
 from alexnet_mp.config.schema import MAY_CHANGE, resume_may_change, setting
 

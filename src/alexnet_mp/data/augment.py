@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from alexnet_mp.arch import GEOMETRIES, MIN_INPUT_SIZE
+from alexnet_mp.net.arch import GEOMETRIES, MIN_INPUT_SIZE
 from alexnet_mp.data.seeds import TAG_AUGMENT, mix
 from alexnet_mp.data.dataset_stats import DatasetStats
 from alexnet_mp.errors import UserError

@@ -152,7 +152,7 @@ _said: set[str] = set()
 def _say_once(line: str) -> None:
     """One warning line per job, however many processes (ranks, loader workers) and epochs
     meet the file: the first to note it in the job's shared folder says it."""
-    from alexnet_mp import job
+    from alexnet_mp.job import launcher as job
 
     if line not in _said:
         _said.add(line)

@@ -1,7 +1,7 @@
 """Checkpointing policy: what a checkpoint must match to be resumed (``model_signature``,
 ``check_resumable``), when the run state is saved (``every_steps``, each epoch, a clean
 ``max_steps`` stop, a stop signal) and that nothing non-finite is ever saved over a good one.
-The files themselves are :class:`alexnet_mp.checkpoint.CheckpointStore`'s (atomic, per tower,
+The files themselves are :class:`alexnet_mp.job.checkpoint.CheckpointStore`'s (atomic, per tower,
 checksummed)."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import ranks
-from alexnet_mp.checkpoint import CheckpointStore
+from alexnet_mp.parallel import ranks
+from alexnet_mp.job.checkpoint import CheckpointStore
 from alexnet_mp.config.schema import flatten
 from alexnet_mp.config.train import RESUME_MAY_CHANGE
 from alexnet_mp.errors import UserError
-from alexnet_mp.arch import arch_options
-from alexnet_mp.preempt import PreemptionFlag, save_on_stop
+from alexnet_mp.net.arch import arch_options
+from alexnet_mp.job.preempt import PreemptionFlag, save_on_stop
 from alexnet_mp.train.state import RunState
 
 __all__ = ["Checkpoints", "model_signature", "check_resumable"]

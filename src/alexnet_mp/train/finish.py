@@ -11,9 +11,10 @@ import time
 
 from omegaconf import OmegaConf
 
-from alexnet_mp import provenance, ranks
+from alexnet_mp.job import provenance
+from alexnet_mp.parallel import ranks
 from alexnet_mp.io import atomic_save, atomic_write
-from alexnet_mp.parallel import full_state_dict
+from alexnet_mp.parallel.towers import full_state_dict
 from alexnet_mp.train.start import Run
 
 __all__ = ["finish_run"]

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import data, ranks
+from alexnet_mp import data
+from alexnet_mp.parallel import ranks
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
 

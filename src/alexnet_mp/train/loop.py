@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import torch
 from omegaconf import DictConfig
 
-from alexnet_mp import ranks
-from alexnet_mp.metrics_log import MetricsLog
-from alexnet_mp.preempt import PreemptionFlag, StopRequested
+from alexnet_mp.parallel import ranks
+from alexnet_mp.job.metrics_log import MetricsLog
+from alexnet_mp.job.preempt import PreemptionFlag, StopRequested
 from alexnet_mp.progress import Progress
-from alexnet_mp.topk import topk_wrong
+from alexnet_mp.net.topk import topk_wrong
 from alexnet_mp.train.checkpoint_policy import Checkpoints
 from alexnet_mp.train.inputs import Inputs
 from alexnet_mp.train.state import Position, RunState

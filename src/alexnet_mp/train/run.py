@@ -7,9 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from alexnet_mp.checkpoint import CheckpointStore
-from alexnet_mp.preempt import PreemptionFlag
-from alexnet_mp.rundir import RunLock
+from alexnet_mp.job.checkpoint import CheckpointStore
+from alexnet_mp.job.preempt import PreemptionFlag
+from alexnet_mp.job.rundir import RunLock
 from alexnet_mp.train.finish import finish_run
 from alexnet_mp.train.loop import train_epochs
 from alexnet_mp.train.start import agree_on_run_dir, place_run, start_run

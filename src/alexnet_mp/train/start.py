@@ -11,13 +11,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp import comm, ranks
-from alexnet_mp.checkpoint import CheckpointStore
+from alexnet_mp.parallel import comm
+from alexnet_mp.parallel import ranks
+from alexnet_mp.job.checkpoint import CheckpointStore
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import atomic_write
-from alexnet_mp.metrics_log import MetricsLog
-from alexnet_mp.placement import Placement, place
-from alexnet_mp.rundir import make_run_dir
+from alexnet_mp.job.metrics_log import MetricsLog
+from alexnet_mp.parallel.placement import Placement, place
+from alexnet_mp.job.rundir import make_run_dir
 from alexnet_mp.train.checkpoint_policy import Checkpoints, model_signature
 from alexnet_mp.train.inputs import Data, Inputs, build_data
 from alexnet_mp.train.state import RunState, Speed, build_run_state

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from alexnet_mp import ranks
-from alexnet_mp.arch import arch_options
-from alexnet_mp.model import AlexNet, build_model
-from alexnet_mp.optim import PlateauSchedule, optimizer_for
-from alexnet_mp.parallel import parallelize
-from alexnet_mp.placement import Placement
+from alexnet_mp.parallel import ranks
+from alexnet_mp.net.arch import arch_options
+from alexnet_mp.net.model import AlexNet, build_model
+from alexnet_mp.train.optim import PlateauSchedule, optimizer_for
+from alexnet_mp.parallel.towers import parallelize
+from alexnet_mp.parallel.placement import Placement
 
 __all__ = ["Position", "Speed", "RunState", "build_run_state"]
 

@@ -8,10 +8,10 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from alexnet_mp import ranks
-from alexnet_mp.checkpoint import CheckpointStore
+from alexnet_mp.parallel import ranks
+from alexnet_mp.job.checkpoint import CheckpointStore
 from alexnet_mp.errors import QuietStop, UserError, another_rank_reported
-from alexnet_mp.placement import Placement
+from alexnet_mp.parallel.placement import Placement
 
 __all__ = ["lost_processes_stop_the_run"]
 

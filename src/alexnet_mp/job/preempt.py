@@ -1,0 +1,131 @@
+"""Preemption: a scheduler's signal stops every rank at the same step and saves that position.
+
+SIGTERM (a time limit, a preemption, torchrun forwarding either), SIGINT (Ctrl-C) and SIGUSR1
+(``#SBATCH --signal=B:USR1@120``) only set a flag: a handler that did more could run in the
+middle of a collective or a checkpoint write. At each step boundary (and between validation
+batches) every rank asks, with one tiny all-reduce, whether any rank holds the flag, so all
+stop at the same step; the run then saves a checkpoint of exactly that position and every
+process exits with :data:`EXIT_PREEMPTED`. A second signal (the scheduler signals every
+process *and* torchrun forwards it) finds the flag already set.
+
+The same flag stops a run whose launcher died (:func:`alexnet_mp.job.launcher.launcher_gone`, asked
+before each agreement: no collective of its own). The agreement carries the cause, so every
+rank saves the same step and rank 0 names the launcher even when another rank noticed first.
+
+    flag = PreemptionFlag.install()
+    ...
+    flag.check()              # collective; raises StopRequested on every rank together
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from alexnet_mp.job import launcher as job
+
+__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
+           "exit_preempted"]
+
+# sysexits' EX_TEMPFAIL ("try again later"): distinct from 1 (an error) and from 128+N (killed
+# by a signal), so a job script can requeue on it.
+EXIT_PREEMPTED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# The causes the ranks agree on (the largest wins): none, a stop signal, the launcher gone.
+_NONE, _SIGNAL, _LAUNCHER_GONE = 0, 1, 2
+
+
+class StopRequested(Exception):
+    """Every rank agreed to stop at this step boundary."""
+
+
+class Preempted(Exception):
+    """The run stopped on a signal and saved its position; printed once, exit :data:`EXIT_PREEMPTED`."""
+
+    def __init__(self, cause: str, step: int, saved: Path | None):
+        """``cause``: "stopped by SIGTERM", "the launcher (...) is gone; stopped", ..."""
+        self.cause, self.step, self.saved = cause, step, saved
+        where = f"saved {saved}" if saved is not None else "nothing to save yet"
+        super().__init__(f"{cause} at step {step}; {where}; continue with resume=true (or resume=auto)")
+
+
+class PreemptionFlag:
+    """The stop signals' flag in this process, and the collective that agrees on it."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.agreed = _NONE  # the cause every rank agreed on
+        self._previous: dict[int, object] = {}
+        self._group = None
+
+    @classmethod
+    def install(cls) -> "PreemptionFlag":
+        """Catch the stop signals (collective under NCCL: it makes a small gloo group for the flag)."""
+        flag = cls()
+        if dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() != "gloo":
+            # On the CPU: asking every step must not make the host wait for the GPU.
+            flag._group = dist.new_group(backend="gloo")
+        for sig in STOP_SIGNALS:
+            flag._previous[sig] = signal.signal(sig, flag._note)
+        return flag
+
+    def _note(self, signum: int, frame) -> None:  # noqa: ARG002
+        if self.received is None:  # the first signal names the stop; a forwarded copy changes nothing
+            self.received = signum
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @property
+    def cause(self) -> str:
+        """What stopped the run, as the stop line begins."""
+        if self.agreed == _LAUNCHER_GONE:
+            return (f"{job.launcher_name()} is gone; stopped" if job.launcher_gone()
+                    else "the launcher (torchrun) of another rank is gone; stopped")
+        if self.received is not None:
+            return f"stopped by {signal.Signals(self.received).name}"
+        return "stopped by a signal to another rank"
+
+    def requested(self) -> bool:
+        """Collective: True on every rank when any rank has received a stop signal or lost its launcher."""
+        mine = _LAUNCHER_GONE if job.launcher_gone() else _SIGNAL if self.received is not None else _NONE
+        if dist.is_initialized() and dist.get_world_size(self._group) > 1:
+            # The flag's group is gloo (install): a CPU tensor, no wait for a GPU.
+            t = torch.tensor([mine], dtype=torch.int32)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
+            mine = int(t.item())
+        self.agreed = mine
+        return mine != _NONE
+
+    def check(self) -> None:
+        """Collective: raise :class:`StopRequested` on every rank together when a stop was asked for."""
+        if self.requested():
+            raise StopRequested()
+
+
+@contextmanager
+def save_on_stop(flag: PreemptionFlag, save: Callable[[], Path | None], step: Callable[[], int]) -> Iterator[None]:
+    """Turn an agreed stop into a checkpoint of the position reached and :class:`Preempted`."""
+    try:
+        yield
+    except StopRequested:
+        saved = save()
+        raise Preempted(flag.cause, step(), saved) from None
+
+
+def exit_preempted(message: str, main: bool) -> None:
+    """Print the stop once per job (the main process) and leave with :data:`EXIT_PREEMPTED`."""
+    import sys
+
+    if main:
+        print(f"alexnet_mp: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_PREEMPTED)

@@ -1,0 +1,1 @@
+"""Uses of a trained net: evaluate, predict, export, compare two runs."""
