@@ -171,7 +171,7 @@ def data_overrides(data_cfg: DictConfig) -> list[str]:
 def train_command(overrides: list[str], processes: int = 1, torchrun: bool = True) -> list[str]:
     """``launch/train.py`` with ``overrides``: under torchrun with ``processes`` processes on this
     machine, or (``torchrun=False``) in one plain python process; the sweep and the benchmark launch it so."""
-    script = str(Path(__file__).resolve().parents[2] / "launch" / "train.py")
+    script = str(Path(__file__).resolve().parents[3] / "launch" / "train.py")
     if not torchrun:
         return [sys.executable, script, *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", script,

@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["record", "config_hash", "git_state", "last_commit", "versions", "device_names"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _git(*args: str) -> str | None:

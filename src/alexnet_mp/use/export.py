@@ -100,7 +100,7 @@ def export_onnx(net: torch.nn.Module, crop: int) -> bytes:
         path = Path(tmp) / "net.onnx"
         torch.onnx.export(net.eval(), (_example(net, crop),), str(path), dynamo=True, opset_version=OPSET,
                           input_names=["crops"], output_names=["logits"], dynamic_shapes=({0: batch},),
-                          custom_translation_table={torch.ops.alexnet_mp.net.lrn.default: _lrn_translation()},
+                          custom_translation_table={torch.ops.alexnet_mp.lrn.default: _lrn_translation()},
                           external_data=False, verbose=False, report=False)
         return path.read_bytes()
 

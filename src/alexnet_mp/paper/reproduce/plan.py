@@ -12,7 +12,7 @@ from alexnet_mp.errors import UserError
 
 __all__ = ["REPO", "CONFIGS", "PAPER_DELTAS", "preset_keys", "plan_runs"]
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 # name -> (overrides for launch/train.py, what the paper says of it). "full" is the reference.
 CONFIGS = {
