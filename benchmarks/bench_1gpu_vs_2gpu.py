@@ -83,10 +83,6 @@ def _speed_settings(cfg: DictConfig) -> dict:
     return {k: cfg.get(k, getattr(Speed, k)) for k in Speed.KEYS}
 
 
-def _conf_group(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / f"{name}.yaml"), resolve=True)
-
-
 def time_configuration(name: str, cfg: DictConfig, plan: dict, shape: dict | None = None) -> list[dict]:
     """Run one configuration's timing processes; return each rank's raw measurements.
     ``shape`` (devices=N): the model, towers and replicas of a configuration not in CONFIGS."""
@@ -99,15 +95,13 @@ def time_configuration(name: str, cfg: DictConfig, plan: dict, shape: dict | Non
     size = cfg.peak_matmul_size
     if size == "auto":
         size = 8192 if plan["kind"] == "gpu" else 2048
+    # The net and recipe timed are the paper's (sec. 5), the schema's defaults (bench_timing.time_worker).
     job = {"name": name, "model": model, "kind": plan["kind"], "backend": plan["backend"],
            "cores": plan["cores"], "threads": int(cfg.threads), "seed": int(cfg.seeds[0]),
            "batch": int(cfg.batch), "input_size": int(cfg.input_size), "geometry": str(cfg.geometry),
            "num_classes": int(cfg.num_classes), "warmup": int(cfg.warmup_steps), "timed": int(cfg.timed_steps),
            "matmul_size": int(size), "matmul_seconds": float(cfg.peak_matmul_seconds),
-           "towers": towers, "replicas": replicas, "speed": _speed_settings(cfg), "overlap": bool(cfg.comm.overlap),
-           # The paper's net and recipe (sec. 5): conf/model, conf/optim and conf/schedule as shipped.
-           "model_cfg": {"geometry": str(cfg.geometry), "lrn": "paper", "init": "paper"},
-           "optim_cfg": _conf_group("optim/sgd"), "schedule_cfg": _conf_group("schedule/plateau")}
+           "towers": towers, "replicas": replicas, "speed": _speed_settings(cfg), "overlap": bool(cfg.comm.overlap)}
     print(f"[{name}] timing {job['model']} net on {world} device(s), batch {job['batch']}, "
           f"{job['input_size']}px: {job['warmup']} warm-up + {job['timed']} timed steps", flush=True)
     with tempfile.TemporaryDirectory() as out_dir:

@@ -16,6 +16,7 @@ middle conv layer removed (sec. 7).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from alexnet_mp.errors import UserError
@@ -216,10 +217,11 @@ ARCH_DEFAULTS = {"geometry": "224", "lrn": "paper", "pool": "overlap", "dropout"
 
 
 def arch_options(model_cfg) -> dict:
-    """The architecture keywords of :func:`alexnet_mp.net.model.build_model` from a ``conf/model``
-    mapping (or a checkpoint's model signature); keys it lacks take the paper's values."""
+    """The architecture keywords of :func:`alexnet_mp.net.model.build_model` from a model config
+    (:class:`alexnet_mp.config.train.ModelConfig`, or its node of a composed config) or from a
+    checkpoint's model signature (a mapping); keys it lacks take the paper's values."""
     out = {}
     for key, default in ARCH_DEFAULTS.items():
-        value = model_cfg.get(key, default) if hasattr(model_cfg, "get") else default
+        value = model_cfg.get(key, default) if isinstance(model_cfg, Mapping) else getattr(model_cfg, key, default)
         out[key] = None if value is None else type(default)(value) if default is not None else str(value)
     return out
