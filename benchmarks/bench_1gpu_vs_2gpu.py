@@ -30,14 +30,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import config
 from alexnet_mp.job import provenance
-from alexnet_mp.job.cli import data_overrides, override_value, run_hydra, train_command
+from alexnet_mp.job.cli import Job, data_overrides, override_value, run_hydra, train_command
 from alexnet_mp.errors import UserError
 from alexnet_mp.parallel.placement import free_port
 from alexnet_mp.paper.reproduce.submit import run_logged
@@ -315,8 +314,7 @@ def _error_part(cfg: DictConfig, plan: dict, seeds: list[int], run_dir: Path) ->
         return {name: {"skipped": f"failed: {failure}"} for name in TRAINED}, failure
 
 
-@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, job: Job) -> None:  # noqa: ARG001 - its own one-line errors
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -327,4 +325,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="bench")

@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp import data
 from alexnet_mp.job import provenance
 from alexnet_mp.net.arch import LRN_OPTIONS, full_spec
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.net.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.net.lrn import local_response_norm
@@ -275,9 +274,8 @@ def data_part(args, device: torch.device, work: Path) -> dict:
             "memory_images_per_s": memory_rate, "ratio": loader_rate / memory_rate}
 
 
-@hydra.main(config_path="../conf", config_name="gpu_check", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: check(cfg), cfg)  # cfg checked against its schema (GpuCheckConfig) first
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: check(cfg), cfg)  # cfg checked against its schema (GpuCheckConfig) first
 
 
 def check(cfg: DictConfig) -> None:
@@ -317,4 +315,4 @@ def check(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    run_hydra(main)
+    run_hydra(main, config_name="gpu_check")
