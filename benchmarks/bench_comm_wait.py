@@ -24,7 +24,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import hydra
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp import build_model
 from alexnet_mp.parallel import comm_trace
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.parallel.towers import parallelize
 from alexnet_mp.parallel.placement import free_port
 from bench_common import cpu_name
@@ -112,10 +111,9 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(config_path="../conf", config_name="bench_comm_wait", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: run(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: run(cfg), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="bench_comm_wait")

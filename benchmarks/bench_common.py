@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
+from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
+
 __all__ = ["REPO", "PAPER_MODEL", "PAPER_OPTIM", "PAPER_SCHEDULE", "cpu_name", "sync",
            "measure_matmul_peak", "torchrun_workers"]
 
 REPO = Path(__file__).resolve().parents[1]
-# The paper's net and recipe (sec. 5) as build_run_state takes them, for the device check's steps.
-PAPER_MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
-PAPER_OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
-PAPER_SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+# The paper's net and recipe (sec. 5), for the device check's steps: the schema's defaults.
+PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE = ModelConfig(name="full", init="paper"), OptimConfig(), ScheduleConfig()
 
 
 def cpu_name() -> str:

@@ -32,14 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from alexnet_mp import config, data
-from alexnet_mp.job.cli import run_hydra, train_command
+from alexnet_mp.job.cli import Job, run_hydra, train_command
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.data.reference import PaperTransform  # the per-image transform: the "before" of this benchmark
 from alexnet_mp.errors import UserError
@@ -231,8 +230,7 @@ def run(cfg: DictConfig) -> dict:
             "prepare": prepare, "paths": paths, "data_wait": wait, "targets": targets}
 
 
-@hydra.main(config_path="../conf", config_name="bench_data", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, job: Job) -> None:  # noqa: ARG001 - its own one-line errors
     try:
         config.check(cfg)  # against conf/bench_data.yaml's schema (alexnet_mp.config.bench)
         result = run(cfg)
@@ -243,4 +241,4 @@ def main(cfg: DictConfig) -> None:
     print(markdown(result), flush=True)
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="bench_data")

@@ -27,7 +27,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.job.launcher import alive
 from bench_common import REPO, cpu_name, torchrun_workers
 from bench_output import write_results
@@ -84,10 +84,9 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(config_path="../conf", config_name="bench_launcher_death", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: run(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: run(cfg), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="bench_launcher_death")

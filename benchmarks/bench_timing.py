@@ -24,7 +24,8 @@ import torch.distributed as dist
 from alexnet_mp import count_parameters
 from alexnet_mp.parallel import comm_trace
 from alexnet_mp.net.flops import forward_macs
-from alexnet_mp.parallel.placement import place
+from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
+from alexnet_mp.parallel.placement import Placement, place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
 from bench_common import measure_matmul_peak, sync
@@ -192,9 +193,11 @@ def time_worker(rank: int, world: int, port: int, job: dict, out_dir: str) -> No
         log = (lambda msg: print(f"[{job['name']}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
         peaks = _device_peaks(rank, world, device, job["matmul_size"], job["matmul_seconds"], dtype)
         # The product's own run state and step (alexnet_mp.train), so what is timed is what users run.
-        state = build_run_state({**job["model_cfg"], "name": job["model"]}, job["optim_cfg"], job["schedule_cfg"],
-                                num_classes=job["num_classes"], input_size=job["input_size"], seed=job["seed"],
-                                device=device, world=towers, speed=speed, overlap=job["overlap"],
+        if placement is None and towers == 2:  # the two towers of one net on the default group, no replicas
+            placement = Placement(rank, world, device, job["backend"], towers=2)
+        state = build_run_state(ModelConfig(name=job["model"], geometry=job["geometry"], init="paper"), OptimConfig(),
+                                ScheduleConfig(), num_classes=job["num_classes"], input_size=job["input_size"],
+                                seed=job["seed"], device=device, speed=speed, overlap=job["overlap"],
                                 placement=placement)
         images, labels = _batch(job, device, placement)
         memory_kind = _memory_kind(device)

@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -48,12 +47,12 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp import data
 from alexnet_mp.job import provenance
 from alexnet_mp.net.arch import LRN_OPTIONS, full_spec
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.data import BatchAugment, PreparedImages
 from alexnet_mp.net.flops import TRAIN_PASSES, forward_macs
 from alexnet_mp.net.lrn import local_response_norm
 from alexnet_mp.net.model import AlexNet, Exchange, build_model
-from alexnet_mp.train.optim import PlateauSchedule, build_optimizer
+from alexnet_mp.train.optim import optimizer_for, schedule_for
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
 from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, measure_matmul_peak, sync
 from bench_output import write_results
@@ -79,15 +78,15 @@ class LocalStandIn(Exchange):
 
 def build_state(kind: str, batch: int, speed: Speed, device: torch.device, classes: int = 1000) -> RunState:
     state = build_run_state(PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, num_classes=classes, input_size=224, seed=0,
-                            device=device, world=1, speed=speed)
+                            device=device, speed=speed)
     if kind == "tower":  # one tower of the same net, fed by the stand-in exchange
         torch.manual_seed(0)
         tower = AlexNet(full_spec(classes), input_size=224, tower=(0, 2), exchange=LocalStandIn(), init="paper")
         tower = tower.to(device)
         if speed.channels_last:
             tower = tower.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(tower.parameters(), **PAPER_OPTIM)
-        state = RunState(tower, optimizer, PlateauSchedule(optimizer, **PAPER_SCHEDULE), device, speed)
+        optimizer = optimizer_for(tower, PAPER_OPTIM)
+        state = RunState(tower, optimizer, schedule_for(optimizer, PAPER_SCHEDULE), device, speed)
     return state
 
 
@@ -275,9 +274,8 @@ def data_part(args, device: torch.device, work: Path) -> dict:
             "memory_images_per_s": memory_rate, "ratio": loader_rate / memory_rate}
 
 
-@hydra.main(config_path="../conf", config_name="gpu_check", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: check(cfg), cfg)  # cfg checked against its schema (GpuCheckConfig) first
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: check(cfg), cfg)  # cfg checked against its schema (GpuCheckConfig) first
 
 
 def check(cfg: DictConfig) -> None:
@@ -317,4 +315,4 @@ def check(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    run_hydra(main)
+    run_hydra(main, config_name="gpu_check")

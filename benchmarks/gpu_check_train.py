@@ -14,16 +14,14 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.job.cli import check_run_dir_override, hydra_run_dir, run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, hydra_run_dir, run_hydra
 from alexnet_mp.train import StepHooks, train, train_step
 
 COUNTS = {"steps": 0, "syncs": 0}
@@ -56,13 +54,11 @@ def _write_counts() -> None:
         Path(f"{path}.{os.environ.get('RANK', '0')}").write_text(json.dumps(COUNTS))
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, job: Job) -> None:
     """launch/train.py's main, each step the watched one."""
-    run_entry_point(lambda: train(cfg, hydra_run_dir(), hooks=StepHooks(step=_watched(train_step))), cfg)
+    job.run(lambda: train(cfg, hydra_run_dir(), hooks=StepHooks(step=_watched(train_step))), cfg)
 
 
 if __name__ == "__main__":
     atexit.register(_write_counts)
-    check_run_dir_override(sys.argv[1:])
-    run_hydra(main)
+    run_hydra(main, config_name="config", check_run_dir=True)

@@ -21,6 +21,7 @@ Its settings are the device check's (``conf/gpu_check.yaml``); it runs alone as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -69,8 +70,9 @@ def _worker(rank: int, port: int, device: str, backend: str, env: dict, batch: i
         diffs.update({n: rel_diff(p.grad, ref[n]) for n, p in tower.named_parameters()})
         result["diffs"][f"overlap={overlap}"] = max(diffs.values())
     speed = Speed(precision="bf16" if dev.type == "cuda" else "fp32", channels_last=dev.type == "cuda")
+    # The two processes are the two towers of one net (the default group), no replicas.
     state = build_run_state(PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, num_classes=1000, input_size=224, seed=0,
-                            device=dev, world=2, speed=speed)
+                            device=dev, speed=speed, placement=dataclasses.replace(towers, towers=2))
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(batch, 3, 224, 224, generator=g) * 60).to(dev)
     y = torch.randint(0, 1000, (batch,), generator=g).to(dev)

@@ -11,12 +11,11 @@ Settings: the device check's, ``conf/gpu_check.yaml`` (``device``, ``batches``).
 
 from __future__ import annotations
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.train import Speed, train_step
 from bench_common import sync
 from gpu_check import build_state, inputs, time_steps  # benchmarks/ is on the path when run as a script
@@ -46,10 +45,9 @@ def profile_steps(device: torch.device, batch: int) -> None:
               f"{r['images_per_s']:.0f} images/s (warm-up: {r['warmup_seconds']:.0f} s)", flush=True)
 
 
-@hydra.main(config_path="../conf", config_name="gpu_check", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: profile_steps(torch.device(cfg.device), int(cfg.batches[0])), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: profile_steps(torch.device(cfg.device), int(cfg.batches[0])), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="gpu_check")

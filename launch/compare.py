@@ -5,17 +5,15 @@
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.use.compare import compare_runs
 
 
-@hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: compare_runs(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: compare_runs(cfg), cfg)
 
 
 if __name__ == "__main__":
@@ -24,4 +22,4 @@ if __name__ == "__main__":
              and not sys.argv[i - 1].startswith("-")]  # not the value of an option (--cfg job)
     for name, i in zip("ab", plain[:2]):
         sys.argv[i] = f"{name}={sys.argv[i]}"
-    run_hydra(main)
+    run_hydra(main, config_name="compare")

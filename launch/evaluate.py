@@ -3,18 +3,16 @@
     python launch/evaluate.py checkpoint=RUN_DIR/model_final.pt [data=imagefolder data.root=PATH] [output=FILE]
 """
 
-import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.use.evaluate import evaluate_checkpoint
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: evaluate_checkpoint(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: evaluate_checkpoint(cfg), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="evaluate")

@@ -5,18 +5,16 @@
 Stopped? Run the same command again: the runs already in OUTPUT_DIR/figure1.json are kept.
 """
 
-import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.paper.figure1 import figure1
 
 
-@hydra.main(config_path="../conf", config_name="figure1", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: figure1(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: figure1(cfg), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="figure1")

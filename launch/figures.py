@@ -3,18 +3,16 @@
     python launch/figures.py checkpoint=RUN_DIR [train_images=10000] [output_dir=DIR]
 """
 
-import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.paper.figures34 import draw_figures
 
 
-@hydra.main(config_path="../conf", config_name="figures", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: draw_figures(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: draw_figures(cfg), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="figures")

@@ -4,18 +4,16 @@
     torchrun --nproc_per_node=2 launch/train.py data=prepared data.root=/data/ilsvrc2012-256
 """
 
-import hydra
 from omegaconf import DictConfig
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.data.prepare import prepare
 
 
-@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: prepare(cfg), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: prepare(cfg), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="prepare")

@@ -10,6 +10,7 @@ import torch
 import torch._inductor.config
 
 from alexnet_mp import data
+from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
 from alexnet_mp.data import BatchAugment
 from alexnet_mp.train import Speed, build_run_state, train_step
 
@@ -20,14 +21,14 @@ pytestmark = [pytest.mark.cuda,
 # the CPU, inputs scaled by 1 + 1e-6 move the fourth loss by under 1e-7 relative (with He
 # initialisation and lr 1e-3 the loss blows up to 20-30 and the same change moves it by 1e-2, so
 # no tolerance could tell a wrong option from rounding).
-MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "paper"}
-OPTIM = {"lr": 0.0001, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
-SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+MODEL = ModelConfig(name="full", init="paper")
+OPTIM = OptimConfig(lr=0.0001)
+SCHEDULE = ScheduleConfig()
 
 
 def _state(speed: Speed = Speed(), classes: int = 10):
     return build_run_state(MODEL, OPTIM, SCHEDULE, num_classes=classes, input_size=67, seed=0,
-                           device=torch.device("cuda"), world=1, speed=speed)
+                           device=torch.device("cuda"), speed=speed)
 
 
 def _batches(n: int = 4, batch: int = 32):

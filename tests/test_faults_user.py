@@ -183,10 +183,10 @@ def test_the_jobs_note_folders_are_removed_and_stale_ones_cleaned(tmp_path):
     notes.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    # Left by jobs whose processes are gone: named as now, and as before (RUNID-RESTART-AGENTPID).
-    for stale in (notes / f"alexnet_mp-job-pid{dead.pid}-x", notes / f"alexnet_mp-job-d6a1-0-{dead.pid}"):
-        stale.mkdir()
-        (stale / "error").touch()
+    # Left by a job whose processes are gone.
+    stale = notes / f"alexnet_mp-job-pid{dead.pid}-x"
+    stale.mkdir()
+    (stale / "error").touch()
     cmd = command(["data=imagefolder", f"data.root={tmp_path / 'nowhere'}", "progress=false",
                    f"hydra.run.dir={tmp_path / 'r'}"])
     proc = subprocess.run(cmd, cwd=ROOT, env=job_env(TMPDIR=str(notes)), capture_output=True, text=True, timeout=240)

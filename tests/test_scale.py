@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from alexnet_mp import build_model
+from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
 
 from conftest import ROOT, TINY, command, final_state, job_env, launch, ok, rel_diff
 
@@ -81,9 +82,9 @@ def test_a_run_stopped_on_four_processes_resumes_on_two(four, tmp_path):
     assert json.loads((run / "summary.json").read_text())["replicas"] == 1
 
 
-HALF = {"name": "half", "geometry": "224", "lrn": "paper", "init": "he"}
-SGD = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rule": "pytorch"}
-FLAT = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+HALF = ModelConfig(name="half", init="he")
+SGD = OptimConfig()  # the paper's (sec. 5)
+FLAT = ScheduleConfig()
 
 
 def _global_batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,7 +106,7 @@ def _half_net_trained(rank: int, replicas: int, steps: int) -> dict:
         placement = (Placement(rank, replicas, torch.device("cpu"), "gloo", replica_group=dist.group.WORLD)
                      if replicas > 1 else None)
         state = build_run_state(HALF, SGD, FLAT, num_classes=10, input_size=67, seed=0, device=torch.device("cpu"),
-                                world=1, placement=placement)
+                                placement=placement)
         rows = slice(rank * 16 // replicas, (rank + 1) * 16 // replicas)
         for x, y in _global_batches(steps):
             train_step(state, x[rows], y[rows])

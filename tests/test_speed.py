@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from alexnet_mp import data
+from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
 from alexnet_mp.data import BatchAugment
 from alexnet_mp.train import Speed, build_run_state, train_step
 
-MODEL = {"name": "full", "geometry": "224", "lrn": "paper", "init": "he"}
+MODEL = ModelConfig(name="full", init="he")
 # Rate 0: the weights stay put, so every batch's loss and gradients compare the option with
 # fp32 eager without the chaos of training amplifying rounding.
-OPTIM = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "rule": "pytorch"}
-SCHEDULE = {"factor": 0.1, "patience": 2, "threshold": 0.001, "max_drops": 3, "warmup_steps": 0}
+OPTIM = OptimConfig(lr=0.0, momentum=0.0, weight_decay=0.0)
+SCHEDULE = ScheduleConfig()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def inputs():
 def _losses(speed: Speed, inputs) -> tuple[list[float], dict]:
     torch.set_num_threads(1)
     state = build_run_state(MODEL, OPTIM, SCHEDULE, num_classes=10, input_size=67, seed=0,
-                            device=torch.device("cpu"), world=1, speed=speed)
+                            device=torch.device("cpu"), speed=speed)
     losses, grads = [], []
     for x, y in inputs:
         losses.append(float(train_step(state, x, y)))

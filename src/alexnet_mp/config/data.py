@@ -26,13 +26,17 @@ class DataConfig:
     # keeps the old value), so the folders' groups inherit it and synthetic sets null.
     root: Optional[str] = setting(MISSING, resume=MAY_CHANGE)
     num_classes: Any = setting("auto", auto=True, ge=2)   # auto: from the class folders
-    seed: int = setting(0, ge=0)                          # which images sample the statistics
+    # which images sample the mean image and the RGB covariance (synthetic: also the images themselves)
+    seed: int = setting(0, ge=0)
     image_size: int = setting(256, ge=1)                  # the stored size (sec. 2: 256)
     mean_subtraction: bool = True
     flip: bool = True
     pca_sigma: float = setting(0.1, ge=0)                 # fancy PCA noise; 0 turns it off
+    # sqrt: sqrt(eigenvalues), as cuda-convnet2; eigenvalue: the paper as printed
     pca_scale: str = setting("sqrt", choices=("sqrt", "eigenvalue"))
+    # data-loading worker processes per rank; auto sizes to the machine
     workers: Any = setting("auto", auto=True, ge=0, resume=MAY_CHANGE)
+    # device: crops, flips, mean and fancy PCA per batch on the training device; workers: in the loader workers
     augment: str = setting("device", choices=("device", "workers"), resume=MAY_CHANGE)
 
 
@@ -45,9 +49,9 @@ class SyntheticData(DataConfig):
     num_classes: int = setting(10, ge=2)
     train_size: int = setting(2000, ge=1)
     val_size: int = setting(500, ge=1)
-    image_size: int = setting(77, ge=1)
-    stats_samples: int = setting(2000, ge=1)
-    stats_cache: str = setting("run", choices=("data", "run"), resume=MAY_CHANGE)
+    image_size: int = setting(77, ge=1)       # the paper's 256 scaled down; crops scale with it: 77 -> 67
+    stats_samples: int = setting(2000, ge=1)  # images used for the mean image and the RGB covariance
+    stats_cache: str = setting("run", choices=("data", "run"), resume=MAY_CHANGE)  # no folder of its own
 
 
 @dataclass
@@ -56,6 +60,7 @@ class ImageFolderData(DataConfig):
 
     name: str = setting("imagefolder", choices=DATA_NAMES)
     stats_samples: int = setting(10000, ge=1)
+    # data: beside the images when that folder is writable, else in the run; run: always in the run
     stats_cache: str = setting("data", choices=("data", "run"), resume=MAY_CHANGE)
 
 

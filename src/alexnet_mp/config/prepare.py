@@ -24,11 +24,13 @@ class PrepareDebug:
 class PrepareConfig:
     data: DataConfig = MISSING
     out: str = MISSING                         # a new or empty folder, or an earlier prepare to continue
+    # raw: uint8 .npy shards, memory-mapped, no decoding; jpeg: re-encoded, about 10x smaller
     format: str = setting("raw", choices=("raw", "jpeg"))
-    jpeg_quality: int = setting(90, ge=1, le=100)
-    workers: Any = setting("auto", auto=True, ge=1)
+    jpeg_quality: int = setting(90, ge=1, le=100)  # format=jpeg only
+    workers: Any = setting("auto", auto=True, ge=1)  # processes; auto: one per core this process may use
+    # images per shard; auto: about 4 shards per worker per split, 256 to 8192
     shard_size: Any = setting("auto", auto=True, ge=1)
-    progress: bool = True
+    progress: bool = True                      # a bar on a terminal, a plain line every 30 s in a log
     debug: PrepareDebug = setting(factory=PrepareDebug)
 
 

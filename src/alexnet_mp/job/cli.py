@@ -1,27 +1,27 @@
-"""What the launchers in ``launch/`` share: logging per rank, the schema check, and one-line
-errors (a bad value on the command line, from Hydra's composition or from the schema, is one
-``alexnet_mp: error: ...`` line like every other user error)."""
+"""What the launchers in ``launch/`` share: composing the config (:func:`run_hydra`), and a
+:class:`Job` that owns the command's start and stop in this process: logging per rank, the
+schema check, and one-line errors (a bad value on the command line, from Hydra's composition or
+from the schema, is one ``alexnet_mp: error: ...`` line like every other user error)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from alexnet_mp.job import launcher as job
 from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
-from alexnet_mp.job.preempt import Preempted, exit_preempted
+from alexnet_mp.job.preempt import EXIT_PREEMPTED, Preempted, say_preempted
 
-__all__ = ["run_entry_point", "run_hydra", "check_run_dir_override", "hydra_run_dir", "override_value",
-           "data_overrides", "train_command"]
+__all__ = ["Job", "run_hydra", "hydra_run_dir", "override_value", "data_overrides", "train_command"]
 
 
 def hydra_run_dir() -> Path:
@@ -30,114 +30,127 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-# The run directory made for this job (by check_run_dir_override, or Hydra's default made just
-# now): a job that fails before writing into it removes it again (rundir.remove_if_unused).
-_fresh_run_dir: Path | None = None
-_run_dir_given = False
+class Job:
+    """One command's start and stop in this process, made by :func:`run_hydra` and given to the
+    entry point: the run directory made for it (removed again when the job fails before
+    writing into it), whether composing the config is over (an OmegaConf error after that is a
+    bug, not input), and the ways out: one line and status 1 on a user error, status 75 on a
+    preemption, the job's notes left (:func:`alexnet_mp.job.launcher.leave`) either way."""
+
+    def __init__(self) -> None:
+        self.fresh_run_dir: Path | None = None  # made for this job (by the check below, or Hydra's default)
+        self.run_dir_given = False
+        self.task_started = False
+
+    def check_run_dir_override(self, argv: list[str]) -> None:
+        """An unwritable ``hydra.run.dir=`` as one line, before Hydra makes the folder (it would
+        print a traceback) and before any training."""
+        given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "++hydra.run.dir="))]
+        if not given or "${" in given[-1]:
+            return
+        from alexnet_mp.job.rundir import check_writable, make_run_dir
+
+        self.run_dir_given = True
+        try:
+            folder = Path(given[-1].strip("'\"")).expanduser()
+            fresh = not folder.exists()
+            make_run_dir(folder)
+            if fresh:
+                self.fresh_run_dir = folder
+            check_writable(folder)
+        except UserError as err:
+            self.fail(str(err))
+
+    def run(self, fn: Callable[[], object], cfg: DictConfig | None = None, run_dir: Path | None = None) -> None:
+        """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one line
+        on stderr (once per job) and exit status 1; a preemption (:class:`Preempted`) one line from
+        rank 0 and exit status 75. ``run_dir``: Hydra's run directory of a training job, removed
+        again when the job fails before writing into it (unless it was there before the launch)."""
+        self.task_started = True
+        if run_dir is not None and not self.run_dir_given:
+            self.fresh_run_dir = run_dir  # Hydra's default folder, made for this job
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            job.remove_stale_notes()
+        rank = int(os.environ.get("RANK", "0"))
+        logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        try:
+            if cfg is not None:
+                from alexnet_mp import config
+
+                config.check(cfg)
+            fn()
+        except Preempted as stop:
+            job.leave()
+            say_preempted(str(stop), main=rank == 0)
+            self._exit(EXIT_PREEMPTED)
+        except QuietStop:
+            self.fail(None)  # another rank has printed the job's one line
+        except UserError as err:
+            self.fail(str(err))
+        except MissingMandatoryValue as err:
+            key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+            self.fail(f"no value for {key}: set it on the command line ({key}=...)")
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        job.leave()
+
+    def fail(self, message: str | None) -> NoReturn:
+        """Say ``message`` (once per job; None: another process has said it) and exit with status 1,
+        leaving the job's notes and the run directory made for nothing."""
+        if message is not None and first_error_of_job():
+            print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        job.leave()
+        if self.fresh_run_dir is not None:
+            from alexnet_mp.job.rundir import remove_if_unused
+
+            # Hydra's default (outputs/DATE/TIME) also made its parents in the working directory.
+            remove_if_unused(self.fresh_run_dir, within=None if self.run_dir_given else Path.cwd())
+        self._exit(1)
+
+    @staticmethod
+    def _exit(status: int) -> NoReturn:
+        # os._exit, not sys.exit: leave at once, without tearing down the process group or
+        # unwinding into Hydra and atexit. Another rank may still be inside a collective, and
+        # destroying an NCCL group then (as interpreter shutdown does) can block; torchrun stops
+        # the other ranks when this one exits. What must be said or saved has been by now.
+        os._exit(status)
 
 
-def _leave(failed: bool) -> None:
-    """This process is done: the job's notes (the last process removes them) and, after a
-    failure, the run directory made for nothing."""
-    job.leave()
-    if failed and _fresh_run_dir is not None:
-        from alexnet_mp.job.rundir import remove_if_unused
+def run_hydra(entry: Callable[[DictConfig, Job], object], config_name: str, *, config_path: str = "../conf",
+              check_run_dir: bool = False) -> None:
+    """Compose ``config_name`` from ``config_path`` (relative to ``entry``'s file, as with
+    ``@hydra.main``) over the command line and call ``entry(cfg, job)`` with this process's
+    :class:`Job`. ``check_run_dir``: a training job's ``hydra.run.dir=`` checked first
+    (:meth:`Job.check_run_dir_override`).
 
-        # Hydra's default (outputs/DATE/TIME) also made its parents in the working directory.
-        remove_if_unused(_fresh_run_dir, within=None if _run_dir_given else Path.cwd())
-
-
-def _fail(message: str) -> None:
-    if first_error_of_job():
-        print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    _leave(failed=True)
-    # Leave at once, without tearing down the process group: another rank may still be
-    # inside a collective, and destroying an NCCL group then can block. torchrun stops the
-    # other ranks when this one exits.
-    os._exit(1)
-
-
-def check_run_dir_override(argv: list[str]) -> None:
-    """An unwritable ``hydra.run.dir=`` as one line, before Hydra makes the folder (it would
-    print a traceback) and before any training."""
-    global _fresh_run_dir, _run_dir_given
-    given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "++hydra.run.dir="))]
-    if not given or "${" in given[-1]:
-        return
-    from alexnet_mp.job.rundir import check_writable, make_run_dir
-
-    _run_dir_given = True
-    try:
-        folder = Path(given[-1].strip("'\"")).expanduser()
-        fresh = not folder.exists()
-        make_run_dir(folder)
-        if fresh:
-            _fresh_run_dir = folder
-        check_writable(folder)
-    except UserError as err:
-        _fail(str(err))
-
-
-_task_started = False  # composition is over: an OmegaConf error from now on is a bug, not input
-
-
-def run_hydra(main: Callable[[], object]) -> None:
-    """Call a ``@hydra.main`` function; an error composing the config (a value of the wrong
-    type, an unknown key or group option, an override Hydra cannot parse) becomes one line.
-
-    Hydra prints such errors over several lines and exits itself; with ``HYDRA_FULL_ERROR``
-    it raises them instead, so that they can be said in one line here."""
+    An error composing the config (a value of the wrong type, an unknown key or group option,
+    an override Hydra cannot parse) becomes one line: Hydra prints such errors over several
+    lines and exits itself; with ``HYDRA_FULL_ERROR`` it raises them instead, so that they can
+    be said in one line here."""
+    import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from alexnet_mp import config
 
+    this_job = Job()
+    if check_run_dir:
+        this_job.check_run_dir_override(sys.argv[1:])
+
+    @functools.wraps(entry)  # Hydra finds the launcher's file (config_path, job name) through __wrapped__
+    def task(cfg: DictConfig) -> None:
+        entry(cfg, this_job)
+
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        main()
+        hydra.main(config_path=config_path, config_name=config_name, version_base="1.3")(task)()
     except (HydraException, OmegaConfBaseException) as err:
-        if _task_started:
+        if this_job.task_started:
             raise
-        _fail(config.explain(err))
-
-
-def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run_dir: Path | None = None) -> None:
-    """Check ``cfg`` against its schema, then call ``fn``; a :class:`UserError` becomes one line
-    on stderr (once per job) and exit status 1; a preemption (:class:`Preempted`) one line from
-    rank 0 and exit status 75. ``run_dir``: Hydra's run directory of a training job, removed
-    again when the job fails before writing into it (unless it was there before the launch)."""
-    global _task_started, _fresh_run_dir
-    _task_started = True
-    if run_dir is not None and not _run_dir_given:
-        _fresh_run_dir = run_dir  # Hydra's default folder, made for this job
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        job.remove_stale_notes()
-    rank = int(os.environ.get("RANK", "0"))
-    logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    try:
-        if cfg is not None:
-            from alexnet_mp import config
-
-            config.check(cfg)
-        fn()
-    except Preempted as stop:
-        job.leave()
-        exit_preempted(str(stop), main=rank == 0)
-    except QuietStop:
-        sys.stdout.flush()
-        _leave(failed=True)
-        os._exit(1)  # another rank has printed the job's one line
-    except UserError as err:
-        _fail(str(err))
-    except MissingMandatoryValue as err:
-        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
-        _fail(f"no value for {key}: set it on the command line ({key}=...)")
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    job.leave()
+        this_job.fail(config.explain(err))
 
 
 _HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}

@@ -28,7 +28,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-__all__ = ["launcher_pid", "launcher_gone", "launcher_name", "note_dir", "first_note", "has_note", "leave",
+__all__ = ["launcher_gone", "launcher_name", "note_dir", "first_note", "has_note", "leave",
            "remove_stale_notes", "alive"]
 
 PREFIX = "alexnet_mp-job-"
@@ -37,11 +37,6 @@ _LAUNCHER = os.getppid() if _UNDER_TORCHRUN else None
 # A process without torchrun owns its job; its forked loader workers inherit these values.
 _OWNER = _LAUNCHER if _LAUNCHER is not None else os.getpid()
 _TOKEN = uuid.uuid4().hex[:8]
-
-
-def launcher_pid() -> int | None:
-    """torchrun's pid, recorded at this process's start; None outside torchrun."""
-    return _LAUNCHER
 
 
 def launcher_gone() -> bool:
@@ -122,8 +117,7 @@ def remove_stale_notes() -> None:
     except OSError:
         return
     for folder in folders:
-        name = folder.name[len(PREFIX):]
-        # pidOWNER-...; before, RUNID-RESTART-AGENTPID
-        owner = name[3:].split("-", 1)[0] if name.startswith("pid") else name.rsplit("-", 1)[-1]
+        name = folder.name[len(PREFIX):]  # pidOWNER-KEY
+        owner = name[3:].split("-", 1)[0] if name.startswith("pid") else ""
         if owner.isdigit() and int(owner) > 1 and int(owner) != _OWNER and not alive(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)

@@ -19,7 +19,6 @@ rank saves the same step and rank 0 names the launcher even when another rank no
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ import torch.distributed as dist
 from alexnet_mp.job import launcher as job
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
-           "exit_preempted"]
+           "say_preempted"]
 
 # sysexits' EX_TEMPFAIL ("try again later"): distinct from 1 (an error) and from 128+N (killed
 # by a signal), so a job script can requeue on it.
@@ -84,6 +83,16 @@ class PreemptionFlag:
             signal.signal(sig, previous)
         self._previous.clear()
 
+    @classmethod
+    @contextmanager
+    def installed(cls) -> Iterator["PreemptionFlag"]:
+        """The flag for the ``with`` block (:meth:`install`); the signals' previous handlers come
+        back when the block ends normally. On an error they do not: the flag stays, so that a
+        SIGTERM from torchrun (stopping the other ranks) cannot cut the error's one line short."""
+        flag = cls.install()
+        yield flag
+        flag.restore()
+
     @property
     def cause(self) -> str:
         """What stopped the run, as the stop line begins."""
@@ -121,11 +130,11 @@ def save_on_stop(flag: PreemptionFlag, save: Callable[[], Path | None], step: Ca
         raise Preempted(flag.cause, step(), saved) from None
 
 
-def exit_preempted(message: str, main: bool) -> None:
-    """Print the stop once per job (the main process) and leave with :data:`EXIT_PREEMPTED`."""
+def say_preempted(message: str, main: bool) -> None:
+    """Print the stop once per job (the main process); the caller leaves with :data:`EXIT_PREEMPTED`
+    (:class:`alexnet_mp.job.cli.Job`)."""
     import sys
 
     if main:
         print(f"alexnet_mp: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(EXIT_PREEMPTED)

@@ -16,6 +16,7 @@ middle conv layer removed (sec. 7).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from alexnet_mp.errors import UserError
@@ -84,7 +85,6 @@ POOL_KERNEL, POOL_STRIDE = 3, 2  # overlapping pooling, sec. 3.4
 POOLINGS = {"overlap": (POOL_KERNEL, POOL_STRIDE), "2x2": (2, 2)}
 # model.remove: the middle conv layers sec. 7 says cost about 2 points of top-1 each when removed
 REMOVABLE = ("conv3", "conv4", "conv5")
-DROPOUT_P = 0.5  # sec. 4.2
 WEIGHT_STD = 0.01  # sec. 5
 # The printed LRN formula (sec. 3.3): k=2, n=5, alpha=1e-4, beta=0.75. PyTorch divides
 # alpha by n, so the printed formula is alpha=5e-4 there; Krizhevsky's cuda-convnet
@@ -197,10 +197,10 @@ def ablate(spec: NetSpec, *, lrn: bool | None = None, pool: str | None = None, d
 
 
 def spec_from_options(name: str, num_classes: int, *, lrn: str = "paper", pool: str = "overlap",
-                      dropout: float = 0.5, remove: str | None = None, geometry: str | None = None) -> NetSpec:
+                      dropout: float = 0.5, remove: str | None = None) -> NetSpec:
     """The table of the ``name`` net with the architecture options applied (the keywords of
-    :func:`arch_options`): ``lrn="none"`` drops the LRN layers, the rest as :func:`ablate`.
-    ``geometry`` fixes the input crop, not the table; it is taken so that arch_options' dict passes whole."""
+    :func:`arch_options` but ``geometry``, which fixes the input crop, not the table):
+    ``lrn="none"`` drops the LRN layers (the one place that word is read), the rest as :func:`ablate`."""
     return ablate(spec_for(name, num_classes), pool=pool, dropout=float(dropout), remove=remove,
                   lrn=False if lrn == "none" else None)
 
@@ -217,10 +217,11 @@ ARCH_DEFAULTS = {"geometry": "224", "lrn": "paper", "pool": "overlap", "dropout"
 
 
 def arch_options(model_cfg) -> dict:
-    """The architecture keywords of :func:`alexnet_mp.net.model.build_model` from a ``conf/model``
-    mapping (or a checkpoint's model signature); keys it lacks take the paper's values."""
+    """The architecture keywords of :func:`alexnet_mp.net.model.build_model` from a model config
+    (:class:`alexnet_mp.config.train.ModelConfig`, or its node of a composed config) or from a
+    checkpoint's model signature (a mapping); keys it lacks take the paper's values."""
     out = {}
     for key, default in ARCH_DEFAULTS.items():
-        value = model_cfg.get(key, default) if hasattr(model_cfg, "get") else default
+        value = model_cfg.get(key, default) if isinstance(model_cfg, Mapping) else getattr(model_cfg, key, default)
         out[key] = None if value is None else type(default)(value) if default is not None else str(value)
     return out

@@ -27,7 +27,6 @@ from alexnet_mp.net.arch import (
     WEIGHT_STD,
     Layer,
     NetSpec,
-    ablate,
     conv1_padding,
     feature_map_sizes,
     spec_from_options,
@@ -107,8 +106,9 @@ class AlexNet(nn.Module):
         lrn_function: Callable[..., Tensor] = local_response_norm,
     ):
         super().__init__()
-        if lrn == "none":
-            spec = ablate(spec, lrn=False)
+        if lrn not in LRN_OPTIONS and any(layer.lrn for layer in spec.layers):
+            raise ValueError(f"LRN {lrn!r} for a table with LRN layers: build it with "
+                             f"alexnet_mp.net.arch.spec_from_options, which drops them for 'none'")
         if tower is not None and tower[1] != spec.towers:
             raise UserError(f"the {spec.name} net has {spec.towers} tower(s), not {tower[1]}")
         self.spec, self.input_size, self.geometry, self.lrn_option = spec, input_size, geometry, lrn

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["topk_errors", "topk_wrong"]
+__all__ = ["topk_wrong"]
 
 
 def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -15,9 +15,3 @@ def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     k = min(5, logits.shape[1])
     hit = logits.topk(k, dim=1).indices == labels[:, None]
     return torch.stack([(~hit[:, 0]).sum(), (~hit.any(1)).sum()])
-
-
-def topk_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """Number of top-1 and top-5 mistakes in a batch (top-k capped at the class count)."""
-    w1, w5 = topk_wrong(logits, labels).tolist()
-    return int(w1), int(w5)

@@ -72,7 +72,8 @@ class Crossing:
 
 def figure_spec(model_cfg) -> NetSpec:
     """The table for a ``conf/model`` mapping, its ablations applied as the model applies them."""
-    spec = spec_from_options(str(model_cfg["name"]), int(model_cfg["num_classes"]), **arch_options(model_cfg))
+    table = {k: v for k, v in arch_options(model_cfg).items() if k != "geometry"}  # the crop is not the table's
+    spec = spec_from_options(str(model_cfg["name"]), int(model_cfg["num_classes"]), **table)
     if spec.towers < 2:
         raise UserError(f"Figure 2 draws the two-tower net; model={spec.name} has {spec.towers} tower")
     return spec

@@ -26,7 +26,6 @@ chrome://tracing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -81,7 +80,7 @@ def _traced_step(rank: int, opts: dict) -> dict:
     net = build_model(str(model_cfg["name"]), num_classes=int(model_cfg["num_classes"]),
                       input_size=opts["input_size"], init=str(model_cfg["init"]), **arch_options(model_cfg))
     tower = parallelize(net, group=placement.tower_group, device=device, overlap=opts["overlap"]).train()
-    optimizer = optimizer_for(tower, dataclasses.asdict(OptimConfig()))  # the trainer's, with its defaults (sec. 5)
+    optimizer = optimizer_for(tower, OptimConfig())  # the trainer's, with its defaults (sec. 5)
     g = torch.Generator().manual_seed(opts["seed"])  # the same batch on both towers
     size, batch = opts["input_size"], opts["batch_size"]
     images = (torch.randn(batch, 3, size, size, generator=g) * 60.0).to(device)

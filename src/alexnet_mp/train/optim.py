@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups"]
+if TYPE_CHECKING:
+    from alexnet_mp.config.train import OptimConfig, ScheduleConfig
+
+__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups", "schedule_for"]
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -68,13 +73,19 @@ def build_optimizer(params: Iterable[nn.Parameter], *, lr: float, momentum: floa
     raise UserError(f"unknown optim.rule {rule!r}: choose 'pytorch' or 'paper'")
 
 
-def optimizer_for(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
-    """The optimizer an ``optim`` config (:class:`alexnet_mp.config.train.OptimConfig`, a mapping) asks for."""
-    weight_decay = float(optim_cfg["weight_decay"])
-    groups = param_groups(model, weight_decay=weight_decay, bias_decay=bool(optim_cfg.get("bias_decay", True)),
-                          bias_lr_mult=float(optim_cfg.get("bias_lr_mult", 1.0)))
-    return build_optimizer(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
-                           weight_decay=weight_decay, rule=str(optim_cfg["rule"]))
+def optimizer_for(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer an ``optim`` config (:class:`alexnet_mp.config.train.OptimConfig`) asks for:
+    the one place its settings are read."""
+    groups = param_groups(model, weight_decay=float(optim.weight_decay), bias_decay=bool(optim.bias_decay),
+                          bias_lr_mult=float(optim.bias_lr_mult))
+    return build_optimizer(groups, lr=float(optim.lr), momentum=float(optim.momentum),
+                           weight_decay=float(optim.weight_decay), rule=str(optim.rule))
+
+
+def schedule_for(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig) -> PlateauSchedule:
+    """The schedule a ``schedule`` config (:class:`alexnet_mp.config.train.ScheduleConfig`) asks for:
+    its fields are :class:`PlateauSchedule`'s keywords."""
+    return PlateauSchedule(optimizer, **dataclasses.asdict(schedule))
 
 
 class PlateauSchedule:

@@ -27,20 +27,19 @@ def train(cfg: DictConfig, run_dir: Path, hooks: StepHooks = StepHooks()) -> dic
     adds to each step (:class:`StepHooks`), with ``debug.kill_at_step``'s crash added here."""
     placement = place_run(cfg)
     hooks = hooks.with_config(cfg)  # after the process group is joined: it names this rank
-    stop = PreemptionFlag.install()  # before the loader's workers fork: they inherit the flag
-    run_dir = agree_on_run_dir(run_dir)
-    store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=placement.main,
-                            keep=int(cfg.checkpoint.keep))
-    with lost_processes_stop_the_run(placement, store):
-        lock = RunLock(run_dir, placement.main)  # and the run directory is writable
-        try:
-            run = start_run(cfg, run_dir, placement, store)
-            started = time.perf_counter()
-            stopped_early = train_epochs(run.state, run.inputs, run.checkpoints, run.metrics, cfg,
-                                         main=placement.main, stop=stop, hooks=hooks)
-            summary = finish_run(run, stopped_early, started)
-        finally:
-            lock.release()
-    # Only now: on an error the flag stays, so torchrun's SIGTERM cannot cut the one line short.
-    stop.restore()
+    # Before the loader's workers fork: they inherit the flag. Restored when the run ends well only.
+    with PreemptionFlag.installed() as stop:
+        run_dir = agree_on_run_dir(run_dir)
+        store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=placement.main,
+                                keep=int(cfg.checkpoint.keep))
+        with lost_processes_stop_the_run(placement, store):
+            lock = RunLock(run_dir, placement.main)  # and the run directory is writable
+            try:
+                run = start_run(cfg, run_dir, placement, store)
+                started = time.perf_counter()
+                stopped_early = train_epochs(run.state, run.inputs, run.checkpoints, run.metrics, cfg,
+                                             main=placement.main, stop=stop, hooks=hooks)
+                summary = finish_run(run, stopped_early, started)
+            finally:
+                lock.release()
     return summary

@@ -92,9 +92,11 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     d = build_data(cfg, run_dir, main)
     _check_data(cfg, d)
     comm.set_profile(bool(cfg.profile))
-    state = build_run_state(cfg.model, cfg.optim, cfg.schedule, num_classes=d.num_classes, input_size=d.crop,
-                            seed=int(cfg.seed), device=device, world=placement.towers,
-                            speed=Speed.from_config(cfg), overlap=bool(cfg.comm.overlap), placement=placement)
+    # The recipe as the schema's objects (ModelConfig, OptimConfig, ScheduleConfig), typed end to end.
+    model_cfg, optim_cfg, schedule_cfg = (OmegaConf.to_object(node) for node in (cfg.model, cfg.optim, cfg.schedule))
+    state = build_run_state(model_cfg, optim_cfg, schedule_cfg, num_classes=d.num_classes, input_size=d.crop,
+                            seed=int(cfg.seed), device=device, speed=Speed.from_config(cfg),
+                            overlap=bool(cfg.comm.overlap), placement=placement)
     checkpoints = Checkpoints(store, model_signature(cfg, d.num_classes, d.crop, placement.towers), cfg)
     latest = checkpoints.resume(state) if resume else None
     p = state.position

@@ -1,13 +1,14 @@
 """The run state (sec. 5): the model, its optimizer and schedule, the RNG streams and the
 position reached, everything a checkpoint holds through ``RunState.state_dict`` /
 ``load_state_dict``; and ``Speed``, how the step runs (not what it computes).
-``build_run_state`` makes it from the model, optimizer and schedule configs."""
+``build_run_state`` makes it from the typed model, optimizer and schedule configs
+(:class:`alexnet_mp.config.train.ModelConfig`, ``OptimConfig``, ``ScheduleConfig``)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -15,9 +16,12 @@ from torch.nn.parallel import DistributedDataParallel
 from alexnet_mp.parallel import ranks
 from alexnet_mp.net.arch import arch_options
 from alexnet_mp.net.model import AlexNet, build_model
-from alexnet_mp.train.optim import PlateauSchedule, optimizer_for
+from alexnet_mp.train.optim import PlateauSchedule, optimizer_for, schedule_for
 from alexnet_mp.parallel.towers import parallelize
 from alexnet_mp.parallel.placement import Placement
+
+if TYPE_CHECKING:
+    from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
 
 __all__ = ["Position", "Speed", "RunState", "build_run_state"]
 
@@ -168,19 +172,22 @@ class RunState:
         self.position = Position(**{"data_seconds": 0.0, **shard["position"]})
 
 
-def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_classes: int, input_size: int,
-                    seed: int, device: torch.device, world: int, speed: Speed = Speed(),
+def build_run_state(model_cfg: ModelConfig, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig, *,
+                    num_classes: int, input_size: int, seed: int, device: torch.device, speed: Speed = Speed(),
                     overlap: bool = True, placement: Placement | None = None) -> RunState:
     """The net from ``seed`` (the same weights on every rank; a tower keeps its share), on
-    ``device``, with the optimizer and schedule of sec. 5. Configs are mappings with the keys
-    of ``conf/model``, ``conf/optim`` and ``conf/schedule``."""
+    ``device``, with the optimizer and schedule of sec. 5, from the schema's typed configs
+    (the composed config's nodes as ``OmegaConf.to_object`` gives them, or built directly).
+
+    ``placement`` says how many towers (its ``tower_group`` holds them) and replicas this
+    process belongs to; None is one process holding the whole net."""
     torch.manual_seed(seed)
-    model = build_model(str(model_cfg["name"]), num_classes=num_classes, input_size=input_size,
-                        init=str(model_cfg["init"]), **arch_options(model_cfg))
+    model = build_model(model_cfg.name, num_classes=num_classes, input_size=input_size, init=model_cfg.init,
+                        **arch_options(model_cfg))
     if placement is not None and placement.towers == 2:
         model = parallelize(model, group=placement.tower_group, device=device, overlap=overlap)
     else:
-        model = parallelize(model, device=device, overlap=overlap) if world == 2 else model.to(device)
+        model = model.to(device)
     if placement is not None and placement.replicas > 1:
         model.share_batch(placement.replica, placement.replicas)
     if speed.channels_last:
@@ -188,8 +195,7 @@ def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_cl
     model.train()
     speed.apply_backends()
     optimizer = optimizer_for(model, optim_cfg)
-    schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
-                                             ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
+    schedule = schedule_for(optimizer, schedule_cfg)
     torch.manual_seed(seed + 1)  # dropout's stream, saved and restored with the checkpoint
     return RunState(model, optimizer, schedule, device, speed, placement)
 
