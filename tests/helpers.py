@@ -1,10 +1,13 @@
-"""What several test modules share: where the repository is, launching the entry points as
-a user does (``launch``, ``ok``, ``error_line``), reading what they leave (``final_state``),
-composing a command's configuration (``compose_config``, ``config_error``), one-line errors
-(``one_line``) and the relative difference every exactness comparison uses (``rel_diff``).
+"""What several test modules share, as plain functions and constants (fixtures live in
+conftest.py): where the repository is, launching the entry points as a user does (``launch``,
+``ok``, ``error_line``), reading what they leave (``final_state``), composing a command's
+configuration (``compose_config``, ``config_error``), one-line errors (``one_line``) and the
+relative difference every exactness comparison uses (``rel_diff``, the device check's measure).
 
-Test modules import these by name (``from conftest import launch, ok``); helpers that spawned
-processes must import live in ``distributed.py``.
+Test modules import these by name (``from helpers import launch, ok``): ``tests/`` is on the
+path through pytest's ``pythonpath`` option (setup.cfg), and in spawned processes through
+``sys.path``, which they inherit; helpers that spawned processes must import live in
+``distributed.py``.
 """
 
 import os
@@ -12,22 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Triton's interpreter runs the fused LRN's kernels on a machine without a GPU (tests/test_lrn_triton.py).
-# It must be chosen before anything imports Triton: Triton reads it once, and under pytest-xdist another
-# test module (torch.compile's) may import Triton before that test module is collected.
-if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+from PIL import Image
 
-
-# The helpers in this folder (distributed.py) must import in spawned processes too.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import alexnet_mp.config  # noqa: E402,F401 - registers the schema that conf/*.yaml names (base_train, ...)
-from alexnet_mp.use.compare import rel_diff  # noqa: E402,F401 - the exactness measure the test modules import from here
+import alexnet_mp.config  # noqa: F401 - registers the schema that conf/*.yaml names (base_train, ...)
+from benchmarks.shared.exactness import rel_diff  # noqa: F401 - the exactness measure, one with the device check's
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -43,18 +36,24 @@ def job_env(**extra: str) -> dict[str, str]:
 
 
 def command(args: list[str], nproc: int = 2, script: str = "train", torchrun: tuple[str, ...] = ()) -> list[str]:
-    """``launch/<script>.py args`` under torchrun with ``nproc`` processes, or plain python (``nproc=0``)."""
-    path = f"launch/{script}.py"
+    """``launch/<script>.py args`` (or ``script`` itself, a path such as ``tests/train_killed.py``)
+    under torchrun with ``nproc`` processes, or plain python (``nproc=0``)."""
+    path = script if script.endswith(".py") else f"launch/{script}.py"
     if nproc == 0:
         return [sys.executable, path, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *torchrun,
             path, *args]
 
 
-def launch(args: list[str], nproc: int = 2, script: str = "train", timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run :func:`command` from the repository root to its end; its output captured."""
-    return subprocess.run(command(args, nproc, script), cwd=ROOT, env=job_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def launch(args: list[str], nproc: int = 2, script: str = "train", timeout: int = 240,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run :func:`command` from the repository root to its end (``env``: added to :func:`job_env`'s);
+    its output captured."""
+    return subprocess.run(command(args, nproc, script), cwd=ROOT, env=job_env(**(env or {})), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+KILLED = "tests/train_killed.py"  # launch/train.py that SIGKILLs itself after step $KILL_AT_STEP (and its checkpoint)
 
 
 def start(args: list[str], nproc: int = 2, script: str = "train") -> subprocess.Popen:
@@ -105,10 +104,20 @@ def compose_config(name: str, overrides: list[str]):
 
     from alexnet_mp import config
 
+    register_benchmark_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(name, overrides=overrides)
     config.check(cfg)
     return cfg
+
+
+def register_benchmark_schemas() -> None:
+    """The benchmarks' schemas (``benchmarks/*/schema.py``, which the product's config package
+    does not hold; each benchmark's entry point registers its own), so their conf/ files compose."""
+    import importlib
+
+    for schema in sorted((ROOT / "benchmarks").glob("*/schema.py")):
+        importlib.import_module(f"benchmarks.{schema.parent.name}.schema").register()
 
 
 def config_error(name: str, *overrides: str) -> str:
@@ -147,13 +156,3 @@ def image_folder(root: Path, classes_by_split: dict[str, list[str]], per_class: 
                 pixels = torch.randint(0, 256, (40, 50, 3), generator=g, dtype=torch.uint8).numpy()
                 Image.fromarray(pixels).save(root / split / c / f"{i}.jpg")
     return root
-
-
-@pytest.fixture(scope="session")
-def straight_run(tmp_path_factory) -> Path:
-    """One uninterrupted two-tower run, the reference of every stopped-and-resumed one in test_train
-    and test_faults_user (they checkpoint at other intervals: how often a run checkpoints never
-    changes what it trains)."""
-    run = tmp_path_factory.mktemp("straight")
-    ok(launch([*TINY, "checkpoint.every_steps=5", f"hydra.run.dir={run}"]))
-    return run

@@ -13,7 +13,7 @@ import torch
 
 from alexnet_mp import build_model
 
-from conftest import ROOT, TINY, command, final_state, job_env, launch, ok, rel_diff
+from helpers import KILLED, ROOT, TINY, command, final_state, job_env, launch, ok, rel_diff
 
 pytestmark = pytest.mark.slow
 
@@ -148,10 +148,11 @@ def test_a_lost_process_stops_the_other_and_torchrun_restarts_the_job_from_its_c
     import subprocess
 
     run = tmp_path / "run"
-    args = [*TINY, "epochs=1", "checkpoint.every_steps=3", "debug.kill_at_step=4", "debug.kill_rank=1",
+    args = [*TINY, "epochs=1", "checkpoint.every_steps=3",
             "dist_timeout_s=60", f"hydra.run.dir={run}"]
     start = time.monotonic()
-    proc = subprocess.run(command(args, torchrun=("--max-restarts=1",)), cwd=ROOT, env=job_env(), capture_output=True,
+    proc = subprocess.run(command(args, script=KILLED, torchrun=("--max-restarts=1",)), cwd=ROOT,
+                          env=job_env(KILL_AT_STEP="4", KILL_RANK="1"), capture_output=True,
                           text=True, timeout=240)
     assert time.monotonic() - start < 60 + 120  # the timeout, plus two start-ups and the run
     ok(proc)

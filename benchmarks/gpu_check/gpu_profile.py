@@ -5,11 +5,17 @@ with channels_last at the first of ``batches``: the profiler's table of the eage
 kernels (5 steps), then the step time of ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
 Settings: the device check's, ``conf/gpu_check.yaml`` (``device``, ``batches``).
 
-    python benchmarks/gpu_profile.py batches=[128] > benchmarks/results/gpu-profile.log
-    python benchmarks/gpu_profile.py device=cpu batches=[2]     # a smoke run (compile's default mode on a CPU)
+    python benchmarks/gpu_check/gpu_profile.py batches=[128] > benchmarks/results/gpu-profile.log
+    python benchmarks/gpu_check/gpu_profile.py device=cpu batches=[2]     # a smoke run (compile's default mode on a CPU)
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import hydra
 import torch
@@ -18,8 +24,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from alexnet_mp.job.cli import run_entry_point, run_hydra
 from alexnet_mp.train import Speed, train_step
-from bench_common import sync
-from gpu_check import build_state, inputs, time_steps  # benchmarks/ is on the path when run as a script
+from benchmarks.shared.machine import sync
+from benchmarks.gpu_check.gpu_check import build_state, inputs, time_steps
+from benchmarks.gpu_check.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 
 def profile_steps(device: torch.device, batch: int) -> None:
@@ -46,7 +55,7 @@ def profile_steps(device: torch.device, batch: int) -> None:
               f"{r['images_per_s']:.0f} images/s (warm-up: {r['warmup_seconds']:.0f} s)", flush=True)
 
 
-@hydra.main(config_path="../conf", config_name="gpu_check", version_base="1.3")
+@hydra.main(config_path="../../conf", config_name="gpu_check", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_entry_point(lambda: profile_steps(torch.device(cfg.device), int(cfg.batches[0])), cfg)
 

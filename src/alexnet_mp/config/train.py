@@ -82,8 +82,6 @@ class CheckpointConfig:
 @dataclass
 class DebugConfig:
     check_batches: bool = False
-    kill_at_step: int = setting(0, ge=0)
-    kill_rank: int = -1
     max_steps: int = setting(0, ge=0)
 
 
