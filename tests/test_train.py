@@ -11,7 +11,7 @@ from PIL import Image
 
 from alexnet_mp import data
 from alexnet_mp.parallel import ranks
-from helpers import KILLED, ROOT, SHARED_DATA, TINY, compose_config, config_error, error_line, final_state, image_folder, launch, ok, published_checkpoint, start
+from helpers import KILLED, ROOT, SHARED_DATA, TINY, compose_config, config_error, error_line, final_state, image_folder, launch, ok, one_line, published_checkpoint, start
 from distributed import run_ranks
 
 pytestmark = pytest.mark.slow
@@ -179,8 +179,18 @@ def test_a_batch_larger_than_the_data_is_a_one_line_error(tmp_path):
     assert "larger than the 128 training images" in line
 
 
-def test_wrong_process_counts_are_one_line_errors(tmp_path):
-    assert "got WORLD_SIZE=3" in error_line(launch([*TINY, f"hydra.run.dir={tmp_path}/a"], nproc=3))
+def test_wrong_process_counts_are_one_line_errors(tmp_path, monkeypatch):
+    # The full net on 3 processes is refused by each rank before any process group is joined:
+    # checked here as a rank of such a launch checks it. The half net's batch, which must split
+    # over the replicas, is checked after the 3 processes joined: launched.
+    from alexnet_mp.errors import UserError
+    from alexnet_mp.parallel.placement import place
+
+    with monkeypatch.context() as env:
+        env.setenv("WORLD_SIZE", "3")
+        with pytest.raises(UserError) as err:
+            place(2)
+    assert "got WORLD_SIZE=3" in one_line(err)
     line = error_line(launch([*TINY, "model=half", f"hydra.run.dir={tmp_path}/b"], nproc=3))
     assert "batch_size=16 is the global batch and must split evenly over the 3 replicas" in line
 
