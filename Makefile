@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-1gpu-vs-2gpu-publish bench-data docs-scaling clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,11 +54,17 @@ export: $(STAMP)  ## a trained net as ONNX or torch.export: make export ARGS='ch
 compare: $(STAMP)  ## what differs between two runs: make compare ARGS='RUN_A RUN_B'
 	$(PY) launch/compare.py $(ARGS)
 
-bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error (devices=N: also on N)
-	$(PY) benchmarks/bench_1gpu_vs_2gpu.py $(if $(devices),devices=$(devices)) $(ARGS)
+bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time and error, to outputs/benchmarks/ (devices=N: also on N)
+	$(PY) benchmarks/one_vs_two/bench_1gpu_vs_2gpu.py $(if $(devices),devices=$(devices)) $(ARGS)
 
-bench-data:  $(STAMP)  ## images/s per core of each data path, and the data wait of a training step
-	$(PY) benchmarks/bench_data.py $(ARGS)
+bench-1gpu-vs-2gpu-publish: $(STAMP)  ## the same, rewriting the committed figures in benchmarks/results/
+	$(PY) benchmarks/one_vs_two/bench_1gpu_vs_2gpu.py output_dir=benchmarks/results $(if $(devices),devices=$(devices)) $(ARGS)
+
+bench-data:  $(STAMP)  ## images/s per core of each data path, and the data wait of a training step: make bench-data ARGS='images=PATH'
+	$(PY) benchmarks/data/bench_data.py $(ARGS)
+
+docs-scaling:  ## docs/scaling.md, the scaling model, from the committed benchmark results (a docs generator, not a benchmark)
+	$(PYTHON) docs/tools/scaling_model.py
 
 clean:  ## remove the virtualenv and run outputs
 	rm -rf $(VENV) outputs .pytest_cache

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, command, error_line, job_env, launch, ok, start
+from helpers import ROOT, TINY, command, error_line, job_env, launch, ok, start
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ from alexnet_mp.data.prepare import bytes_on_disk, prepare_dataset
 from alexnet_mp.data.shards import RawWriter
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import disk_full_error
-from conftest import ROOT, SHARED_DATA, one_line
+from helpers import ROOT, SHARED_DATA, one_line
 SIZE = 32
 CLASSES = ("cat", "dog", "eel")
 

@@ -16,7 +16,7 @@ from alexnet_mp.use.evaluate import load_trained_model
 from alexnet_mp.paper.figures34 import chromatic_share, kernel_grid, nearest_neighbours, tower_chromatic_shares
 from alexnet_mp.paper.reproduce import CONFIGS, plan_runs, preset_keys, summarise
 from alexnet_mp.paper.student_t import paired_difference, spread, t975
-from conftest import ROOT
+from helpers import ROOT
 
 
 # -- statistics against hand computations -----------------------------------------------------

@@ -22,7 +22,7 @@ from alexnet_mp.net.topk import topk_wrong
 from alexnet_mp.train.checkpoint_policy import Checkpoints
 from alexnet_mp.train.inputs import Inputs
 from alexnet_mp.train.state import Position, RunState
-from alexnet_mp.train.step import StepHooks
+from alexnet_mp.train.step import StepHooks, train_step
 
 __all__ = ["train_epoch", "train_epochs", "validate"]
 
@@ -135,7 +135,8 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
                   every_steps=log_every * 10) as bar:
         clock = _EpochClock(p)
         for images, labels in _batches(loader, inputs, p, clock, bool(cfg.debug.check_batches)):
-            hooks.step(state, images, labels)
+            with hooks.around_step():
+                train_step(state, images, labels)
             bar.update(1)
             if p.step % log_every == 0 or p.step == 1:
                 _log_loss(state, checkpoints, metrics, bar, clock)

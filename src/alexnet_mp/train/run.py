@@ -24,9 +24,8 @@ def train(cfg: DictConfig, run_dir: Path, hooks: StepHooks = StepHooks()) -> dic
 
     ``cfg`` is composed over :class:`alexnet_mp.config.train.TrainConfig` and checked with
     :func:`alexnet_mp.config.check` (``launch/train.py`` does both). ``hooks``: what a caller
-    adds to each step (:class:`StepHooks`), with ``debug.kill_at_step``'s crash added here."""
+    adds to each step (:class:`StepHooks`; none from launch/train.py)."""
     placement = place_run(cfg)
-    hooks = hooks.with_config(cfg)  # after the process group is joined: it names this rank
     # Before the loader's workers fork: they inherit the flag. Restored when the run ends well only.
     with PreemptionFlag.installed() as stop:
         run_dir = agree_on_run_dir(run_dir)

@@ -2,9 +2,10 @@
 the CPU's name, waiting for a device, the device's matmul peak (the denominator of every MFU
 here), the paper's recipe the device check trains with, and a torchrun's workers. (A free port for a process group
 is :func:`alexnet_mp.parallel.placement.free_port`; the relative difference of two tensors
-:func:`alexnet_mp.use.compare.rel_diff`.)
+:func:`benchmarks.shared.exactness.rel_diff`.)
 
-Benchmarks run as scripts, with ``benchmarks/`` on the path: ``from bench_common import ...``.
+Benchmarks run as scripts; each entry point puts the repository root on the path, so the
+benchmarks import as one package: ``from benchmarks.shared.machine import ...``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
 __all__ = ["REPO", "PAPER_MODEL", "PAPER_OPTIM", "PAPER_SCHEDULE", "cpu_name", "sync",
            "measure_matmul_peak", "torchrun_workers"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The paper's net and recipe (sec. 5), for the device check's steps: the schema's defaults.
 PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE = ModelConfig(name="full", init="paper"), OptimConfig(), ScheduleConfig()
 

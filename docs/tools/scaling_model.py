@@ -7,7 +7,7 @@ averaged over the N/2 replicas with a ring all-reduce. This script turns measure
 into bytes per link and a modelled step time for 2 to 64 GPUs on three interconnects, and
 writes ``docs/scaling.md``:
 
-    .venv/bin/python benchmarks/scaling_model.py
+    .venv/bin/python docs/tools/scaling_model.py
 
 Inputs (each printed in the document):
 - bytes exchanged per image, by layer: ``benchmarks/results/bench-1gpu-vs-2gpu.json``
@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 GPUS = (2, 4, 8, 16, 64)
 GPUS_PER_MACHINE = 8
@@ -113,7 +113,7 @@ def document(x: dict) -> str:
         "# Scaling over replicas of the tower pair: a model", "",
         "**This is a model, not a measurement.** No run here had more than one GPU. It turns measured",
         "inputs into bytes per link and a step time. Regenerate with",
-        "`.venv/bin/python benchmarks/scaling_model.py`.", "",
+        "`.venv/bin/python docs/tools/scaling_model.py`.", "",
         "## Inputs", "",
         f"- Tower exchange, forward, per image (measured, `bench-1gpu-vs-2gpu.json`): {fw}. The backward",
         "  sends each crossing layer's input gradient, as many bytes (NCCL reduce-scatter); the logits'",

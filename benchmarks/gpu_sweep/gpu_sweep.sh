@@ -3,7 +3,7 @@
 # (docs/reproducing.md, "On one GPU"). The data travels inside the checkout as one .tar.gz (about 17 MB):
 #   here:   mkdir -p .data && echo /.data/ >> .git/info/exclude
 #           tar czf .data/cifar10-full.tar.gz -C ../shared/data cifar10-full
-#   there:  PYTHON=python3 PYTHONPATH=src bash benchmarks/gpu_sweep.sh      (with .data, and .whl for hydra)
+#   there:  PYTHON=python3 PYTHONPATH=src bash benchmarks/gpu_sweep/gpu_sweep.sh      (with .data, and .whl for hydra)
 # 1. unpacks the archive (tar xzf) into DATA_DIR, and the finished runs of an earlier run of the script
 #    (RESULTS_DIR/reproduce-gpu-runs.tar.gz) into the sweep folder: they are kept, not trained again;
 # 2. runs `launch/reproduce.py preset=gpu_sweep` for at most SWEEP_LIMIT_S seconds (a run cut off is trained
@@ -14,7 +14,7 @@
 # Settings (environment): PYTHON, DATA_ARCHIVE, DATA_DIR, DEVICE (cuda; cpu for a dry run), SWEEP_LIMIT_S,
 # SWEEP_DIR, RESULTS_DIR. Arguments are passed on to launch/reproduce.py (a dry run's tiny overrides).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."   # the repository root
 PY=${PYTHON:-.venv/bin/python}
 ARCHIVE=${DATA_ARCHIVE:-.data/cifar10-full.tar.gz}
 DATA_DIR=${DATA_DIR:-/tmp/alexnet_mp-data}

@@ -7,7 +7,7 @@ as it ends (with torch's, CUDA's, cuDNN's and NCCL's versions):
    backward of the whole net's two LRN layers at batch 128: torch's
    ``F.local_response_norm``, ``alexnet_mp.net.lrn`` (hand-written autograd) and the fused Triton
    kernels (``alexnet_mp.net.lrn_triton``), eager and compiled, fp32 and bf16.
-0b. **Two processes** on the one GPU (``two_processes``, :mod:`gpu_check_two`): exactness,
+0b. **Two processes** on the one GPU (``two_processes``, :mod:`.two_processes`): exactness,
    sync-free ``launch/train.py`` steps, kill -9 and resume, and the two-process step row.
 
 1. **Step times** (the towers on real GPUs). ``full-1dev`` (the whole net, groups=2
@@ -19,12 +19,12 @@ as it ends (with torch's, CUDA's, cuDNN's and NCCL's versions):
    prepared-data loader (uint8 batches, pinned, augmented on the GPU) against the same
    steps fed by inputs already in GPU memory.
 
-    bash benchmarks/gpu_check.sh                         # on a machine with a GPU: tests, then this
-    python benchmarks/gpu_check.py device=cpu batches=[4] steps=1 warmup=1 compile=[false] \
+    bash benchmarks/gpu_check/gpu_check.sh                         # on a machine with a GPU: tests, then this
+    python benchmarks/gpu_check/gpu_check.py device=cpu batches=[4] steps=1 warmup=1 compile=[false] \
         matmul_size=256 data_images=64 data_batch=16 data_epochs=1 lrn_batch=4 lrn_compile=false \
         two_steps=1 two_batch=2 train_steps=12 kill_at=7 variants=[eager]   # a smoke run on a CPU
 
-Settings: ``conf/gpu_check.yaml`` (schema ``alexnet_mp.config.bench.GpuCheckConfig``).
+Settings: ``conf/gpu_check.yaml`` (schema ``schema.py`` beside this file, ``GpuCheckConfig``).
 Everything is the product's code: ``alexnet_mp.train.build_run_state`` and ``train_step``.
 """
 
@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -54,10 +57,13 @@ from alexnet_mp.net.lrn import local_response_norm
 from alexnet_mp.net.model import AlexNet, Exchange, build_model
 from alexnet_mp.train.optim import optimizer_for, schedule_for
 from alexnet_mp.train import RunState, Speed, build_run_state, train_step
-from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, measure_matmul_peak, sync
-from bench_output import write_results
-from gpu_check_report import markdown, versions  # benchmarks/ is on the path when run as a script
-from gpu_check_two import two_processes
+from benchmarks.shared.machine import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO, measure_matmul_peak, sync
+from benchmarks.shared.output import write_results
+from benchmarks.gpu_check.report import markdown, versions
+from benchmarks.gpu_check.two_processes import two_processes
+from benchmarks.gpu_check.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 NAME = "gpu-check"
 
@@ -278,6 +284,25 @@ def main(cfg: DictConfig, job: Job) -> None:
     job.run(lambda: check(cfg), cfg)  # cfg checked against its schema (GpuCheckConfig) first
 
 
+def skipped_parts(args) -> dict[str, str]:
+    """The parts this run leaves out, each with the reason (the settings that ask it, or a
+    missing images folder)."""
+    skipped = {}
+    if not args.lrn_batch:
+        skipped["LRN"] = "lrn_batch=0"
+    if args.skip_two:
+        skipped["two processes"] = "skip_two=true"
+    if args.skip_data:
+        skipped["data"] = "skip_data=true"
+    elif not args.images:
+        skipped["data"] = "no images= given (a folder of real JPEG photographs, train/ and/or val/ of class folders)"
+    elif not Path(args.images).is_dir():
+        skipped["data"] = f"images={args.images} is not a folder"
+    if args.skip_steps:
+        skipped["steps"] = "skip_steps=true"
+    return skipped
+
+
 def check(cfg: DictConfig) -> None:
     """Every part in turn, the result files rewritten after each."""
     args = OmegaConf.to_object(cfg)  # plain lists and numbers for the parts
@@ -291,6 +316,9 @@ def check(cfg: DictConfig) -> None:
     def write() -> None:  # after every part, so a run cut short keeps what it measured
         write_results(args.output_dir, NAME, result, markdown(result))
 
+    result["skipped"] = skipped_parts(args)  # each said once here, and in the result files
+    for part, why in result["skipped"].items():
+        print(f"[gpu-check] {part} part skipped: {why}", flush=True)
     if args.lrn_batch:
         try:  # a failure here (a compiler's, say) must not cost the device check its other parts
             result["lrn"] = lrn_part(args, device)
@@ -303,7 +331,7 @@ def check(cfg: DictConfig) -> None:
         if result["two_processes"].get("exact_detail"):
             result["steps"].append(result["two_processes"]["exact_detail"]["step"])
         write()
-    if not args.skip_data and Path(args.images).is_dir():
+    if "data" not in result["skipped"]:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
             result["data"] = data_part(args, device, Path(tmp))
         write()
@@ -315,4 +343,4 @@ def check(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    run_hydra(main, config_name="gpu_check")
+    run_hydra(main, config_name="gpu_check", config_path="../../conf")

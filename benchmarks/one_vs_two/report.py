@@ -1,13 +1,13 @@
-"""bench-1gpu-vs-2gpu, the report: the results (:mod:`bench_results`) as Markdown and a
-figure, which :func:`bench_output.write_results` writes with the JSON."""
+"""bench-1gpu-vs-2gpu, the report: the results (:mod:`.results`) as Markdown and a
+figure, which :func:`benchmarks.shared.output.write_results` writes with the JSON."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import BinaryIO
 
-from bench_configs import NAME, PAPER_DELTAS, TRAINED
-from bench_results import gflops
+from benchmarks.one_vs_two.configs import NAME, PAPER_DELTAS, TRAINED
+from benchmarks.one_vs_two.results import gflops
 
 __all__ = ["markdown", "plot", "spread_text"]
 

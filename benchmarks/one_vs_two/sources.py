@@ -22,7 +22,7 @@ from alexnet_mp.errors import UserError
 from alexnet_mp.job.provenance import last_commit
 from alexnet_mp.paper.student_t import spread
 
-from bench_configs import NAME
+from benchmarks.one_vs_two.configs import NAME
 
 __all__ = ["error_from_reproduce", "timing_from_result", "TIMING_SETTINGS"]
 

@@ -2,7 +2,7 @@
 
 Each configuration runs in fresh processes (``time_worker``), which measure the device's
 matmul peak, time warm-up and timed steps of ``alexnet_mp.train.train_step``, and report
-memory, communication and MFU; ``summarise_time`` (:mod:`bench_timing_summary`) turns the
+memory, communication and MFU; ``summarise_time`` (:mod:`.timing_summary`) turns the
 ranks' figures into one row.
 """
 
@@ -28,7 +28,7 @@ from alexnet_mp.config.train import ModelConfig, OptimConfig, ScheduleConfig
 from alexnet_mp.parallel.placement import Placement, place
 from alexnet_mp.train import Speed, build_run_state, train_step
 
-from bench_common import measure_matmul_peak, sync
+from benchmarks.shared.machine import measure_matmul_peak, sync
 
 
 # -- the time part: one process per device ------------------------------------------------------

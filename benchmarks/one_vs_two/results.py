@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 from alexnet_mp.job.provenance import git_state
 from alexnet_mp.paper.student_t import paired_difference
 
-from bench_common import cpu_name
-from bench_configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, TARGETS, TRAINED
+from benchmarks.shared.machine import cpu_name
+from benchmarks.one_vs_two.configs import CONFIGS, DEVICES_OF, MODEL_OF, NAME, PAPER_DELTAS, PROCESSES_OF, TARGETS, TRAINED
 
 __all__ = ["environment", "build_results", "gflops"]
 

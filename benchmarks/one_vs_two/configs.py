@@ -1,7 +1,7 @@
 """What bench-1gpu-vs-2gpu compares: its configurations, the paper's claim and the targets.
 
 Shared by the orchestration (``bench_1gpu_vs_2gpu.py``), the timing processes
-(``bench_timing.py``) and the report (``bench_report.py``).
+(``timing.py``) and the report (``report.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PAPER_DELTAS = {"top1_err": -0.017, "top5_err": -0.012}
 TARGETS = (
     ("full-2dev step <= 0.95 x half-1dev+neighbour step", "full-2dev/half-1dev+neighbour", 0.95),
     ("full-2dev step <= 0.53 x full-1dev step", "full-2dev/full-1dev", 0.53),
-    # Exposed: bounded from above (bench_timing.exposed_waits and the gloo threads' CPU time).
+    # Exposed: bounded from above (timing.exposed_waits and the gloo threads' CPU time).
     ("exposed communication <= 1.5% of the full-2dev step", "exposed_comm_share", 0.015),
 )
 SUMMARY_KEYS = ("val_top1_err", "val_top5_err", "images_per_s", "seconds", "final_model")

@@ -15,9 +15,10 @@ two-process ``full-2dev`` run on the prepared data reports the share of the trai
 step spent waiting for data (``data_wait_share`` in metrics.jsonl).
 
     make bench-data
-    python benchmarks/bench_data.py images=/data/ilsvrc2012 repeats=3
+    python benchmarks/data/bench_data.py images=/data/ilsvrc2012 repeats=3
 
-Writes ``bench-data.json`` and ``bench-data.md`` to ``output_dir`` (benchmarks/results).
+Writes ``bench-data.json`` and ``bench-data.md`` to ``output_dir`` (default outputs/benchmarks;
+the published figures: ``output_dir=benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -40,10 +45,13 @@ from PIL import Image
 from alexnet_mp import config, data
 from alexnet_mp.job.cli import Job, run_hydra, train_command
 from alexnet_mp.data import BatchAugment, PreparedImages
-from alexnet_mp.data.reference import PaperTransform  # the per-image transform: the "before" of this benchmark
 from alexnet_mp.errors import UserError
-from bench_common import REPO, cpu_name
-from bench_output import write_results
+from benchmarks.data.per_image import PaperTransform  # the per-image transform: the "before" of this benchmark
+from benchmarks.shared.machine import REPO, cpu_name
+from benchmarks.shared.output import write_results
+from benchmarks.data.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 NAME = "bench-data"
 FEED_TARGET = 30_000  # images/s: about what a pair of current GPUs trains AlexNet at, the rate a loader must feed
@@ -198,6 +206,9 @@ def markdown(r: dict) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
+    if OmegaConf.is_missing(cfg, "images"):
+        raise UserError("images= is required: a folder of real JPEG photographs (train/ and/or val/ of class folders), "
+                        "e.g. images=/data/ilsvrc2012")
     images = Path(str(cfg.images)).expanduser()
     if not images.is_dir():
         raise UserError(f"images={images} is not a folder of real photographs (train/ and/or val/ of class folders)")
@@ -232,7 +243,7 @@ def run(cfg: DictConfig) -> dict:
 
 def main(cfg: DictConfig, job: Job) -> None:  # noqa: ARG001 - its own one-line errors
     try:
-        config.check(cfg)  # against conf/bench_data.yaml's schema (alexnet_mp.config.bench)
+        config.check(cfg)  # against conf/bench_data.yaml's schema (schema.py beside this file)
         result = run(cfg)
     except UserError as err:
         print(f"{NAME}: error: {err}", file=sys.stderr, flush=True)
@@ -241,4 +252,4 @@ def main(cfg: DictConfig, job: Job) -> None:  # noqa: ARG001 - its own one-line 
     print(markdown(result), flush=True)
 
 if __name__ == "__main__":
-    run_hydra(main, config_name="bench_data")
+    run_hydra(main, config_name="bench_data", config_path="../../conf")

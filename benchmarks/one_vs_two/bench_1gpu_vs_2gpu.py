@@ -13,11 +13,12 @@ A device is a GPU (NCCL) when the machine has enough of them; otherwise it is on
 process with ``threads`` threads pinned to its own CPU core (gloo).
 
     make bench-1gpu-vs-2gpu
-    python benchmarks/bench_1gpu_vs_2gpu.py batch=128 timed_steps=20 skip_error=true
-    python benchmarks/bench_1gpu_vs_2gpu.py data=imagefolder data.root=/data/ilsvrc2012 epochs=90 seeds=[0,1,2]
+    python benchmarks/one_vs_two/bench_1gpu_vs_2gpu.py batch=128 timed_steps=20 skip_error=true
+    python benchmarks/one_vs_two/bench_1gpu_vs_2gpu.py data=imagefolder data.root=/data/ilsvrc2012 epochs=90 seeds=[0,1,2]
 
 Writes ``bench-1gpu-vs-2gpu.json``, ``.md`` and ``.png`` to ``output_dir``
-(default ``benchmarks/results``); the training runs go to the Hydra run directory.
+(default ``outputs/benchmarks``; ``make bench-1gpu-vs-2gpu-publish`` writes the published
+figures, ``benchmarks/results``); the training runs go to the Hydra run directory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import hydra
 import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
@@ -43,18 +48,21 @@ from alexnet_mp.paper.reproduce.submit import run_logged
 from alexnet_mp.paper.student_t import spread
 from alexnet_mp.train import Speed
 
-# The benchmark by concern: what is compared (bench_configs), the timing processes
-# (bench_timing) and their summary (bench_timing_summary), the results (bench_results), the
-# report (bench_report); this file orchestrates.
-from bench_common import REPO, cpu_name
-from bench_configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, SUMMARY_KEYS, TRAINED,
+# The benchmark by concern, each a module of this folder: what is compared (configs), the timing
+# processes (timing) and their summary (timing_summary), the results (results), the report
+# (report), earlier results as sources (sources), the settings (schema); this file orchestrates.
+from benchmarks.shared.machine import REPO, cpu_name
+from benchmarks.one_vs_two.configs import (CONFIGS, DEVICES_OF, EVAL_KEYS, MODEL_OF, NAME, PROCESSES_OF, SUMMARY_KEYS, TRAINED,
                            scale_configurations)
-from bench_output import write_results
-from bench_report import markdown, plot
-from bench_results import build_results, environment
-from bench_sources import error_from_reproduce, timing_from_result
-from bench_timing import time_worker
-from bench_timing_summary import merge_rounds, summarise_time
+from benchmarks.shared.output import write_results
+from benchmarks.one_vs_two.report import markdown, plot
+from benchmarks.one_vs_two.results import build_results, environment
+from benchmarks.one_vs_two.sources import error_from_reproduce, timing_from_result
+from benchmarks.one_vs_two.timing import time_worker
+from benchmarks.one_vs_two.timing_summary import merge_rounds, summarise_time
+from benchmarks.one_vs_two.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 # -- where the devices are ----------------------------------------------------------------------
 
@@ -110,9 +118,8 @@ def time_configuration(name: str, cfg: DictConfig, plan: dict, shape: dict | Non
         return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
 
 
-def time_scale(cfg: DictConfig, plan: dict) -> dict:
-    """``devices=N``: half-Ndev (N data-parallel replicas of the half net) against full-Ndev
-    (N/2 replicas of the tower pair), the trainer's placement, DDP and batch split."""
+def check_devices(cfg: DictConfig, plan: dict) -> None:
+    """A one-line error, before any work, when ``devices=N`` cannot run here."""
     n = int(cfg.devices)
     have = plan["gpus"] if plan["kind"] == "gpu" else len(plan["cores"])
     unit = "GPUs" if plan["kind"] == "gpu" else "CPU cores (a CPU device is one core)"
@@ -122,6 +129,13 @@ def time_scale(cfg: DictConfig, plan: dict) -> dict:
         raise UserError(f"devices={n} needs {n} devices; this machine has {have} {unit}")
     if int(cfg.batch) % n:
         raise UserError(f"devices={n}: batch={cfg.batch} must split evenly over the {n} half-net replicas")
+
+
+def time_scale(cfg: DictConfig, plan: dict) -> dict:
+    """``devices=N``: half-Ndev (N data-parallel replicas of the half net) against full-Ndev
+    (N/2 replicas of the tower pair), the trainer's placement, DDP and batch split
+    (``devices`` checked first, :func:`check_devices`)."""
+    n = int(cfg.devices)
     rows = {}
     for name, shape in scale_configurations(n).items():
         rows[name] = summarise_time(time_configuration(name, cfg, plan, shape), int(cfg.batch), int(cfg.input_size),
@@ -206,11 +220,13 @@ def summarise_errors(runs: list[dict], seeds: list[int]) -> dict:
 
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]]:
     """Both parts, then the three result files. Returns the results and the files' paths."""
-    config.check(cfg)  # every number and word against conf/bench.yaml's schema (alexnet_mp.config.bench)
+    config.check(cfg)  # every number and word against conf/bench.yaml's schema (schema.py beside this file)
     plan = plan_devices(str(cfg.device))
     seeds = [int(s) for s in cfg.seeds]
     if not seeds:
         raise UserError("seeds must list at least one seed, e.g. seeds=[0]")
+    if int(cfg.get("devices", 0)):
+        check_devices(cfg, plan)
     settings = _settings(cfg, seeds)
     print(f"{NAME}: {plan['meaning']} ({', '.join(plan['names'])})", flush=True)
     sources = earlier_parts(cfg)  # timing_from / error_from: parts of earlier results, not measured again
@@ -239,7 +255,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict[str, Path]
 
 
 def earlier_parts(cfg: DictConfig) -> dict[str, tuple]:
-    """The parts ``timing_from`` and ``error_from`` name, read before any work (bench_sources)."""
+    """The parts ``timing_from`` and ``error_from`` name, read before any work (sources.py)."""
     parts = {}
     if cfg.get("timing_from"):
         if cfg.skip_time or int(cfg.devices):
@@ -325,4 +341,4 @@ def main(cfg: DictConfig, job: Job) -> None:  # noqa: ARG001 - its own one-line 
 
 
 if __name__ == "__main__":
-    run_hydra(main, config_name="bench")
+    run_hydra(main, config_name="bench", config_path="../../conf")

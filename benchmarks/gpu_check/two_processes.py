@@ -15,7 +15,7 @@ each recorded as it ends (``write()``), each skipped once ``deadline`` has passe
 
 Its settings are the device check's (``conf/gpu_check.yaml``); it runs alone as
 
-    python benchmarks/gpu_check.py device=cpu skip_steps=true skip_data=true lrn_batch=0 \
+    python benchmarks/gpu_check/gpu_check.py device=cpu skip_steps=true skip_data=true lrn_batch=0 \
         train_steps=12 kill_at=7 two_batch=4 two_steps=1 variants=[eager]     # a CPU dry run
 """
 
@@ -34,9 +34,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from alexnet_mp.use.compare import rel_diff
-from alexnet_mp.parallel.placement import free_port
-from bench_common import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO
+from alexnet_mp.parallel.placement import free_port, nccl_shares_gpus, nccl_version
+from benchmarks.shared.exactness import rel_diff
+from benchmarks.shared.machine import PAPER_MODEL, PAPER_OPTIM, PAPER_SCHEDULE, REPO
 
 TOL = 1e-5  # tests/test_parallel.py's bound for the two-process comparisons
 
@@ -102,7 +102,7 @@ def exact_and_step(device: str, backend: str, env: dict, batch: int, steps: int)
 
 def _launch(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "benchmarks" / "gpu_check_train.py"), *args]
+           str(REPO / "benchmarks" / "gpu_check" / "train_watched.py"), *args]
     try:
         return subprocess.run(cmd, cwd=REPO, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                               capture_output=True, text=True, timeout=timeout)
@@ -131,7 +131,7 @@ def straight_kill_resume(work: Path, name: str, base: list[str], env: dict, kill
     if first.returncode:
         return {**row, "error": _tail(first)}
     row.update(json.loads(Path(f"{counts}.0").read_text()))
-    killed = _launch([*base, f"hydra.run.dir={crashed}", f"debug.kill_at_step={kill_at}"], env, timeout)
+    killed = _launch([*base, f"hydra.run.dir={crashed}"], {**env, "CHECK_KILL_AT": str(kill_at)}, timeout)
     resumed = _launch([*base, f"hydra.run.dir={crashed}", "resume=true"], env, timeout)
     row.update(killed_rc=killed.returncode, resumed_rc=resumed.returncode)
     a, b = _final(straight), _final(crashed)
@@ -177,11 +177,17 @@ def runs(args, backend: str, env: dict, result: dict, write, deadline: float) ->
     result["steps"] = eager.get("steps", 0)
 
 
+def shared_gpu_backend(device: str) -> tuple[str, dict]:
+    """The backend for two ranks on one GPU, and the environment it needs: NCCL where its
+    version allows sharing, else gloo (which stages CUDA tensors through host memory)."""
+    if device == "cuda" and nccl_shares_gpus(nccl_version()):
+        return "nccl", {"NCCL_MULTI_RANK_GPU_ENABLE": "1"}
+    return "gloo", {}
+
+
 def two_processes(args, write, result: dict) -> None:
     """Fill ``result`` (the ``two_processes`` entry of gpu-check.json) part by part."""
     deadline = time.perf_counter() + args.two_deadline_s
-    from alexnet_mp.parallel.placement import shared_gpu_backend
-
     backend, env = shared_gpu_backend(args.device)
     result.update(backend=backend, env=env, exact=None, sync_free=None, steps=0, runs={})
     try:

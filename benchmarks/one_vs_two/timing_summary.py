@@ -1,5 +1,5 @@
 """bench-1gpu-vs-2gpu, the time part's summary: the ranks' figures of one configuration (from
-:func:`bench_timing.time_worker`, one or several rounds) as one row: step times, throughput,
+:func:`.timing.time_worker`, one or several rounds) as one row: step times, throughput,
 memory, MFU, and the communication, with how much of it was exposed."""
 
 from __future__ import annotations

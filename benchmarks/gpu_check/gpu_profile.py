@@ -5,11 +5,17 @@ with channels_last at the first of ``batches``: the profiler's table of the eage
 kernels (5 steps), then the step time of ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
 Settings: the device check's, ``conf/gpu_check.yaml`` (``device``, ``batches``).
 
-    python benchmarks/gpu_profile.py batches=[128] > benchmarks/results/gpu-profile.log
-    python benchmarks/gpu_profile.py device=cpu batches=[2]     # a smoke run (compile's default mode on a CPU)
+    python benchmarks/gpu_check/gpu_profile.py batches=[128] > benchmarks/results/gpu-profile.log
+    python benchmarks/gpu_check/gpu_profile.py device=cpu batches=[2]     # a smoke run (compile's default mode on a CPU)
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 from omegaconf import DictConfig
@@ -17,8 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.train import Speed, train_step
-from bench_common import sync
-from gpu_check import build_state, inputs, time_steps  # benchmarks/ is on the path when run as a script
+from benchmarks.shared.machine import sync
+from benchmarks.gpu_check.gpu_check import build_state, inputs, time_steps
+from benchmarks.gpu_check.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 
 def profile_steps(device: torch.device, batch: int) -> None:
@@ -50,4 +59,4 @@ def main(cfg: DictConfig, job: Job) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra(main, config_name="gpu_check")
+    run_hydra(main, config_name="gpu_check", config_path="../../conf")

@@ -3,8 +3,9 @@
 :class:`PaperTransform` applies sec. 4.1 to ONE image, written as the paper reads; the
 product does the same per batch on the training device
 (:class:`alexnet_mp.data.BatchAugment`), and the tests hold the two equal. Training never
-uses it: it is the oracle of the tests and the "before" row of ``benchmarks/bench_data.py``,
-which both import it from here.
+uses it, so it lives outside the product: it is the "before" row of
+``benchmarks/data/bench_data.py`` and the oracle of the tests (tests/test_augment.py,
+tests/test_data.py), which import it from here.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ checkpoint, waits a little longer each time (``delay_step_s`` more, so the kill 
 moments of a step), then ``kill -9``s torchrun alone and times until no worker is left.
 Reports each time with the workers' one line, and the median.
 
-    python benchmarks/bench_launcher_death.py
-    python benchmarks/bench_launcher_death.py kills=1
+    python benchmarks/launcher_death/bench_launcher_death.py
+    python benchmarks/launcher_death/bench_launcher_death.py kills=1
 
-Writes ``bench-launcher-death.json`` and ``.md`` to ``output_dir`` (benchmarks/results).
+Writes ``bench-launcher-death.json`` and ``.md`` to ``output_dir`` (default outputs/benchmarks;
+the published figures: ``output_dir=benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.job.launcher import alive
-from bench_common import REPO, cpu_name, torchrun_workers
-from bench_output import write_results
+from benchmarks.shared.machine import REPO, cpu_name, torchrun_workers
+from benchmarks.shared.output import write_results
+from benchmarks.launcher_death.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 NAME = "bench-launcher-death"
 
@@ -89,4 +96,4 @@ def main(cfg: DictConfig, job: Job) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra(main, config_name="bench_launcher_death")
+    run_hydra(main, config_name="bench_launcher_death", config_path="../../conf")

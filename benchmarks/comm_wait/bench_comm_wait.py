@@ -9,10 +9,11 @@ and its wait) moves it; the overlapped exchange's figure is shown beside it (bel
 the tower computed while the bytes travelled). Training steps of the 7-class net (fc8 and the
 logits split 4 + 3) at the smallest input the net takes, the same weights and batch on both towers.
 
-    python benchmarks/bench_comm_wait.py
-    python benchmarks/bench_comm_wait.py steps=20 tolerance=0.02
+    python benchmarks/comm_wait/bench_comm_wait.py
+    python benchmarks/comm_wait/bench_comm_wait.py steps=20 tolerance=0.02
 
-Writes ``bench-comm-wait.json`` and ``.md`` to ``output_dir`` (benchmarks/results).
+Writes ``bench-comm-wait.json`` and ``.md`` to ``output_dir`` (default outputs/benchmarks;
+the published figures: ``output_dir=benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import json
 import os
 import statistics
 import tempfile
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.distributed as dist
@@ -35,8 +40,11 @@ from alexnet_mp.parallel import comm_trace
 from alexnet_mp.job.cli import Job, run_hydra
 from alexnet_mp.parallel.towers import parallelize
 from alexnet_mp.parallel.placement import free_port
-from bench_common import cpu_name
-from bench_output import write_results
+from benchmarks.shared.machine import cpu_name
+from benchmarks.shared.output import write_results
+from benchmarks.comm_wait.schema import register
+
+register()  # the schema conf/ names (``- base_...``), which the product's config package does not hold
 
 NAME = "bench-comm-wait"
 
@@ -116,4 +124,4 @@ def main(cfg: DictConfig, job: Job) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra(main, config_name="bench_comm_wait")
+    run_hydra(main, config_name="bench_comm_wait", config_path="../../conf")

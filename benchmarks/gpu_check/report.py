@@ -37,6 +37,8 @@ def markdown(r: dict) -> str:
         lines += ["", f"Data: the whole net ({d['precision']}, batch {d['batch']}) fed by the prepared loader "
                       f"({d['workers']} workers) at {d['loader_images_per_s']:.0f} images/s against "
                       f"{d['memory_images_per_s']:.0f} from GPU memory: ratio {d['ratio']:.3f} (target >= 0.9)."]
+    if r.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(f"{part} ({why})" for part, why in r["skipped"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
