@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train data prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,9 @@ test: $(STAMP)  ## run the whole test suite (two-process gloo tests included); T
 
 train: $(STAMP)  ## train the two-tower net, one tower per process, on the built-in synthetic data
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 launch/train.py $(ARGS)
+
+data: $(STAMP)  ## CIFAR-10 as image folders in data/cifar10 (md5 checked): make data ARGS='out=DIR val=test|N format=png|jpeg'
+	$(PY) launch/get_data.py $(ARGS)
 
 prepare: $(STAMP)  ## preprocess an image folder once for data=prepared: make prepare ARGS='data.root=SRC out=DST'
 	$(PY) launch/prepare.py $(ARGS)
