@@ -42,7 +42,7 @@ reproduce: $(STAMP)  ## the paper's comparisons over seeds: make reproduce ARGS=
 figures: $(STAMP)  ## the paper's Figures 3 and 4 from a trained run: make figures ARGS='checkpoint=RUN_DIR'
 	$(PY) launch/figures.py $(ARGS)
 
-figure1: $(STAMP)  ## the paper's Figure 1, ReLU against tanh: make figure1 ARGS='data.root=../shared/data/cifar10-full' (figure1=gpu: the GPU run)
+figure1: $(STAMP)  ## the paper's Figure 1, ReLU against tanh: make figure1 ARGS='data.root=data/cifar10' (after make data) (figure1=gpu: the GPU run)
 	$(PY) launch/figure1.py $(ARGS)
 
 figure2: $(STAMP)  ## Figure 2 drawn from arch.py and one traced training step of the two towers (results/): make figure2 ARGS='+ablation=no_conv4 output_dir=DIR'
