@@ -21,7 +21,7 @@ DATA_DIR=${DATA_DIR:-/tmp/alexnet_mp-data}
 DEVICE=${DEVICE:-cuda}
 LIMIT=${SWEEP_LIMIT_S:-480}
 SWEEP=${SWEEP_DIR:-outputs/reproduce-gpu}
-RESULTS=${RESULTS_DIR:-results}
+RESULTS=${RESULTS_DIR:-outputs/gpu-sweep}   # RESULTS_DIR=results: update the committed report
 RUNS="$RESULTS/reproduce-gpu-runs.tar.gz"
 export PYTHONUNBUFFERED=1
 say() { echo "gpu_sweep: $*"; }

@@ -54,7 +54,7 @@ class ReproduceConfig:
     sweep_dir: str = "outputs/reproduce"
     launcher: str = setting("local", choices=LAUNCHERS)
     slurm: SlurmConfig = setting(factory=SlurmConfig)
-    output_dir: str = "results"
+    output_dir: str = "outputs/reproduce"     # reproduce.{json,md,png}; results: the committed report
     output_name: str = "reproduce"
     report_only: bool = False                 # write the report of the finished runs; train nothing
 
