@@ -25,7 +25,9 @@ from benchmarks.shared.exactness import rel_diff  # noqa: F401 - the exactness m
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
-TINY = ["experiment=smoke", "progress=false"]  # 128 train / 64 val synthetic images, batch 16, 2 epochs
+# 128 train / 64 val synthetic images, batch 16, 2 epochs: the smoke preset, with the short run's
+# dropout and rate put back, so that resuming and replicas are tested with dropout masks drawn.
+TINY = ["experiment=smoke", "progress=false", "model.dropout=0.5", "optim.lr=0.002", "schedule.warmup_steps=60"]
 
 
 # -- the entry points, launched as a user launches them ------------------------------------------

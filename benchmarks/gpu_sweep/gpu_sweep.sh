@@ -2,7 +2,7 @@
 # The comparison sweep on one H200, one prepared script: about 8 minutes of sweep, then the report
 # (docs/reproducing.md, "On one GPU"). The data travels inside the checkout as one .tar.gz (about 17 MB):
 #   here:   mkdir -p .data && echo /.data/ >> .git/info/exclude
-#           tar czf .data/cifar10-full.tar.gz -C ../shared/data cifar10-full
+#           tar czf .data/cifar10-full.tar.gz -C data cifar10-full     # after make data ARGS="out=data/cifar10-full val=200 format=jpeg"
 #   there:  PYTHON=python3 PYTHONPATH=src bash benchmarks/gpu_sweep/gpu_sweep.sh      (with .data, and .whl for hydra)
 # 1. unpacks the archive (tar xzf) into DATA_DIR, and the finished runs of an earlier run of the script
 #    (RESULTS_DIR/reproduce-gpu-runs.tar.gz) into the sweep folder: they are kept, not trained again;
@@ -21,7 +21,7 @@ DATA_DIR=${DATA_DIR:-/tmp/alexnet_mp-data}
 DEVICE=${DEVICE:-cuda}
 LIMIT=${SWEEP_LIMIT_S:-480}
 SWEEP=${SWEEP_DIR:-outputs/reproduce-gpu}
-RESULTS=${RESULTS_DIR:-results}
+RESULTS=${RESULTS_DIR:-outputs/gpu-sweep}   # RESULTS_DIR=results: update the committed report
 RUNS="$RESULTS/reproduce-gpu-runs.tar.gz"
 export PYTHONUNBUFFERED=1
 say() { echo "gpu_sweep: $*"; }

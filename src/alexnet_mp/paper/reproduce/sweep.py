@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp.data.images import ImageFolderImages
+from alexnet_mp.errors import UserError
 from alexnet_mp.net.arch import spec_for
 from alexnet_mp.job.checkpoint import load_file
 from alexnet_mp.job.cli import data_overrides, override_value, train_command
@@ -50,10 +52,14 @@ class Sweep:
             return args + [f"data.workers={override_value(self.cfg.workers)}"]
         out = self.dir / f"prepared-{int(d.image_size)}"
         if not (out / "done.json").is_file() and not (out / "meta.json").is_file():
+            ImageFolderImages(d.root, "train", int(d.image_size))  # a bad data root: one line, before any work
             log.info("preparing %s once into %s", d.root, out)
         cmd = [sys.executable, str(REPO / "launch" / "prepare.py"), f"out={override_value(str(out))}",
                *args, "progress=false"]
-        self._run(cmd, self.dir / "prepare.log")
+        try:
+            self._run(cmd, self.dir / "prepare.log")
+        except RuntimeError as err:  # every run needs the data: the sweep stops, in one line
+            raise UserError(f"preparing the data failed: {err}") from None
         kept = ("seed", "image_size", "mean_subtraction", "flip", "pca_sigma", "pca_scale", "augment")
         plain = OmegaConf.to_container(d, resolve=True)
         return (["data=prepared", f"data.root={override_value(str(out))}"]
