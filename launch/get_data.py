@@ -5,18 +5,16 @@
     torchrun --nproc_per_node=2 launch/train.py data=imagefolder data.root=data/cifar10 data.image_size=77
 """
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import alexnet_mp.config  # noqa: F401 - registers the schema conf/ names
 from alexnet_mp.data.fetch import get_data
-from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.job.cli import Job, run_hydra
 
 
-@hydra.main(config_path="../conf", config_name="get_data", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_entry_point(lambda: get_data(OmegaConf.to_object(cfg)), cfg)
+def main(cfg: DictConfig, job: Job) -> None:
+    job.run(lambda: get_data(OmegaConf.to_object(cfg)), cfg)
 
 
 if __name__ == "__main__":
-    run_hydra(main)
+    run_hydra(main, config_name="get_data")
