@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import ROOT, TINY, command, error_line, job_env, launch, ok, start
+from conftest import ROOT, TINY, command, error_line, final_state, job_env, launch, ok, start
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +38,14 @@ def _temporaries(run: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> tuple[Path, int, str]:
-    """A one-process run sent SIGUSR1 (Slurm's --signal) after its checkpoint at step 2."""
+    """A one-process run with two loader workers, its whole process group sent SIGUSR1 (what
+    Slurm's --signal without B: does) after its checkpoint at step 2: the workers get it too."""
     run = tmp_path_factory.mktemp("stopped") / "run"
-    proc = start([*ONE_PROCESS, "checkpoint.every_steps=2", f"hydra.run.dir={run}"], nproc=0)
+    proc = start([*ONE_PROCESS, "checkpoint.every_steps=2", "data.workers=2", f"hydra.run.dir={run}"], nproc=0)
     deadline = time.monotonic() + 120
     while not _latest(run).startswith("step-00000002") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGUSR1)
+    os.killpg(proc.pid, signal.SIGUSR1)
     out, _ = proc.communicate(timeout=120)
     return run, proc.returncode, out
 
@@ -57,6 +59,16 @@ def test_a_stop_signal_saves_and_exits_with_the_preemption_status(stopped):
     assert len(lines) == 1 and lines[0].startswith("alexnet_mp: stopped by SIGUSR1 at step "), out[-2000:]
     step = int(lines[0].split("at step ")[1].split(";")[0])
     assert _latest(run).startswith(f"step-{step:08d}") and "Traceback" not in out
+    assert (run / "checkpoints" / _latest(run) / "meta.json").is_file()
+
+
+def test_a_run_stopped_with_its_loader_workers_resumes_bit_for_bit(stopped, straight_one_process, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped[0], run)
+    ok(launch([*ONE_PROCESS, "checkpoint.every_steps=2", f"hydra.run.dir={run}", "resume=true"], nproc=0))
+    straight, resumed = final_state(straight_one_process), final_state(run)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
 
 
 # -- a full disk --------------------------------------------------------------------------------------

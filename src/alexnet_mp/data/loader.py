@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from alexnet_mp.data.seeds import TAG_LOADER, TAG_ORDER, generator
 from alexnet_mp.errors import UserError
 
 __all__ = ["Batch", "BatchLoader", "BatchReader", "EpochBatches", "cores", "default_workers", "epoch_order",
-           "read_images", "worker_context"]
+           "read_images", "worker_context", "worker_death"]
 
 
 @dataclass
@@ -142,6 +143,31 @@ def worker_context() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+# The stop signals of alexnet_mp.job.preempt (a scheduler's SIGTERM, Ctrl-C's SIGINT, Slurm's SIGUSR1).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _worker_start(worker_id: int) -> None:  # noqa: ARG001
+    """Each loader worker ignores the stop signals: the process that owns it acts on them.
+
+    A scheduler signals every process of the job (Slurm's SIGTERM goes to the process group,
+    Ctrl-C to the terminal's), workers included. torch's worker handler lets a SIGTERM kill
+    the worker, and the DataLoader then raises "worker ... killed by signal" in the main
+    process at whatever line it is on, a checkpoint write included. Ignored here, the main
+    process stops at its next step boundary and saves; its workers end with it (the loader's
+    shutdown, or torch's watchdog, which sees their parent gone within 5 s)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def worker_death(err: BaseException) -> str | None:
+    """torch's words when ``err`` says a loader worker died (a signal, the OOM killer), else None."""
+    text = str(err).strip()
+    if isinstance(err, RuntimeError) and text.startswith("DataLoader worker"):
+        return text.splitlines()[0].rstrip(". ")
+    return None
+
+
 class BatchLoader:
     """Batches of ``base`` for any epoch, through one DataLoader whose workers live as long
     as the loader (forked once, not every epoch and every evaluation), with prefetching and
@@ -161,7 +187,7 @@ class BatchLoader:
             self.reader, sampler=self.sampler, batch_size=None, num_workers=workers,
             multiprocessing_context=worker_context() if workers > 0 else None,
             persistent_workers=workers > 0, pin_memory=pin_memory,
-            prefetch_factor=prefetch if workers > 0 else None,
+            prefetch_factor=prefetch if workers > 0 else None, worker_init_fn=_worker_start if workers > 0 else None,
             # A private generator: starting the workers must not consume the global RNG (dropout).
             generator=generator(TAG_LOADER, seed))
 
