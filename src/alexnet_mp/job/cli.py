@@ -21,7 +21,7 @@ from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.job.preempt import Preempted, exit_preempted
 
 __all__ = ["run_entry_point", "run_hydra", "check_run_dir_override", "hydra_run_dir", "override_value",
-           "data_overrides", "train_command"]
+           "data_overrides", "train_command", "checkout"]
 
 
 def hydra_run_dir() -> Path:
@@ -168,10 +168,25 @@ def data_overrides(data_cfg: DictConfig) -> list[str]:
                                         if k != "name" and not isinstance(v, (dict, list))]
 
 
-def train_command(overrides: list[str], processes: int = 1, torchrun: bool = True) -> list[str]:
-    """``launch/train.py`` with ``overrides``: under torchrun with ``processes`` processes on this
-    machine, or (``torchrun=False``) in one plain python process; the sweep and the benchmark launch it so."""
-    script = str(Path(__file__).resolve().parents[2] / "launch" / "train.py")
+def checkout() -> Path:
+    """The repository this command was started from: the nearest folder holding
+    ``launch/train.py`` above the running script (``launch/reproduce.py``, a benchmark), else
+    the one this package's source lies in. The sweep and the benchmarks run that checkout's
+    ``launch/`` scripts, not those of wherever the package is installed from (an editable
+    install of another checkout)."""
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] not in ("", "-c", "-m") else None
+    for folder in script.parents if script is not None else ():
+        if (folder / "launch" / "train.py").is_file():
+            return folder
+    return Path(__file__).resolve().parents[3]  # src/alexnet_mp/job/cli.py
+
+
+def train_command(overrides: list[str], processes: int = 1, torchrun: bool = True,
+                  repo: Path | None = None) -> list[str]:
+    """``launch/train.py`` of ``repo`` (default :func:`checkout`) with ``overrides``: under
+    torchrun with ``processes`` processes on this machine, or (``torchrun=False``) in one plain
+    python process; the sweep and the benchmark launch it so."""
+    script = str((repo or checkout()) / "launch" / "train.py")
     if not torchrun:
         return [sys.executable, script, *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", script,
