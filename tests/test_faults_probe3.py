@@ -152,3 +152,48 @@ def test_the_sweep_runs_the_train_py_of_the_checkout_it_was_started_from(tmp_pat
     assert train_command(["epochs=1"], torchrun=False)[1:] == [str(other.resolve() / "launch" / "train.py"), "epochs=1"]
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "elsewhere.py")])  # no checkout above: the package's own
     assert train_command([], torchrun=False)[1] == str(ROOT / "launch" / "train.py")
+
+
+# -- 8. Ctrl-C outside training; the output paths of evaluate and predict -------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, module, function, args", [
+    ("evaluate", "alexnet_mp.use.evaluate", "evaluate_checkpoint", ["checkpoint=RUN"]),
+    ("predict", "alexnet_mp.use.predict", "predict", ["checkpoint=RUN", "images=RUN"]),
+    ("figure1", "alexnet_mp.paper.figure1", "figure1", ["data.root=RUN"]),
+])
+def test_ctrl_c_in_the_other_entry_points_is_one_line(tmp_path, script, module, function, args):
+    """The launch script as a user runs it, its work interrupted (KeyboardInterrupt, what
+    Ctrl-C raises) at a moment the test chooses rather than one a timer guesses."""
+    code = (f"import importlib, runpy, sys; m = importlib.import_module({module!r}); "
+            f"m.{function} = lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt()); "
+            f"sys.argv = {[str(ROOT / 'launch' / f'{script}.py'), *(a.replace('RUN', str(tmp_path)) for a in args)]!r}; "
+            f"runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=job_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == ["alexnet_mp: stopped by SIGINT (Ctrl-C); files already written are kept"]
+
+
+def test_evaluate_refuses_a_missing_output_folder_as_predict_and_export_do(tmp_path):
+    from omegaconf import OmegaConf
+
+    from alexnet_mp.errors import UserError
+    from alexnet_mp.use.evaluate import _output_path
+
+    cfg = OmegaConf.create({"checkpoint": str(tmp_path), "output": str(tmp_path / "missing" / "eval.json"),
+                            "data": None})
+    with pytest.raises(UserError, match=r"the folder .*missing does not exist"):
+        _output_path(cfg)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_an_output_under_a_file_names_the_file(tmp_path):
+    from alexnet_mp.errors import UserError
+    from alexnet_mp.use.predict import check_output_path
+
+    (tmp_path / "notes.txt").write_text("a file")
+    for out in (tmp_path / "notes.txt" / "out.json", tmp_path / "notes.txt" / "sub" / "out.json"):
+        with pytest.raises(UserError) as err:
+            check_output_path(out)
+        assert str(err.value) == f"cannot write {out}: {tmp_path / 'notes.txt'} is a file, not a folder"

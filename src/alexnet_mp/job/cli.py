@@ -100,6 +100,17 @@ def run_hydra(main: Callable[[], object]) -> None:
         if _task_started:
             raise
         _fail(config.explain(err))
+    except KeyboardInterrupt:  # Ctrl-C before the task (composing the config)
+        _interrupted()
+
+
+def _interrupted() -> None:
+    """Ctrl-C outside training (which saves and exits 75): one line, and 130 as a shell's Ctrl-C
+    status. What was written so far is whole (io.atomic_write) and stays."""
+    print("alexnet_mp: stopped by SIGINT (Ctrl-C); files already written are kept", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    _leave(failed=True)
+    os._exit(130)
 
 
 def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run_dir: Path | None = None) -> None:
@@ -124,6 +135,8 @@ def run_entry_point(fn: Callable[[], object], cfg: DictConfig | None = None, run
     except Preempted as stop:
         job.leave()
         exit_preempted(str(stop), main=rank == 0)
+    except KeyboardInterrupt:
+        _interrupted()
     except QuietStop:
         sys.stdout.flush()
         _leave(failed=True)
