@@ -114,7 +114,8 @@ def test_a_killed_sweep_takes_its_runs_with_it_and_they_save(tmp_path):
     run = tmp_path / "sweep" / "runs" / "full-seed0"
     proc = subprocess.Popen(
         [sys.executable, "launch/reproduce.py", "configs=[full]", "seeds=[0]", "epochs=1", "data.train_size=512",
-         "data.val_size=32", "data.stats_samples=64", f"sweep_dir={tmp_path / 'sweep'}", f"output_dir={tmp_path / 'out'}",
+         "data.val_size=32", "data.stats_samples=64", f"sweep_dir={tmp_path / 'sweep'}",
+         f"output_dir={tmp_path / 'out'}",
          'train_overrides=["progress=false","batch_size=16","checkpoint.every_steps=1"]'],
         cwd=ROOT, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -165,14 +166,15 @@ def test_the_sweep_runs_the_train_py_of_the_checkout_it_was_started_from(tmp_pat
 def test_ctrl_c_in_the_other_entry_points_is_one_line(tmp_path, script, module, function, args):
     """The launch script as a user runs it, its work interrupted (KeyboardInterrupt, what
     Ctrl-C raises) at a moment the test chooses rather than one a timer guesses."""
+    argv = [str(ROOT / "launch" / f"{script}.py"), *(a.replace("RUN", str(tmp_path)) for a in args)]
     code = (f"import importlib, runpy, sys; m = importlib.import_module({module!r}); "
             f"m.{function} = lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt()); "
-            f"sys.argv = {[str(ROOT / 'launch' / f'{script}.py'), *(a.replace('RUN', str(tmp_path)) for a in args)]!r}; "
-            f"runpy.run_path(sys.argv[0], run_name='__main__')")
+            f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=job_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines() == ["alexnet_mp: stopped by SIGINT (Ctrl-C); files already written are kept"]
+    said = proc.stderr.strip().splitlines()
+    assert said == ["alexnet_mp: stopped by SIGINT (Ctrl-C); files already written are kept"], said
 
 
 def test_evaluate_refuses_a_missing_output_folder_as_predict_and_export_do(tmp_path):

@@ -24,8 +24,9 @@ from typing import Any
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["DiskFull", "atomic_write", "check_not_a_folder", "check_output_path", "atomic_save", "torch_bytes", "fsync_dir", "temporary_name",
-           "is_temporary", "remove", "remove_temporaries", "disk_full_error", "human_bytes", "publish"]
+__all__ = ["DiskFull", "atomic_write", "check_not_a_folder", "check_output_path", "atomic_save", "torch_bytes",
+           "fsync_dir", "temporary_name", "is_temporary", "remove", "remove_temporaries", "disk_full_error",
+           "human_bytes", "publish"]
 
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
               errno.EFBIG: "file too large for this filesystem or limit"}

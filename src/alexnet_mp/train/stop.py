@@ -32,9 +32,10 @@ def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore) ->
     except RuntimeError as err:
         died = worker_death(err)
         if died is not None:
+            good = store.last_good(list(range(placement.towers))) or "none"
             raise UserError(f"a data loader worker of rank {placement.rank} died ({died}); rank {placement.rank} "
-                            f"stopped. Last good checkpoint: {store.last_good(list(range(placement.towers))) or 'none'} "
-                            f"(relaunch with resume=true; if it ran out of memory, lower data.workers)") from None
+                            f"stopped. Last good checkpoint: {good} (relaunch with resume=true; if it ran out of "
+                            f"memory, lower data.workers)") from None
         if placement.world_size == 1 or not ranks.is_lost_peer(err):
             raise
         if another_rank_reported():

@@ -4,7 +4,6 @@ each, and which (configuration, seed) runs a sweep makes, in what order."""
 
 from __future__ import annotations
 
-
 from omegaconf import OmegaConf
 
 from alexnet_mp.errors import UserError

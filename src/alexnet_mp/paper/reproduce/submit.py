@@ -32,9 +32,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
