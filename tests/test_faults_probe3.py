@@ -36,24 +36,46 @@ def _children(pid: int) -> list[int]:
 
 # -- 2. kill -9 of one loader worker ------------------------------------------------------------
 
-@pytest.mark.slow
-def test_a_killed_loader_worker_is_one_line_naming_the_last_good_checkpoint(tmp_path):
-    run = tmp_path / "run"
+def _killed_worker(run: Path, stop_first: bool) -> tuple[subprocess.Popen, str, int]:
+    """A one-process run with a loader worker, the worker killed (kill -9) after the step-2
+    checkpoint; ``stop_first``: SIGTERM to the main process just before."""
     proc = start([*TINY, "epochs=1", "checkpoint.every_steps=2", "data.workers=1", f"hydra.run.dir={run}"], nproc=0)
     deadline = time.monotonic() + 120
     while not published_checkpoint(run).startswith("step-00000002") and proc.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.02)
     workers = _children(proc.pid)
-    assert workers and proc.poll() is None, workers
+    assert len(workers) == 1 and proc.poll() is None, workers
+    if stop_first:
+        os.kill(proc.pid, signal.SIGTERM)
     os.kill(workers[0], signal.SIGKILL)  # the OOM killer's usual victim
     out, _ = proc.communicate(timeout=60)
+    return proc, out, workers[0]
+
+
+@pytest.mark.slow
+def test_a_killed_loader_worker_is_one_line_naming_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc, out, worker = _killed_worker(run, stop_first=False)
     lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]
     assert proc.returncode == 1 and "Traceback" not in out and len(lines) == 1, out[-3000:]
     latest = published_checkpoint(run)
-    assert re.match(rf"alexnet_mp: error: a data loader worker of rank 0 died \(DataLoader worker \(pid {workers[0]}\) "
+    assert re.match(rf"alexnet_mp: error: a data loader worker of rank 0 died \(DataLoader worker \(pid {worker}\) "
                     r"is killed by signal: Killed\); rank 0 stopped\. Last good checkpoint: ", lines[0]), lines[0]
     assert f"Last good checkpoint: {run / 'checkpoints' / latest} " in lines[0] and latest >= "step-00000002"
+
+
+@pytest.mark.slow
+def test_a_loader_worker_dying_while_a_stop_is_pending_is_the_stop(tmp_path):
+    """The worker dies after the main process got its stop signal (as when a scheduler's
+    SIGKILL follows its SIGTERM too soon): the stop goes on, saves, exits 75."""
+    run = tmp_path / "run"
+    proc, out, _ = _killed_worker(run, stop_first=True)
+    lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]
+    assert proc.returncode == 75 and "Traceback" not in out and len(lines) == 1, out[-3000:]
+    step = int(re.match(r"alexnet_mp: stopped by SIGTERM at step (\d+); saved ", lines[0])[1])
+    assert published_checkpoint(run).startswith(f"step-{step:08d}")
+    assert (run / "checkpoints" / published_checkpoint(run) / "meta.json").is_file()
 
 
 # -- 5, 6. a garbled ``latest``; retention with an unfinished checkpoint --------------------------
