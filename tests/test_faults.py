@@ -1,4 +1,5 @@
-"""Faults a cluster run meets (docs/reliability.md): a stop signal on one process, a full disk,
+"""Faults a cluster run meets (docs/reliability.md): a stop signal to a one-process run and its
+loader workers, a full disk,
 damaged checkpoints, a second launch into a live run directory, an unwritable one, and an
 error on every rank printed once. Real launches at the smoke size; the damaged checkpoints
 share one two-tower run."""

@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from alexnet_mp.data.seeds import TAG_LOADER, TAG_ORDER, generator
 from alexnet_mp.errors import UserError
 
 __all__ = ["Batch", "BatchLoader", "BatchReader", "EpochBatches", "cores", "default_workers", "epoch_order",
-           "read_images", "worker_context", "worker_death"]
+           "read_images", "worker_context", "worker_death", "fetch_failure"]
 
 
 @dataclass
@@ -166,6 +167,26 @@ def worker_death(err: BaseException) -> str | None:
     if isinstance(err, RuntimeError) and text.startswith("DataLoader worker"):
         return text.splitlines()[0].rstrip(". ")
     return None
+
+
+def fetch_failure(err: BaseException) -> BaseException:
+    """What to report for ``err``, raised while fetching a batch. A worker killed while it hands
+    a batch over closes the connection its shared memory comes through (EOFError,
+    ConnectionError): that is said as torch says a worker's death (:func:`worker_death`)."""
+    if not isinstance(err, (EOFError, ConnectionError)):
+        return err
+    try:  # torch's own check of its workers (private, but there since torch 1.0): it names the pid
+        from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
+    except ImportError:
+        _error_if_any_worker_fails = None
+    # The dying worker's sockets close a moment before it can be waited for: ask for up to 1 s.
+    for _ in range(20 if _error_if_any_worker_fails is not None else 0):
+        try:
+            _error_if_any_worker_fails()
+        except RuntimeError as died:
+            return died
+        time.sleep(0.05)
+    return RuntimeError(f"DataLoader worker died while handing over a batch ({type(err).__name__})")
 
 
 class BatchLoader:

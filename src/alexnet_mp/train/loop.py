@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from omegaconf import DictConfig
 
+from alexnet_mp.data.loader import fetch_failure
 from alexnet_mp.parallel import ranks
 from alexnet_mp.job.metrics_log import MetricsLog
 from alexnet_mp.job.preempt import PreemptionFlag, StopRequested
@@ -85,17 +86,21 @@ class _EpochClock:
 
 
 def _fetched(loader, stop: PreemptionFlag | None) -> Iterator:
-    """``loader``'s batches; a loader worker that died of a pending stop's signal is that stop."""
+    """``loader``'s batches; a loader worker that died is said as one (``fetch_failure``), and
+    one that died of a pending stop's signal is that stop."""
     batches = iter(loader)
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             return
-        except RuntimeError as err:
+        except (RuntimeError, EOFError, ConnectionError) as err:
+            failure = fetch_failure(err)
             if stop is not None:
-                stop.stop_instead(err)
-            raise
+                stop.stop_instead(failure)
+            if failure is err:
+                raise
+            raise failure from None
         yield batch
 
 
