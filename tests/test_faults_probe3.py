@@ -60,8 +60,11 @@ def test_a_killed_loader_worker_is_one_line_naming_the_last_good_checkpoint(tmp_
     lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]
     assert proc.returncode == 1 and "Traceback" not in out and len(lines) == 1, out[-3000:]
     latest = published_checkpoint(run)
-    assert re.match(rf"alexnet_mp: error: a data loader worker of rank 0 died \(DataLoader worker \(pid {worker}\) "
-                    r"is killed by signal: Killed\); rank 0 stopped\. Last good checkpoint: ", lines[0]), lines[0]
+    # torch's words: its SIGCHLD handler's, or its fetch's when the worker held the batch being fetched
+    # (loader.fetch_failure's own, should torch not name the worker within a second)
+    assert re.match(rf"alexnet_mp: error: a data loader worker of rank 0 died \(DataLoader worker (\(pid(\(s\))? "
+                    rf"{worker}\) (is killed by signal: Killed|exited unexpectedly)|died while handing over a batch "
+                    r"\(\w+\))\); rank 0 stopped\. Last good checkpoint: ", lines[0]), lines[0]
     assert f"Last good checkpoint: {run / 'checkpoints' / latest} " in lines[0] and latest >= "step-00000002"
 
 
