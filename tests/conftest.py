@@ -26,3 +26,14 @@ def straight_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("straight")
     ok(launch([*TINY, "checkpoint.every_steps=5", f"hydra.run.dir={run}"]))
     return run
+
+
+@pytest.fixture(scope="session")
+def straight_one_process(tmp_path_factory) -> Path:
+    """One uninterrupted run of the whole net in one plain python process, one epoch: the
+    reference of stopped-and-resumed one-process runs (and a finished run, in test_train)."""
+    from helpers import TINY, launch, ok
+
+    run = tmp_path_factory.mktemp("straight_one") / "run"
+    ok(launch([*TINY, "epochs=1", f"hydra.run.dir={run}"], nproc=0))
+    return run
