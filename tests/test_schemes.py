@@ -155,3 +155,29 @@ def test_a_process_count_that_does_not_divide_a_split_layer_is_one_line_error():
         check_hybrid(full_spec(1000), 16, fc8="split")
     with pytest.raises(UserError, match="batch_size=10"):
         check_hybrid(full_spec(1000), 4, batch_size=10)
+
+
+def test_convnet2_rates_scale_each_part_and_survive_the_schedule():
+    from alexnet_mp.train.optim import PlateauSchedule, build_optimizer, param_groups, scale_rates
+    net = _tiny("one_tower")
+    groups = param_groups(net, weight_decay=5e-4, bias_lr_mult=2.0)
+    opt = build_optimizer(groups, lr=0.01, momentum=0.9, weight_decay=5e-4, rule="pytorch")
+    fc = {id(p) for l in net.spec.fcs for p in getattr(net, l.name).parameters()}
+    scale_rates(opt, lambda p: 1.0 if id(p) in fc else 4.0)  # the hybrid with per-pass updates, K = 4
+    schedule = PlateauSchedule(opt, warmup_steps=0)
+    schedule.begin_step(5)
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(rate) == len(list(net.parameters()))
+    for name, p in net.named_parameters():
+        want = 0.01 * (2.0 if name.endswith("bias") else 1.0) * (1.0 if id(p) in fc else 4.0)
+        assert rate[id(p)] == pytest.approx(want), name
+
+
+def test_checkpoints_from_before_the_schemes_resume_as_towers(tmp_path):
+    from alexnet_mp.config.scheme import SchemeConfig
+    from alexnet_mp.train.checkpoint_policy import check_resumable
+    from omegaconf import OmegaConf
+    now = {"seed": 0, "scheme": OmegaConf.to_container(OmegaConf.structured(SchemeConfig))}
+    check_resumable({"seed": 0}, now, tmp_path)
+    with pytest.raises(UserError, match="scheme.name"):
+        check_resumable({"seed": 0}, {**now, "scheme": {**now["scheme"], "name": "hybrid"}}, tmp_path)
