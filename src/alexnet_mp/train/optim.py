@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,7 +14,8 @@ from alexnet_mp.errors import UserError
 if TYPE_CHECKING:
     from alexnet_mp.config.train import OptimConfig, ScheduleConfig
 
-__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups", "schedule_for"]
+__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups", "scale_rates",
+           "schedule_for"]
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -86,6 +87,23 @@ def schedule_for(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig) -> 
     """The schedule a ``schedule`` config (:class:`alexnet_mp.config.train.ScheduleConfig`) asks for:
     its fields are :class:`PlateauSchedule`'s keywords."""
     return PlateauSchedule(optimizer, **dataclasses.asdict(schedule))
+
+
+def scale_rates(optimizer: torch.optim.Optimizer, mult: Callable[[nn.Parameter], float]) -> None:
+    """Multiply each parameter's rate by ``mult(p)`` (a scheme's rates for its larger batch): every
+    group is split by multiplier, each part keeping the group's options with its ``lr_mult`` (and
+    ``lr``) scaled. Before any step (no state to move)."""
+    groups = []
+    for group in optimizer.param_groups:
+        by_mult: dict[float, list] = {}
+        for p in group["params"]:
+            by_mult.setdefault(float(mult(p)), []).append(p)
+        for m, params in by_mult.items():
+            groups.append({**group, "params": params, "lr": group["lr"] * m,
+                           "lr_mult": group.get("lr_mult", 1.0) * m})
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
 
 
 class PlateauSchedule:
