@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-data clean
+.PHONY: help install test train prepare reproduce figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-data bench-schemes bench-schemes-publish clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,12 @@ bench-1gpu-vs-2gpu: $(STAMP)  ## half net on one device vs full net on two: time
 
 bench-data:  $(STAMP)  ## images/s per core of each data path, and the data wait of a training step
 	$(PY) benchmarks/bench_data.py $(ARGS)
+
+bench-schemes: $(STAMP)  ## towers, data and hybrid side by side on K gloo processes: time, bytes, a model on real links (outputs/benchmarks/)
+	$(PY) benchmarks/schemes/bench_schemes.py $(ARGS)
+
+bench-schemes-publish: $(STAMP)  ## bench-schemes, written to benchmarks/results/schemes.{json,md,png}
+	$(PY) benchmarks/schemes/bench_schemes.py output_dir=benchmarks/results $(ARGS)
 
 clean:  ## remove the virtualenv and run outputs
 	rm -rf $(VENV) outputs .pytest_cache

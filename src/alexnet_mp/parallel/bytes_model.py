@@ -14,11 +14,13 @@ show them at any K and batch.
   layer's input gradient is summed over the towers (reduce-scatter; gloo: all-reduce, the
   slice kept). Beyond one pair, each tower's gradients are all-reduced over its replicas.
 - ``data``: the one-process net on every process; every gradient is all-reduced.
-- ``hybrid`` (Krizhevsky 2014): the convolutional gradients are all-reduced; fc6 and fc7 are
-  split K ways by output units, and one pass per process carries that process's examples
-  through them: forward, pool5 and fc6's outputs are all-gathered (and fc7's, for fc8);
-  backward, their gradients are summed over the processes (as the towers do). ``fc8="split"``
-  splits fc8 too: its logits are all-gathered forward, and fc7's gradient summed backward.
+- ``hybrid`` (Krizhevsky 2014, as :mod:`alexnet_mp.parallel.hybrid` runs it): the labels are
+  all-gathered; the convolutional gradients are all-reduced; fc6 and fc7 are split K ways by
+  output units, and one pass per process carries that process's examples through them: its
+  pool5 features are broadcast from it (their gradient reduced back to it), fc6's block outputs
+  all-gathered for fc7 (fc7's input gradient summed over the processes), and fc7's all-gathered
+  for fc8, whole on every process (``fc8="one"``: its gradient is whole there, no move). With
+  ``fc8="split"`` fc8 is a split layer as fc7 is, and its logits are all-gathered.
 
 A float32 element is 4 bytes (``elem``); ``batch`` is the global batch of a step.
 """
@@ -29,12 +31,13 @@ from dataclasses import dataclass
 
 from alexnet_mp.errors import UserError
 from alexnet_mp.net.arch import NetSpec, feature_map_sizes, split_sizes
-from alexnet_mp.parallel.comm_trace import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER, wire_bytes
+from alexnet_mp.parallel.comm_trace import ALL_GATHER, ALL_REDUCE, BROADCAST, REDUCE, REDUCE_SCATTER, wire_bytes
 
 __all__ = ["Move", "SCHEMES", "conv_fc_shares", "global_batch", "layer_parameters", "moves", "per_step", "table"]
 
 SCHEMES = ("towers", "data", "hybrid")
 FLOAT32 = 4
+LABEL = 8  # int64
 
 
 @dataclass(frozen=True)
@@ -126,21 +129,22 @@ def _hybrid(spec, batch, k, input_size, geometry, reduce_scatter, elem, fc8) -> 
         raise UserError(f"a batch of {batch} does not split over {k} processes")
     b = batch // k  # each pass: one process's examples
     params = layer_parameters(spec, input_size, geometry)
-    out = [Move("ddp", "backward", ALL_REDUCE, sum(params[l.name] for l in spec.convs) * elem, k)]
     backward = REDUCE_SCATTER if reduce_scatter else ALL_REDUCE
     fcs = spec.fcs
-    split = fcs[:-1] if fc8 == "one" else fcs
     pool5 = b * _in_units(spec, spec.layers.index(fcs[0]), input_size, geometry) * elem
-    # pool5: each pass's examples to every process, and the sum of their gradients back
-    out.append(Move(fcs[0].name, "forward", ALL_GATHER, pool5, k))
-    out.append(Move(fcs[0].name, "backward", backward, k * pool5, k))
+    out = [Move("labels", "forward", ALL_GATHER, b * LABEL, k),  # every pass's labels, int64
+           # pass j's pool5 from process j to every process; its gradient summed back to j
+           Move("pool5", "forward", BROADCAST, pool5, k, calls=k),
+           Move("pool5", "backward", REDUCE, pool5, k, calls=k)]
+    split = fcs[:-1] if fc8 == "one" else fcs
     for layer, reader in zip(split, fcs[1:]):  # the split layers' outputs, gathered by the next one
         share = b * max(split_sizes(layer.width, k)) * elem
         out.append(Move(reader.name, "forward", ALL_GATHER, share, k, calls=k))
-        if fc8 == "split" or reader is not fcs[-1]:  # fc8 whole on every process: its gradient is whole there
-            out.append(Move(reader.name, "backward", backward, k * share, k, calls=k))
+        if reader in split:  # a split reader sums the input gradient over the processes; a whole fc8
+            out.append(Move(reader.name, "backward", backward, k * share, k, calls=k))  # has it whole
     if fc8 == "split":
         out.append(Move("logits", "forward", ALL_GATHER, b * max(split_sizes(fcs[-1].width, k)) * elem, k, calls=k))
+    out.append(Move("conv", "backward", ALL_REDUCE, sum(params[l.name] for l in spec.convs) * elem, k))
     return out
 
 

@@ -17,11 +17,13 @@ keyed by layer, direction, the collective and the number of members ``K``):
 
 - all-gather: the input tensor, this process's share (the output is K shares);
 - reduce-scatter: the input tensor, the whole stack of K shares (the output is one share);
-- all-reduce: the tensor (DDP's gradient buckets included, through :func:`count_ddp`).
+- all-reduce: the tensor (DDP's gradient buckets included, through :func:`count_ddp`);
+- broadcast, reduce: the tensor (on the root and on every other member alike).
 
 What a ring algorithm puts on the wire per process follows (:func:`wire_bytes`): an all-gather
 sends (K-1) shares, (K-1)/K of its output; a reduce-scatter (K-1)/K of its input; an all-reduce,
-a reduce-scatter followed by an all-gather, 2 (K-1)/K of its tensor. ``bytes`` holds those wire
+a reduce-scatter followed by an all-gather, 2 (K-1)/K of its tensor; a broadcast or a reduce,
+pipelined along a chain (K-1 hops of the tensor shared by K processes), (K-1)/K of it on average. ``bytes`` holds those wire
 bytes per (layer, direction). docs/schemes.md sets both against the architecture's arithmetic
 (:mod:`alexnet_mp.parallel.bytes_model`).
 """
@@ -35,21 +37,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ALL_GATHER", "ALL_REDUCE", "REDUCE_SCATTER", "CommTrace", "TRACE", "Traced", "count_ddp", "start",
+__all__ = ["ALL_GATHER", "ALL_REDUCE", "BROADCAST", "REDUCE", "REDUCE_SCATTER", "CommTrace", "TRACE", "Traced", "count_ddp", "start",
            "stop", "wire_bytes"]
 
 ALL_GATHER, REDUCE_SCATTER, ALL_REDUCE = "all_gather", "reduce_scatter", "all_reduce"
+BROADCAST, REDUCE = "broadcast", "reduce"
 
 
 def wire_bytes(op: str, handed: int, members: int) -> int:
     """Bytes one process sends in a ring ``op`` over ``members`` processes, from the bytes it was handed
     (the module's convention): all-gather (K-1) x its share; reduce-scatter (K-1)/K x its input;
-    all-reduce 2 (K-1)/K x its tensor. Nothing for a group of one."""
+    all-reduce 2 (K-1)/K x its tensor; broadcast and reduce (a pipelined chain: K-1 hops of the
+    tensor shared by K processes) (K-1)/K x the tensor. Nothing for a group of one."""
     if members < 2:
         return 0
     if op == ALL_GATHER:
         return handed * (members - 1)
-    if op == REDUCE_SCATTER:
+    if op in (REDUCE_SCATTER, BROADCAST, REDUCE):
         return handed * (members - 1) // members
     if op == ALL_REDUCE:
         return 2 * handed * (members - 1) // members

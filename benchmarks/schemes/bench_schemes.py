@@ -1,0 +1,150 @@
+"""bench-schemes: the 2012 towers, data parallelism and the 2014 hybrid, side by side on one net.
+
+For each K of ``ks``, K gloo processes on the CPU run every scheme this checkout has, and rank 0
+runs the one-process net on the same global batch in the same run, repetitions interleaved:
+the step time as a ratio against one process (medians), the bytes per step and per image the
+tracer counts (checked against :mod:`alexnet_mp.parallel.bytes_model`'s arithmetic from arch.py),
+and the share of the step each process waited on communication. Beside them: the bytes table of
+the full net at 224 px, the model of the step on real links (``link_model.py``) with its
+prediction for these CPU runs set against what they measured, and the 2014 premise (conv and fc
+shares of the FLOPs and the parameters) for the full and one-column nets.
+
+    python benchmarks/schemes/bench_schemes.py                                 # outputs/benchmarks/
+    python benchmarks/schemes/bench_schemes.py output_dir=benchmarks/results   # the committed result
+    python benchmarks/schemes/bench_schemes.py ks=[2] repeats=3
+
+Writes ``schemes.json``, ``schemes.md`` and ``schemes.png`` to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path, so `benchmarks` imports as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import hydra
+import torch
+import torch.multiprocessing as mp
+from omegaconf import DictConfig, OmegaConf
+
+from alexnet_mp import build_model
+from alexnet_mp.job import provenance
+from alexnet_mp.job.cli import run_entry_point, run_hydra
+from alexnet_mp.net.arch import spec_for
+from alexnet_mp.net.flops import layer_macs
+from alexnet_mp.parallel import bytes_model
+from alexnet_mp.parallel.placement import free_port
+from benchmarks.schemes import link_model, report
+from benchmarks.schemes.schema import register
+from benchmarks.schemes.workers import ONE, available, worker
+
+register()  # the schema conf/ names (``- base_bench_schemes``), which the product's config package does not hold
+
+NAME = "schemes"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return provenance.device_names()[0]
+
+
+def _run_k(k: int, job: dict) -> list[dict]:
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(worker, args=(k, free_port(), job, out_dir), nprocs=k, join=True, start_method="spawn")
+        return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(k)]
+
+
+def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict) -> dict:
+    """Medians over the repetitions; bytes and waits per process; the model's CPU prediction."""
+    one = statistics.median(r["step_s"] for r in ranks[0]["records"][ONE])
+    calibration = ranks[0]["calibration"]
+    out = {"one_process_step_s": one, "calibration": calibration, "schemes": {}}
+    for scheme in job["schemes"]:
+        per_rank = [r["records"][scheme] for r in ranks]
+        step = statistics.median(rec["step_s"] for rec in per_rank[0])
+        waited = [statistics.median(rec["waited_s"] for rec in recs) for recs in per_rank]
+        handed = [sum(recs[0]["handed"].values()) for recs in per_rank]
+        expected = [sum(m.handed_total for m in bytes_model.moves(
+            scheme, spec, batch=job["batch"], k=k, input_size=job["input_size"], reduce_scatter=False,
+            fc8=job["fc8"], rank=rank)) for rank in range(k)]
+        wire = [recs[0]["wire"] for recs in per_rank]
+        model = link_model.predict(scheme, spec, macs, one_process_s=one, batch=job["batch"], k=k,
+                                   input_size=job["input_size"], bandwidth=calibration["bandwidth"],
+                                   latency=calibration["latency_s"], reduce_scatter=False, fc8=job["fc8"],
+                                   oversubscribed=k / (os.cpu_count() or 1))
+        out["schemes"][scheme] = {
+            "step_s": step, "ratio_to_one_process": step / one, "steps_s": [rec["step_s"] for rec in per_rank[0]],
+            "handed_bytes_per_step": handed, "arch_bytes_per_step": expected, "bytes_match_arch": handed == expected,
+            "handed_bytes_per_image": handed[0] / job["batch"], "wire_bytes_per_step": wire,
+            "wire_bytes_per_image": wire[0] / job["batch"],
+            "waited_share": [w / step for w in waited], "by_collective": per_rank[0][0]["handed"],
+            "model": model, "model_over_measured": model["step_s"] / step}
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    spec = spec_for(str(cfg.model), int(cfg.num_classes))
+    macs = layer_macs(build_model(str(cfg.model), num_classes=int(cfg.num_classes), input_size=int(cfg.input_size)))
+    schemes = [s for s in bytes_model.SCHEMES if available(s) and not (s == "towers" and spec.towers < 2)]
+    missing = [s for s in bytes_model.SCHEMES if s not in schemes]
+    job = {"model": str(cfg.model), "num_classes": int(cfg.num_classes), "input_size": int(cfg.input_size),
+           "batch": int(cfg.batch), "fc8": str(cfg.fc8), "warmup": int(cfg.warmup), "steps": int(cfg.steps),
+           "repeats": int(cfg.repeats), "calibration_bytes": int(float(cfg.calibration_mb) * 2**20), "schemes": schemes}
+    measured = {}
+    for k in cfg.ks:
+        print(f"{NAME}: K={k}: {', '.join(schemes)} and one process, {job['repeats']} interleaved repetitions",
+              flush=True)
+        measured[str(k)] = _summarise(int(k), _run_k(int(k), job), job, spec, macs)
+    full, one_tower = _premise_nets()
+    full_macs = layer_macs(build_model("full"))
+    result = {
+        "benchmark": NAME, "created": _dt.datetime.now().isoformat(timespec="seconds"), "settings": settings,
+        "environment": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                        "backend": "gloo", "threads_per_process": 1},
+        "provenance": provenance.record(cfg),
+        "not_measured": {s: "this checkout has no module for it" for s in missing},
+        "measured": measured,
+        "bytes_table_224": bytes_model.table(spec_for("full", 1000), ks=tuple(cfg.table_ks)),
+        "links": [vars(link) for link in link_model.LINKS],
+        "compute_for_links": {name: {"seconds_per_128": s, "source": src} for name, (s, src) in link_model.COMPUTE.items()},
+        "projection": link_model.project(spec_for("full", 1000), full_macs),
+        "premise": {name: bytes_model.conv_fc_shares(net_spec, net_macs) for name, (net_spec, net_macs) in
+                    (("full", full), ("one_tower", one_tower)) if net_spec is not None},
+    }
+    paths = report.write(cfg.output_dir, NAME, result)
+    print(report.markdown(result), flush=True)
+    print(f"{NAME}: wrote {', '.join(str(p) for p in paths.values())}", flush=True)
+    return result
+
+
+def _premise_nets():
+    """(spec, per-layer multiply-adds at 224 px) of the full net and of the one-column net of 2014
+    (None where this checkout's arch.py has no ``one_tower``)."""
+    full = (spec_for("full", 1000), layer_macs(build_model("full")))
+    try:
+        one = (spec_for("one_tower", 1000), layer_macs(build_model("one_tower")))
+    except Exception:  # noqa: BLE001 - an arch.py without the one-column net: a UserError
+        one = (None, None)
+    return full, one
+
+
+@hydra.main(config_path="../../conf", config_name="bench_schemes", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry_point(lambda: run(cfg), cfg)
+
+
+if __name__ == "__main__":
+    run_hydra(main)
