@@ -136,9 +136,9 @@ def test_bad_options_are_one_line_errors(kwargs, words):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("model.geometry=225", "model.geometry must be 224 or 227, not '225'"),
+    ("model.geometry=225", "model.geometry must be 224, 227 or torchvision, not '225'"),
     ("model.lrn=caffe", "model.lrn must be paper, cuda-convnet or none, not 'caffe'"),
-    ("model=quarter", "no model called 'quarter': choose one of full, half (model=NAME)"),
+    ("model=quarter", "no model called 'quarter': choose one of full, half, one_tower (model=NAME)"),
     ("data.num_classes=1", "data.num_classes must be an integer >= 2, not 1"),
 ])
 def test_bad_model_settings_are_one_line_errors(override, words):

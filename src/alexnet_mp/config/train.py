@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from alexnet_mp.net.arch import GEOMETRIES, INITS, LRN_CHOICES, POOLINGS, REMOVABLE
 from alexnet_mp.config.data import DataConfig, ImageFolderData, PreparedData, SyntheticData
+from alexnet_mp.config.scheme import SchemeConfig
 from alexnet_mp.config.schema import MAY_CHANGE, resume_may_change, setting
 
 __all__ = ["ModelConfig", "OptimConfig", "ScheduleConfig", "CommConfig", "CheckpointConfig", "DebugConfig",
@@ -34,7 +35,7 @@ BACKENDS = ("auto", "nccl", "gloo")
 class ModelConfig:
     """The full two-tower net or the one-GPU half net (sec. 3.2), and the paper's ablations."""
 
-    name: str = setting("full", choices=("full", "half"))
+    name: str = setting("full", choices=("full", "half", "one_tower"))
     num_classes: Any = setting("${data.num_classes}", auto=True, ge=2)
     geometry: str = setting("224", choices=GEOMETRIES)     # 224: cuda-convnet's padding; 227: Caffe's crop
     lrn: str = setting("paper", choices=LRN_CHOICES)
@@ -93,6 +94,7 @@ class TrainConfig:
 
     model: ModelConfig = setting(MISSING)
     data: DataConfig = setting(MISSING)
+    scheme: SchemeConfig = setting(factory=SchemeConfig)  # how the net is split over the processes
     optim: OptimConfig = setting(factory=OptimConfig)
     schedule: ScheduleConfig = setting(factory=ScheduleConfig)
     seed: int = setting(0, ge=0)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from alexnet_mp.net.arch import GEOMETRIES, MIN_INPUT_SIZE
+from alexnet_mp.net.arch import MIN_INPUT_SIZE, crop_of
 from alexnet_mp.data.seeds import TAG_AUGMENT, mix
 from alexnet_mp.data.dataset_stats import DatasetStats
 from alexnet_mp.errors import UserError
@@ -30,11 +30,9 @@ __all__ = ["BatchAugment", "Draws", "crop_size_for", "draw_augmentations", "pca_
 
 
 def crop_size_for(image_size: int, geometry: str) -> int:
-    """Crop side for stored images of side ``image_size``: 224 (cuda-convnet) or 227
+    """Crop side for stored images of side ``image_size``: 224 (cuda-convnet, torchvision) or 227
     (Caffe) of 256, scaled proportionally for other stored sizes (sec. 5)."""
-    if str(geometry) not in GEOMETRIES:
-        raise UserError(f"unknown crop geometry {geometry!r}; expected '224' or '227'")
-    of_256 = int(geometry)  # the geometry is named by its crop of a 256 image
+    of_256 = crop_of(geometry)
     crop = round(image_size * of_256 / 256)
     if crop < MIN_INPUT_SIZE:
         smallest = next(s for s in range(MIN_INPUT_SIZE, 2 * MIN_INPUT_SIZE)

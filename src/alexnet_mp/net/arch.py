@@ -1,8 +1,8 @@
 """AlexNet's architecture, written once, as data.
 
 Every network in this project -- the paper's two-tower net in one process, one
-tower of it on one device, and the paper's one-GPU "half" net -- is built from
-the tables below. Widths are totals over both towers; a tower holds half of
+tower of it on one device, the paper's one-GPU "half" net, and the one-column net of
+Krizhevsky (2014) ("one_tower", torchvision's ``alexnet``) -- is built from the tables below. Widths are totals over both towers; a tower holds half of
 every layer (Krizhevsky et al. 2012, sec. 3.2 and Figure 2).
 
 Which layers *cross* towers is data too: conv3, fc6, fc7 and fc8 read both
@@ -35,6 +35,8 @@ __all__ = [
     "arch_options",
     "full_spec",
     "half_spec",
+    "one_tower_spec",
+    "crop_of",
     "spec_for",
     "spec_from_options",
     "conv1_padding",
@@ -97,8 +99,11 @@ LRN_CHOICES = (*LRN_OPTIONS, "none")  # "none": the ablation without LRN (sec. 3
 INITS = ("paper", "he")  # sec. 5's initialisation, or He et al.'s (AlexNet.reset_parameters)
 
 # conv1 geometry: "224" reads pixels past the bottom/right edge as zero, as cuda-convnet
-# does, giving 55x55 from a 224 crop; "227" is Caffe's unpadded 227 crop.
-GEOMETRIES = ("224", "227")
+# does, giving 55x55 from a 224 crop; "227" is Caffe's unpadded 227 crop; "torchvision" pads a
+# 224 crop with 2 zero pixels on every side, as torchvision's alexnet's conv1 (padding=2) does.
+GEOMETRIES = ("224", "227", "torchvision")
+_CROPS = {"224": 224, "227": 227, "torchvision": 224}  # each geometry's crop of a 256 image
+TORCHVISION_PAD = 2
 MIN_INPUT_SIZE = 67  # the smallest input that leaves a 1x1 map after pool5
 
 
@@ -133,8 +138,15 @@ def half_spec(num_classes: int = 1000) -> NetSpec:
     return NetSpec("half", 1, _convs((48, 128, 192, 192, 256), 1) + _fcs(num_classes))
 
 
+def one_tower_spec(num_classes: int = 1000) -> NetSpec:
+    """The one-column net of Krizhevsky (2014) and cuda-convnet2's ``layers-imagenet-1gpu.cfg``:
+    conv 64-192-384-256-256 with LRN after conv1 and conv2, fc 4096-4096-classes, everything dense.
+    torchvision's ``alexnet`` is this net without LRN and with geometry "torchvision" (conv1 padding 2)."""
+    return NetSpec("one_tower", 1, _convs((64, 192, 384, 256, 256), 1) + _fcs(num_classes))
+
+
 def spec_for(name: str, num_classes: int) -> NetSpec:
-    builders = {"full": full_spec, "half": half_spec}
+    builders = {"full": full_spec, "half": half_spec, "one_tower": one_tower_spec}
     if name not in builders:
         raise UserError(f"unknown model {name!r}: choose one of {sorted(builders)}")
     if num_classes < 2:
@@ -142,12 +154,22 @@ def spec_for(name: str, num_classes: int) -> NetSpec:
     return builders[name](num_classes)
 
 
+def crop_of(geometry: str) -> int:
+    """The crop a geometry takes of a 256 image (224 or 227)."""
+    if str(geometry) not in _CROPS:
+        raise UserError(f"unknown crop geometry {geometry!r}; expected one of {', '.join(GEOMETRIES)}")
+    return _CROPS[str(geometry)]
+
+
 def conv1_padding(input_size: int, geometry: str) -> int:
-    """Zero rows/columns added at the bottom and right of the image before conv1."""
+    """Zero rows (and columns) added to the image before conv1, in all: at the bottom and
+    right ("224"), none ("227"), or :data:`TORCHVISION_PAD` on each side ("torchvision")."""
     if input_size < MIN_INPUT_SIZE:
         raise UserError(f"input_size {input_size} is too small: AlexNet needs at least {MIN_INPUT_SIZE} px")
     if geometry == "227":
         return 0
+    if geometry == "torchvision":
+        return 2 * TORCHVISION_PAD
     outputs = math.ceil((input_size - 11) / 4) + 1
     return (outputs - 1) * 4 + 11 - input_size
 

@@ -12,6 +12,7 @@ supplies the exchange that talks to the other device.
     >>> from alexnet_mp import build_model
     >>> net = build_model("full", num_classes=1000)        # 60,965,224 parameters
     >>> half = build_model("half", num_classes=1000)       # the one-GPU comparison net
+    >>> one = build_model("one_tower", num_classes=1000)   # the one-column net of 2014
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from alexnet_mp.net.arch import (
     WEIGHT_STD,
     Layer,
     NetSpec,
+    TORCHVISION_PAD,
     ablate,
     conv1_padding,
+    crop_of,
     feature_map_sizes,
     spec_from_options,
     split_sizes,
@@ -203,7 +206,8 @@ class AlexNet(nn.Module):
                 f"expected images of shape [batch, 3, {self.input_size}, {self.input_size}], got {list(x.shape)}"
             )
         if self.pad:
-            x = F.pad(x, (0, self.pad, 0, self.pad))
+            lead = TORCHVISION_PAD if self.geometry == "torchvision" else 0  # else all at the bottom/right
+            x = F.pad(x, (lead, self.pad - lead, lead, self.pad - lead))
         previous: Layer | None = None
         for layer in self.spec.layers:
             module = getattr(self, layer.name)
@@ -244,7 +248,8 @@ def build_model(
     remove: str | None = None,
     lrn_function: Callable[..., Tensor] = local_response_norm,
 ) -> AlexNet:
-    """The paper's two-tower net (``"full"``) or the one-GPU half net (``"half"``), in one process.
+    """The paper's two-tower net (``"full"``), the one-GPU half net (``"half"``) or the one-column
+    net of 2014 (``"one_tower"``), in one process.
 
     ``input_size`` defaults to the geometry's crop (224 or 227); any size from 67 px up works.
     ``lrn`` is ``"paper"`` (the printed formula), ``"cuda-convnet"`` (Krizhevsky's config) or
@@ -253,7 +258,7 @@ def build_model(
     :func:`alexnet_mp.net.arch.arch_options` reads them from a config. ``lrn_function``: see :class:`AlexNet`.
     """
     spec = spec_from_options(name, num_classes, lrn=lrn, pool=pool, dropout=dropout, remove=remove)
-    return AlexNet(spec, input_size=input_size or int(geometry), geometry=geometry, lrn=lrn, init=init,
+    return AlexNet(spec, input_size=input_size or crop_of(geometry), geometry=geometry, lrn=lrn, init=init,
                    lrn_function=lrn_function)
 
 

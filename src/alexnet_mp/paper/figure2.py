@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alexnet_mp.net.arch import Layer, NetSpec, arch_options, feature_map_sizes, spec_from_options, split_sizes
+from alexnet_mp.net.arch import Layer, NetSpec, arch_options, crop_of, feature_map_sizes, spec_from_options, split_sizes
 from alexnet_mp.errors import UserError
 
 __all__ = ["BYTES_PER_ELEMENT", "Crossing", "crossings", "draw_figure2", "figure_input_size", "figure_spec"]
@@ -79,7 +79,7 @@ def figure_spec(model_cfg) -> NetSpec:
 
 
 def figure_input_size(image_size: int | None, model_cfg) -> int:
-    return int(image_size) if image_size else int(arch_options(model_cfg)["geometry"])
+    return int(image_size) if image_size else crop_of(arch_options(model_cfg)["geometry"])
 
 
 def _area(spec: NetSpec, layer: Layer, sides: dict[str, int]) -> int:
