@@ -84,13 +84,18 @@ def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict) -> dict:
                                    input_size=job["input_size"], bandwidth=calibration["bandwidth"],
                                    latency=calibration["latency_s"], reduce_scatter=False, fc8=job["fc8"],
                                    oversubscribed=k / (os.cpu_count() or 1))
+        waited_mean = sum(waited) / len(waited)
         out["schemes"][scheme] = {
             "step_s": step, "ratio_to_one_process": step / one, "steps_s": [rec["step_s"] for rec in per_rank[0]],
             "handed_bytes_per_step": handed, "arch_bytes_per_step": expected, "bytes_match_arch": handed == expected,
             "handed_bytes_per_image": handed[0] / job["batch"], "wire_bytes_per_step": wire,
             "wire_bytes_per_image": wire[0] / job["batch"],
             "waited_share": [w / step for w in waited], "by_collective": per_rank[0][0]["handed"],
-            "model": model, "model_over_measured": model["step_s"] / step}
+            "model": model, "model_over_measured": model["step_s"] / step,
+            # the model's two parts against the step's: waiting on communication, and the rest
+            "measured_compute_s": step - waited_mean, "measured_comm_s": waited_mean,
+            "compute_model_over_measured": model["compute_s"] / max(step - waited_mean, 1e-9),
+            "comm_model_over_measured": model["comm_s"] / max(waited_mean, 1e-9)}
     return out
 
 
@@ -107,7 +112,9 @@ def run(cfg: DictConfig) -> dict:
     for k in cfg.ks:
         print(f"{NAME}: K={k}: {', '.join(schemes)} and one process, {job['repeats']} interleaved repetitions",
               flush=True)
+        load = os.getloadavg()[0]
         measured[str(k)] = _summarise(int(k), _run_k(int(k), job), job, spec, macs)
+        measured[str(k)]["load_average_1min"] = [load, os.getloadavg()[0]]  # before and after: the machine's other work
     full, one_tower = _premise_nets()
     full_macs = layer_macs(build_model("full"))
     result = {
@@ -120,6 +127,7 @@ def run(cfg: DictConfig) -> dict:
         "bytes_table_224": bytes_model.table(spec_for("full", 1000), ks=tuple(cfg.table_ks)),
         "links": [vars(link) for link in link_model.LINKS],
         "compute_for_links": {name: {"seconds_per_128": s, "source": src} for name, (s, src) in link_model.COMPUTE.items()},
+        "regimes": link_model.REGIMES,
         "projection": link_model.project(spec_for("full", 1000), full_macs),
         "premise": {name: bytes_model.conv_fc_shares(net_spec, net_macs) for name, (net_spec, net_macs) in
                     (("full", full), ("one_tower", one_tower)) if net_spec is not None},

@@ -87,28 +87,34 @@ def predict(scheme: str, spec: NetSpec, macs: dict[str, int], *, one_process_s: 
     return {"compute_s": compute, "comm_s": comm, "step_s": compute + comm}
 
 
+REGIMES = {"128 per replica": "each replica takes 128 images (cuda-convnet2's setting: the global batch grows with K)",
+           "128 in all": "the paper's global batch of 128, split over the replicas"}
+
+
 def project(spec: NetSpec, macs: dict[str, int], *, ks=(2, 4, 8, 16, 32, 64), per_replica: int = 128,
             fc8: str = "one") -> dict:
-    """Speed-up over one device against K, each replica taking ``per_replica`` images (as cuda-convnet2
-    runs the schemes), for every (link, compute) pair of :data:`PAIRS`; where each scheme stops
-    scaling: the largest K whose parallel efficiency (speed-up / K) is at least 50%."""
+    """Speed-up over one device on the same global batch against K, for every (link, compute) pair
+    of :data:`PAIRS` and both :data:`REGIMES`; where each scheme stops scaling: the largest K whose
+    parallel efficiency (speed-up / K) is at least 50%."""
     links = {link.name: link for link in LINKS}
     out = {}
     for link_name, compute_name in PAIRS:
         link, (t128, _) = links[link_name], COMPUTE[compute_name]
         per_scheme = {}
-        for scheme in bytes_model.SCHEMES:
+        for regime, scheme in ((r, s) for r in REGIMES for s in bytes_model.SCHEMES):
             rows = []
             for k in ks:
                 if scheme == "towers" and k % spec.towers:
                     continue
-                batch = bytes_model.global_batch(scheme, spec, k, per_replica)
+                batch = bytes_model.global_batch(scheme, spec, k, per_replica) if regime == "128 per replica" \
+                    else per_replica
                 one = t128 * batch / per_replica  # one device on the whole global batch, linear in images
                 p = predict(scheme, spec, macs, one_process_s=one, batch=batch, k=k, input_size=224,
                             bandwidth=link.bandwidth, latency=link.latency, reduce_scatter=True, fc8=fc8)
                 rows.append({"k": k, "batch": batch, **p, "speedup": one / p["step_s"],
                              "efficiency": one / p["step_s"] / k})
             scaling = [r["k"] for r in rows if r["efficiency"] >= 0.5]
-            per_scheme[scheme] = {"rows": rows, "scales_to": max(scaling) if scaling else None}
+            per_scheme[f"{scheme}, {regime}"] = {"scheme": scheme, "regime": regime, "rows": rows,
+                                                 "scales_to": max(scaling) if scaling else None}
         out[f"{link_name} / {compute_name}"] = {"link": link_name, "compute": compute_name, "schemes": per_scheme}
     return out

@@ -29,10 +29,10 @@ def _measured(r: dict) -> list[str]:
              "collectives (docs/schemes.md); wire: what a ring sends of them. The K=4 runs put 4 processes on "
              f"{r['environment']['cores']} cores.", "",
              "| K | scheme | step (s) | / one process | handed MB/step | = arch.py | wire MB/step | wire KB/image "
-             "| waited on comm | model (s) | model / measured |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| waited on comm | model (s) | model / measured | compute: model / measured | comm: model / waited |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, m in r["measured"].items():
-        lines.append(f"| {k} | one process | {m['one_process_step_s']:.3f} | 1 | | | | | | | |")
+        lines.append(f"| {k} | one process | {m['one_process_step_s']:.3f} | 1 | | | | | | | | | |")
         for scheme, x in m["schemes"].items():
             waited = max(x["waited_share"])
             lines.append(
@@ -40,16 +40,21 @@ def _measured(r: dict) -> list[str]:
                 f"{_mb(x['handed_bytes_per_step'][0])} | {'yes' if x['bytes_match_arch'] else 'NO'} | "
                 f"{_mb(x['wire_bytes_per_step'][0])} | {x['wire_bytes_per_image'] / 1024:.1f} | "
                 f"{min(x['waited_share']):.0%}-{waited:.0%} | {x['model']['step_s']:.3f} | "
-                f"{x['model_over_measured']:.2f} |")
+                f"{x['model_over_measured']:.2f} | {x['compute_model_over_measured']:.2f} | "
+                f"{x['comm_model_over_measured']:.2f} |")
     for scheme, why in r["not_measured"].items():
-        lines.append(f"| - | {scheme} | not measured: {why} | | | | | | | | |")
+        lines.append(f"| - | {scheme} | not measured: {why} | | | | | | | | | | |")
     cal = [f"K={k}: {m['calibration']['bandwidth'] / 1e9:.2f} GB/s, {m['calibration']['latency_s'] * 1e6:.0f} us a "
            "step" for k, m in r["measured"].items()]
     lines += ["", "The model for these runs takes the one-process step split over the layers by their "
               "multiply-adds (FLOP-proportional, not measured per layer), stretched by processes per core where "
               "K exceeds the cores, plus each collective's ring time on the gloo link as measured in the same "
               f"run by an all-reduce of {r['settings']['calibration_mb']:g} MiB and of 4 bytes ({'; '.join(cal)}); "
-              "no overlap. Waited on comm: the tracer's waited seconds over the step, the range over processes."]
+              "no overlap. Waited on comm: the tracer's waited seconds over the step, the range over processes; "
+              "the model's compute is set against the step less the mean wait, its communication against the "
+              "mean wait. The machine's load average (1 min) before and after each K's run: "
+              + "; ".join(f"K={k}: {m['load_average_1min'][0]:.1f}, {m['load_average_1min'][1]:.1f}"
+                          for k, m in r["measured"].items()) + "."]
     return lines
 
 
@@ -66,14 +71,15 @@ def _table(r: dict) -> list[str]:
 
 
 def _projection(r: dict) -> list[str]:
-    lines = ["## Projected on real links: speed-up over one device (full net, 224 px, 128 images per replica)", "",
+    lines = ["## Projected on real links: speed-up over one device on the same global batch (full net, 224 px)", "",
+             "Two regimes: " + "; ".join(f"{name}: {what}" for name, what in r["regimes"].items()) + ".",
              "Compute: " + "; ".join(f"{n}: {c['seconds_per_128']:g} s per 128 images ({c['source']})"
                                      for n, c in r["compute_for_links"].items()) + ".",
              "Links (one direction): " + "; ".join(f"{l['name']}: {l['bandwidth'] / 1e9:g} GB/s, "
                                                     f"{l['latency'] * 1e6:g} us ({l['source']})" for l in r["links"])
              + ".", "Stops scaling: the largest K with parallel efficiency (speed-up / K) of at least 50%.", ""]
     ks = sorted({row["k"] for p in r["projection"].values() for s in p["schemes"].values() for row in s["rows"]})
-    lines += ["| link / compute | scheme | " + " | ".join(f"K={k}" for k in ks) + " | scales to K |",
+    lines += ["| link / compute | scheme, regime | " + " | ".join(f"K={k}" for k in ks) + " | scales to K |",
               "|---|---|" + "---|" * len(ks) + "---|"]
     for name, p in r["projection"].items():
         for scheme, s in p["schemes"].items():
@@ -122,16 +128,21 @@ def plot(r: dict, out) -> None:
     ax.legend()
     for ax, name in zip(axes[1:], PICTURED_LINKS):
         p = r["projection"][name]
-        for scheme, s in p["schemes"].items():
-            ax.plot([row["k"] for row in s["rows"]], [row["speedup"] for row in s["rows"]], marker="o", label=scheme)
-        ks = [row["k"] for row in next(iter(p["schemes"].values()))["rows"]]
+        colors = {}
+        for label, s in p["schemes"].items():
+            color = colors.setdefault(s["scheme"], f"C{len(colors)}")
+            ax.plot([row["k"] for row in s["rows"]], [row["speedup"] for row in s["rows"]], marker="o", color=color,
+                    linestyle="-" if s["regime"] == "128 per replica" else "--", label=label)
+        ks = sorted({row["k"] for s in p["schemes"].values() for row in s["rows"]})
         ax.plot(ks, ks, color="grey", linestyle=":", label="linear")
         ax.set(yscale="log", xlabel="K (devices)", ylabel="speed-up over one device", title=name)
-        ax.legend()
+        ax.set_yticks([1, 2, 4, 8, 16, 32, 64])
+        ax.legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=110)
