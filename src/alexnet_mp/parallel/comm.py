@@ -1,4 +1,4 @@
-"""Every move between towers, in one place.
+"""Every move between towers, and between the processes of the data and hybrid schemes, in one place.
 
 The towers of Krizhevsky et al. (2012, sec. 3.2) talk only at the inputs of conv3, fc6,
 fc7 and fc8, and where the logits are put together. Each move is a small autograd function
@@ -10,6 +10,13 @@ one flat buffer per crossing, are :mod:`alexnet_mp.parallel.collectives`; nothin
 the tracer (:mod:`alexnet_mp.parallel.comm_trace`) is on. A group of one member bypasses every move.
 Collectives over the whole job outside the passes (barrier, broadcast, sums) are
 :mod:`alexnet_mp.parallel.ranks`'s.
+
+The hybrid scheme (Krizhevsky 2014; :mod:`alexnet_mp.parallel.hybrid`) adds its own moves at the end:
+a pass's pool5 from its owner to every process (:func:`start_pass_input`, :func:`pass_input`),
+fc-block outputs gathered for a replicated layer (:func:`gather_replicated`), every pass's labels
+(:func:`gather_labels`) and the convolutional gradients summed over the processes
+(:func:`sum_gradients`). The data scheme's only move, the gradient average, is
+DistributedDataParallel's (:mod:`alexnet_mp.parallel.data_parallel`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet_mp.parallel import comm_trace
-from alexnet_mp.parallel.collectives import is_channels_last, offset, stack_shares, start_all_gather, start_reduce_scatter
+from alexnet_mp.parallel.collectives import (Pending, is_channels_last, launch, offset, stack_shares, start_all_gather,
+                                             start_reduce_scatter)
 
-__all__ = ["TowerExchange", "crossing_layer", "gather_from_towers", "gather_logits", "set_profile"]
+__all__ = ["TowerExchange", "crossing_layer", "gather_from_towers", "gather_logits", "gather_labels",
+           "gather_replicated", "pass_input", "set_profile", "start_pass_input", "sum_gradients"]
 
 
 def set_profile(on: bool = True) -> None:
@@ -134,22 +143,22 @@ def _conv_args(module: nn.Module) -> tuple | None:
 
 
 class _GatherLogits(torch.autograd.Function):
-    """forward: all-gather every tower's share of the classes;
+    """forward: all-gather every tower's share of the classes (or of a hybrid fc block's units);
     backward: keep this tower's slice, no communication.
 
-    Everything downstream of the logits (softmax, loss) is computed identically on
-    every device, so each already holds the whole gradient; summing would double it.
+    Everything downstream (softmax and the loss; in the hybrid, a replicated fc8 too) is computed
+    identically on every device, so each already holds the whole gradient; summing would double it.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, sizes: list[int], group) -> Tensor:
+    def forward(ctx, x: Tensor, sizes: list[int], group, layer: str = "logits") -> Tensor:
         ctx.sizes, ctx.group = sizes, group
-        return torch.cat(start_all_gather(x, x.dim() - 1, sizes, group, "logits", "forward").wait(), dim=-1)
+        return torch.cat(start_all_gather(x, x.dim() - 1, sizes, group, layer, "forward").wait(), dim=-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         rank = dist.get_rank(ctx.group)
-        return grad.narrow(grad.dim() - 1, offset(ctx.sizes, rank), ctx.sizes[rank]), None, None
+        return grad.narrow(grad.dim() - 1, offset(ctx.sizes, rank), ctx.sizes[rank]), None, None, None
 
 
 def gather_from_towers(x: Tensor, sizes: list[int], group=None, layer: str = "?") -> Tensor:
@@ -197,3 +206,80 @@ class TowerExchange:
 
     def gather_logits(self, x: Tensor, sizes: list[int]) -> Tensor:
         return self._gather_logits(x, sizes, self.group)
+
+
+# -- the hybrid scheme's moves (Krizhevsky 2014) ---------------------------------------------
+
+def _global(group, rank: int) -> int:
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def start_pass_input(x: Tensor, src: int, group=None, layer: str = "pool5") -> Pending:
+    """Launch the broadcast of pass ``src``'s input (rank ``src``'s pool5 features) to every rank;
+    ``x`` is this rank's own, of the same shape. ``wait()`` gives rank ``src``'s. Launched ahead,
+    it travels while the passes before it compute."""
+    rank = dist.get_rank(group)
+    buffer = x.detach().contiguous() if rank == src else torch.empty_like(x, memory_format=torch.contiguous_format)
+    sent = buffer.numel() * buffer.element_size() * (dist.get_world_size(group) - 1) if rank == src else 0
+    start = lambda: dist.broadcast(buffer, _global(group, src), group=group, async_op=True)  # noqa: E731
+    return Pending(launch(start, x.device, layer, "forward", sent), lambda: buffer)
+
+
+class _PassInput(torch.autograd.Function):
+    """forward: rank ``src``'s pool5 features, broadcast to every rank (launched by
+    :func:`start_pass_input`; here only waited for);
+    backward: reduce to rank ``src``: the gradient of its features is the sum of what every
+    rank's fc6 block sends back; rank ``src`` gets it, the others none.
+
+    ``x`` is this rank's own features: on rank ``src`` the gradient flows into them."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, pending: Pending, src: int, group, layer: str) -> Tensor:
+        ctx.src, ctx.group, ctx.layer = src, group, layer
+        return pending.wait().clone() if dist.get_rank(group) != src else x.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad, mine = grad.contiguous(), dist.get_rank(ctx.group) == ctx.src
+        sent = 0 if mine else grad.numel() * grad.element_size()
+        start = lambda: dist.reduce(grad, _global(ctx.group, ctx.src), group=ctx.group, async_op=True)  # noqa: E731
+        launch(start, grad.device, ctx.layer, "backward", sent).wait()
+        return (grad if mine else None), None, None, None, None
+
+
+def pass_input(x: Tensor, pending: Pending, src: int, group=None, layer: str = "pool5") -> Tensor:
+    """Pass ``src``'s input on every rank. forward: broadcast from ``src``; backward: reduce to ``src``."""
+    return _PassInput.apply(x, pending, src, group, layer)
+
+
+def gather_replicated(x: Tensor, sizes: list[int], group=None, layer: str = "?") -> Tensor:
+    """A split layer's outputs (this rank's ``sizes[rank]`` units) whole on every rank, for a layer
+    computed identically on every rank (the hybrid's replicated fc8). forward: all-gather;
+    backward: this rank's slice, no communication (:class:`_GatherLogits`)."""
+    return x if len(sizes) == 1 else _GatherLogits.apply(x, sizes, group, layer)
+
+
+def gather_labels(labels: Tensor, group=None) -> Tensor:
+    """Every rank's labels in rank order (the hybrid's passes; no gradient). forward: all-gather."""
+    world = dist.get_world_size(group)
+    if world == 1:
+        return labels
+    return torch.cat(start_all_gather(labels, 0, [len(labels)] * world, group, "labels", "forward").wait())
+
+
+def sum_gradients(params: list[nn.Parameter], group=None, scale: float = 1.0, layer: str = "conv") -> None:
+    """Every rank's gradients of replicated ``params`` summed (times ``scale``) in place, one flat
+    buffer: the hybrid's data-parallel convolutional layers after the backward pass. A move of the
+    backward direction only (the weights are the same everywhere: forward moves nothing)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or dist.get_world_size(group) == 1:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    n = dist.get_world_size(group)
+    nbytes = 2 * flat.numel() * flat.element_size() * (n - 1) // n  # a ring all-reduce's share
+    start = lambda: dist.all_reduce(flat, group=group, async_op=True)  # noqa: E731
+    launch(start, flat.device, layer, "backward", nbytes).wait()
+    if scale != 1.0:
+        flat.mul_(scale)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
