@@ -86,6 +86,9 @@ class CommTrace:
         key = (layer, direction)
         self.bytes[key] += nbytes
         self.calls[key] += 1
+        self._time(key, seconds, waited)
+
+    def _time(self, key: tuple[str, str], seconds: float, waited: float | None = None) -> None:
         waited = max(seconds if waited is None else waited, 0.0)
         self.seconds[key] += max(seconds, waited)  # woke up after it ended: counted as waited
         self.waited_seconds[key] += waited
@@ -93,13 +96,17 @@ class CommTrace:
     def _resolve(self) -> None:
         for layer, direction, nbytes, (launch, wait, done) in self._events:
             done.synchronize()
-            self.add(layer, direction, nbytes, launch.elapsed_time(done) / 1e3, wait.elapsed_time(done) / 1e3)
+            self._time((layer, direction), launch.elapsed_time(done) / 1e3, wait.elapsed_time(done) / 1e3)
         self._events.clear()
 
     def hand(self, layer: str, direction: str, op: str, handed: int, members: int) -> int:
-        """Count ``handed`` bytes given to collective ``op`` over ``members``; returns its wire bytes."""
+        """Count a collective ``op`` over ``members`` handed ``handed`` bytes, at its launch (its time is
+        counted when it is waited for); returns its wire bytes."""
         self.handed[(layer, direction, op, members)] += handed
-        return wire_bytes(op, handed, members)
+        wire = wire_bytes(op, handed, members)
+        self.bytes[(layer, direction)] += wire
+        self.calls[(layer, direction)] += 1
+        return wire
 
     def reset(self) -> None:
         for counts in (self.bytes, self.handed, self.seconds, self.waited_seconds, self.calls):
@@ -184,7 +191,7 @@ class Traced:
             torch.cuda.synchronize()
         end = time.perf_counter()
         done = end if self.done_at is None or self.cuda else min(self.done_at, end)
-        self.trace.add(*self.key, self.nbytes, done - self.start, (self.launched - self.start) + (end - begin))
+        self.trace._time(self.key, done - self.start, (self.launched - self.start) + (end - begin))
         if self.trace.timeline is not None:
             self.trace.timeline.append((*self.key, self.start, self.launched, begin, end))
         self.work = None  # the future's callback holds this object
@@ -205,7 +212,7 @@ def _ddp_bucket_hook(group, bucket):
         return allreduce_hook(group, bucket)
     buffer = bucket.buffer()
     members = (group or torch.distributed.group.WORLD).size()
-    wire = trace.hand("ddp", "backward", ALL_REDUCE, buffer.numel() * buffer.element_size(), members)
+    trace.hand("ddp", "backward", ALL_REDUCE, buffer.numel() * buffer.element_size(), members)
     last = bucket.is_last()
     if bucket.index() == 0:  # DDP launches its buckets in index order: a new step
         trace._ddp.clear()
@@ -218,7 +225,7 @@ def _ddp_bucket_hook(group, bucket):
         end = time.perf_counter()
         since = max(trace._ddp.get("last_launch", end), trace._ddp.get("latest_done", 0.0))
         trace._ddp["latest_done"] = max(end, trace._ddp.get("latest_done", 0.0))
-        trace.add("ddp", "backward", wire, end - begin, max(end - since, 0.0))
+        trace._time(("ddp", "backward"), end - begin, max(end - since, 0.0))
 
     future.add_done_callback(done)
     return future
