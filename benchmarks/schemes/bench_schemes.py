@@ -66,11 +66,22 @@ def _run_k(k: int, job: dict) -> list[dict]:
         return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(k)]
 
 
-def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict) -> dict:
+def cpu_stretch(k: int, cores: int, other: float) -> float:
+    """How much longer a process computes when K run at once than when one runs alone, on ``cores``
+    shared with ``other`` runnable threads of other work (each thread gets an equal share of the
+    cores, at most one): share(other + 1) / share(other + K)."""
+    share = lambda n: min(1.0, cores / n)  # noqa: E731
+    return share(other + 1) / share(other + k)
+
+
+def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict, other: float) -> dict:
     """Medians over the repetitions; bytes and waits per process; the model's CPU prediction."""
     one = statistics.median(r["step_s"] for r in ranks[0]["records"][ONE])
+    optimizer = statistics.median(r["optimizer_s"] for r in ranks[0]["records"][ONE])
     calibration = ranks[0]["calibration"]
-    out = {"one_process_step_s": one, "calibration": calibration, "schemes": {}}
+    stretch = cpu_stretch(k, os.cpu_count() or 1, other)
+    out = {"one_process_step_s": one, "one_process_optimizer_s": optimizer, "calibration": calibration,
+           "cpu_stretch": stretch, "schemes": {}}
     for scheme in job["schemes"]:
         per_rank = [r["records"][scheme] for r in ranks]
         step = statistics.median(rec["step_s"] for rec in per_rank[0])
@@ -83,7 +94,7 @@ def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict) -> dict:
         model = link_model.predict(scheme, spec, macs, one_process_s=one, batch=job["batch"], k=k,
                                    input_size=job["input_size"], bandwidth=calibration["bandwidth"],
                                    latency=calibration["latency_s"], reduce_scatter=False, fc8=job["fc8"],
-                                   oversubscribed=k / (os.cpu_count() or 1))
+                                   oversubscribed=stretch, optimizer_s=optimizer)
         waited_mean = sum(waited) / len(waited)
         out["schemes"][scheme] = {
             "step_s": step, "ratio_to_one_process": step / one, "steps_s": [rec["step_s"] for rec in per_rank[0]],
@@ -112,8 +123,8 @@ def run(cfg: DictConfig) -> dict:
     for k in cfg.ks:
         print(f"{NAME}: K={k}: {', '.join(schemes)} and one process, {job['repeats']} interleaved repetitions",
               flush=True)
-        load = os.getloadavg()[0]
-        measured[str(k)] = _summarise(int(k), _run_k(int(k), job), job, spec, macs)
+        load = os.getloadavg()[0]  # the machine's other runnable work, before this run
+        measured[str(k)] = _summarise(int(k), _run_k(int(k), job), job, spec, macs, other=load)
         measured[str(k)]["load_average_1min"] = [load, os.getloadavg()[0]]  # before and after: the machine's other work
     full, one_tower = _premise_nets()
     full_macs = layer_macs(build_model("full"))

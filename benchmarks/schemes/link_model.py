@@ -71,18 +71,35 @@ def compute_fractions(spec: NetSpec, macs: dict[str, int], scheme: str, k: int, 
     return part
 
 
+def parameter_fraction(spec: NetSpec, scheme: str, k: int, fc8: str = "one", input_size: int = 224) -> float:
+    """The part of the net's parameters a process updates: a tower's (towers), all (data), the convolutional
+    ones and 1/K of each split fc layer (hybrid)."""
+    whole = bytes_model.layer_parameters(spec, input_size)
+    if k == 1:
+        return 1.0
+    if scheme == "towers":
+        return sum(bytes_model.layer_parameters(spec, input_size, tower=(0, spec.towers)).values()) / sum(whole.values())
+    if scheme == "data":
+        return 1.0
+    split = {l.name for l in spec.fcs[:-1]} | ({spec.fcs[-1].name} if fc8 == "split" else set())
+    return sum(n / k if name in split else n for name, n in whole.items()) / sum(whole.values())
+
+
 def comm_seconds(moves: list, bandwidth: float, latency: float) -> float:
     return sum(m.calls * (ring_steps(m.op, m.members) * latency + m.wire_total / m.calls / bandwidth) for m in moves)
 
 
 def predict(scheme: str, spec: NetSpec, macs: dict[str, int], *, one_process_s: float, batch: int, k: int,
             input_size: int, bandwidth: float, latency: float, reduce_scatter: bool, fc8: str = "one",
-            oversubscribed: float = 1.0) -> dict:
+            oversubscribed: float = 1.0, optimizer_s: float = 0.0) -> dict:
     """The modelled step of ``scheme`` on ``k`` processes and the global ``batch`` (``one_process_s``:
-    one process's step on it); ``oversubscribed``: processes per core, if above 1 (the compute stretches)."""
+    one process's step on it, of which ``optimizer_s`` its optimizer step: that part follows the
+    parameters a process updates, the rest the FLOPs); ``oversubscribed``: how much longer a process
+    computes beside the others than alone (shared cores), if above 1."""
     moves = bytes_model.moves(scheme, spec, batch=batch, k=k, input_size=input_size, reduce_scatter=reduce_scatter,
                               fc8=fc8)
-    compute = one_process_s * compute_fractions(spec, macs, scheme, k, fc8) * max(oversubscribed, 1.0)
+    compute = ((one_process_s - optimizer_s) * compute_fractions(spec, macs, scheme, k, fc8)
+               + optimizer_s * parameter_fraction(spec, scheme, k, fc8, input_size)) * max(oversubscribed, 1.0)
     comm = comm_seconds(moves, bandwidth, latency)
     return {"compute_s": compute, "comm_s": comm, "step_s": compute + comm}
 

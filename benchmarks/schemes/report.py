@@ -46,9 +46,13 @@ def _measured(r: dict) -> list[str]:
         lines.append(f"| - | {scheme} | not measured: {why} | | | | | | | | | | |")
     cal = [f"K={k}: {m['calibration']['bandwidth'] / 1e9:.2f} GB/s, {m['calibration']['latency_s'] * 1e6:.0f} us a "
            "step" for k, m in r["measured"].items()]
-    lines += ["", "The model for these runs takes the one-process step split over the layers by their "
-              "multiply-adds (FLOP-proportional, not measured per layer), stretched by processes per core where "
-              "K exceeds the cores, plus each collective's ring time on the gloo link as measured in the same "
+    lines += ["", "The model for these runs takes the one-process step less its optimizer step split over the "
+              "layers by their multiply-adds (FLOP-proportional, not measured per layer), the optimizer step "
+              "(measured apart: " + "; ".join(f"K={k}: {m['one_process_optimizer_s']:.3f} s" for k, m in
+                                             r["measured"].items()) + ") in proportion to the parameters a process "
+              "updates, both stretched by the sharing of the cores (each runnable thread an equal share, the "
+              "machine's other work read from the load average before the run: "
+              + "; ".join(f"K={k}: x{m['cpu_stretch']:.2f}" for k, m in r["measured"].items()) + "), plus each collective's ring time on the gloo link as measured in the same "
               f"run by an all-reduce of {r['settings']['calibration_mb']:g} MiB and of 4 bytes ({'; '.join(cal)}); "
               "no overlap. Waited on comm: the tracer's waited seconds over the step, the range over processes; "
               "the model's compute is set against the step less the mean wait, its communication against the "
