@@ -119,3 +119,18 @@ def test_parameter_count_and_wire_bytes_from_the_table():
     assert wire_bytes("all_reduce", 800, 1) == 0
     data = bytes_model.per_step(bytes_model.moves("data", full_spec(), batch=256, k=8))
     assert data["handed"] == 4 * 60_965_224 and data["wire"] == 2 * 7 * 4 * 60_965_224 // 8
+
+
+def test_premise_shares_count_the_built_nets():
+    """The 2014 premise's shares (conv against fc) add up what the built modules hold and compute."""
+    from alexnet_mp.net.arch import spec_for
+    from alexnet_mp.net.flops import layer_macs
+
+    for name in ("full", "one_tower"):
+        net = build_model(name, num_classes=1000)
+        shares = bytes_model.conv_fc_shares(spec_for(name, 1000), layer_macs(net))
+        conv = sum(p.numel() for l in net.spec.convs for p in getattr(net, l.name).parameters())
+        total = sum(p.numel() for p in net.parameters())
+        assert shares["parameters"]["total"] == total
+        assert shares["parameters"]["conv"] == pytest.approx(conv / total, rel=1e-12)
+        assert shares["flops"]["conv"] + shares["flops"]["fc"] == pytest.approx(1.0)
