@@ -32,3 +32,18 @@ def test_torchvision_alexnet_computes_the_same_logits_from_our_state_dict():
     torch.testing.assert_close(mine, tv, rtol=1e-5, atol=1e-5 * float(tv.abs().max()))
     back = from_torchvision(theirs.state_dict())
     assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items())
+
+
+def test_torchvision_weights_as_a_model_file_compute_torchvisions_logits_on_its_input(tmp_path):
+    from alexnet_mp.use.evaluate import load_trained_model
+    from alexnet_mp.use.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, write_model_file
+    torch.manual_seed(0)
+    theirs = torchvision.models.alexnet(weights=None, num_classes=5).eval()
+    path = write_model_file(theirs.state_dict(), list("abcde"), tmp_path / "tv.pt")
+    ours, blob = load_trained_model(path)
+    pixels = torch.rand(2, 3, 224, 224) * 255  # 0..255, as the data pipeline gives them
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tv = theirs((pixels / 255 - mean) / std)
+        mine = ours(pixels - blob["stats"]["mean_image"][:, :224, :224])
+    torch.testing.assert_close(mine, tv, rtol=1e-4, atol=1e-4 * float(tv.abs().max()))

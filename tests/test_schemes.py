@@ -2,6 +2,7 @@
 the same weights after SGD steps with dropout on (docs/parallelism.md)."""
 
 from dataclasses import replace
+from functools import lru_cache
 
 import pytest
 import torch
@@ -36,6 +37,7 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=5e-4)
 
 
+@lru_cache
 def _one_process(name: str) -> dict:
     net = _tiny(name).train()
     opt = _sgd(net.parameters())
@@ -47,6 +49,7 @@ def _one_process(name: str) -> dict:
     return net.state_dict()
 
 
+@lru_cache
 def _one_process_per_pass(name: str, k: int) -> dict:
     """The hybrid's fc_update=pass schedule in one process: pool5 of the whole batch, then for
     each of k chunks of it the fc layers forward, backward and an SGD step of the fc weights
@@ -109,8 +112,18 @@ CASES = {2: {"data": (_data, "one_tower"), "hybrid": (_hybrid, "one_tower", "spl
              "hybrid per pass": (_hybrid, "one_tower", "split", "pass")}}
 
 
+def _hybrid_eval(rank: int, world: int) -> torch.Tensor:
+    """Logits of this rank's rows of a 3-image batch shared as the loader shares a last batch
+    (unequal; on 4 processes one gets none)."""
+    net = parallelize_hybrid(_tiny("full").eval(), fc8="split" if world == 2 else "one")
+    x = _batches()[0][0][:3]
+    with torch.no_grad():
+        return net(x[3 * rank // world:3 * (rank + 1) // world])
+
+
 def _all_cases(rank: int, world: int) -> dict:
-    return {case: fn(rank, world, *args) for case, (fn, *args) in CASES[world].items()}
+    return {"eval": _hybrid_eval(rank, world),
+            **{case: fn(rank, world, *args) for case, (fn, *args) in CASES[world].items()}}
 
 
 @pytest.fixture(scope="module", params=[2, 4])
@@ -143,9 +156,19 @@ def test_hybrid_loss_is_the_global_batch_mean_on_every_process(spawned):
     net = _tiny(CASES[world]["hybrid"][1]).train()
     torch.manual_seed(7)
     x, y = _batches()[0]
-    want = float(F.cross_entropy(net(x), y))
+    with torch.no_grad():
+        want = float(F.cross_entropy(net(x), y))
     for rank_result in results:
         assert rank_result["hybrid"]["losses"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_hybrid_evaluates_unequal_shares_as_one_process(spawned):
+    world, results = spawned
+    with torch.no_grad():
+        want = _tiny("full").eval()(_batches()[0][0][:3])
+    got = torch.cat([r["eval"] for r in results])
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
 
 
 def test_a_process_count_that_does_not_divide_a_split_layer_is_one_line_error():
@@ -155,3 +178,29 @@ def test_a_process_count_that_does_not_divide_a_split_layer_is_one_line_error():
         check_hybrid(full_spec(1000), 16, fc8="split")
     with pytest.raises(UserError, match="batch_size=10"):
         check_hybrid(full_spec(1000), 4, batch_size=10)
+
+
+def test_convnet2_rates_scale_each_part_and_survive_the_schedule():
+    from alexnet_mp.train.optim import PlateauSchedule, build_optimizer, param_groups, scale_rates
+    net = _tiny("one_tower")
+    groups = param_groups(net, weight_decay=5e-4, bias_lr_mult=2.0)
+    opt = build_optimizer(groups, lr=0.01, momentum=0.9, weight_decay=5e-4, rule="pytorch")
+    fc = {id(p) for l in net.spec.fcs for p in getattr(net, l.name).parameters()}
+    scale_rates(opt, lambda p: 1.0 if id(p) in fc else 4.0)  # the hybrid with per-pass updates, K = 4
+    schedule = PlateauSchedule(opt, warmup_steps=0)
+    schedule.begin_step(5)
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(rate) == len(list(net.parameters()))
+    for name, p in net.named_parameters():
+        want = 0.01 * (2.0 if name.endswith("bias") else 1.0) * (1.0 if id(p) in fc else 4.0)
+        assert rate[id(p)] == pytest.approx(want), name
+
+
+def test_checkpoints_from_before_the_schemes_resume_as_towers(tmp_path):
+    from alexnet_mp.config.scheme import SchemeConfig
+    from alexnet_mp.train.checkpoint_policy import check_resumable
+    from omegaconf import OmegaConf
+    now = {"seed": 0, "scheme": OmegaConf.to_container(OmegaConf.structured(SchemeConfig))}
+    check_resumable({"seed": 0}, now, tmp_path)
+    with pytest.raises(UserError, match="scheme.name"):
+        check_resumable({"seed": 0}, {**now, "scheme": {**now["scheme"], "name": "hybrid"}}, tmp_path)

@@ -31,9 +31,8 @@ def check_data(world: int, batch_size: int) -> None:
 def parallelize_data(model: AlexNet, group=None, device: torch.device | str | None = None) -> DistributedDataParallel:
     """``model`` (the one-process net, the same weights on every process) on this process, set to
     see its rows of every global batch, wrapped so that backward averages the gradients over ``group``.
-    ``.module`` is ``model`` (its state dict the one-process format)."""
-    if model.tower is not None:
-        raise UserError("parallelize_data() takes the one-process net, not a tower")
+    ``.module`` is ``model`` (its state dict the one-process format). The towers' replicas use it
+    too, with ``model`` a tower and ``group`` that tower's replicas."""
     model = model.to(device) if device is not None else model
     model.share_batch(dist.get_rank(group), dist.get_world_size(group))
     device = next(model.parameters()).device

@@ -18,7 +18,7 @@ from alexnet_mp.parallel.comm import TowerExchange
 from alexnet_mp.errors import UserError
 from alexnet_mp.net.model import AlexNet
 
-__all__ = ["parallelize", "full_state_dict", "shard_state_dict"]
+__all__ = ["parallelize", "parallelize_towers", "full_state_dict", "shard_state_dict"]
 
 
 def _check_parallelizable(full_model: AlexNet, world: int) -> None:
@@ -67,6 +67,9 @@ def parallelize(full_model: AlexNet, group=None, device: torch.device | str | No
     tower.load_state_dict(shard_state_dict(full_model.state_dict(), tower))
     tower.train(full_model.training)
     return tower.to(device) if device is not None else tower
+
+
+parallelize_towers = parallelize  # the towers scheme's name beside parallelize_data and parallelize_hybrid
 
 
 def full_state_dict(tower: AlexNet) -> dict[str, torch.Tensor]:

@@ -17,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp.parallel import ranks
 from alexnet_mp.job.checkpoint import CheckpointStore
 from alexnet_mp.config.schema import flatten
+from alexnet_mp.config.scheme import SchemeConfig
 from alexnet_mp.config.train import RESUME_MAY_CHANGE
 from alexnet_mp.errors import UserError
 from alexnet_mp.net.arch import arch_options
 from alexnet_mp.job.preempt import PreemptionFlag, save_on_stop
 from alexnet_mp.train.state import RunState
 
-__all__ = ["Checkpoints", "model_signature", "check_resumable"]
+__all__ = ["Checkpoints", "model_signature", "check_resumable", "shards_of"]
 
 
 def model_signature(cfg: DictConfig, num_classes: int, crop: int, towers: int) -> dict:
@@ -33,9 +34,18 @@ def model_signature(cfg: DictConfig, num_classes: int, crop: int, towers: int) -
             **arch_options(cfg.model), "towers": towers}
 
 
+def shards_of(cfg: DictConfig, placement) -> int:
+    """How many different shards a checkpoint of this run has: one per tower, or one per process
+    for ``scheme=hybrid`` (each holds its block of the split layers); the data scheme's one."""
+    scheme = str(cfg.scheme.name) if "scheme" in cfg else "towers"
+    return placement.world_size if scheme == "hybrid" else placement.towers
+
+
 def check_resumable(saved: dict, now: dict, folder: Path) -> None:
     """What may differ between a run and its resumption is the schema's: the fields marked
     ``resume="may_change"`` (how long the run goes, how it reports, how fast it runs)."""
+    if saved and "scheme" not in saved:  # written before the schemes: the towers
+        saved = {**saved, "scheme": OmegaConf.to_container(OmegaConf.structured(SchemeConfig))}
     before, after = flatten(saved), flatten(now)
     changed = sorted(k for k in set(before) | set(after)
                      if before.get(k) != after.get(k) and not k.startswith(RESUME_MAY_CHANGE))

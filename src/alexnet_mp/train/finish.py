@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from alexnet_mp.job import provenance
 from alexnet_mp.parallel import ranks
 from alexnet_mp.io import atomic_save, atomic_write
+from alexnet_mp.parallel.hybrid import hybrid_full_state_dict
 from alexnet_mp.parallel.towers import full_state_dict
 from alexnet_mp.train.start import Run
 
@@ -27,11 +28,14 @@ def finish_run(run: Run, stopped_early: bool, started: float) -> dict:
     on every rank. ``started``: ``time.perf_counter()`` when training began."""
     model, towers = run.state.model, run.placement.towers
     # Every rank: gathering a tower pair's weights is a collective.
-    final_state = full_state_dict(model) if towers == 2 else {k: v.cpu() for k, v in model.state_dict().items()}
+    final_state = (full_state_dict(model) if towers == 2 else hybrid_full_state_dict(model) if run.state.hybrid
+                   else {k: v.cpu() for k, v in model.state_dict().items()})
     summary = _summary(run, stopped_early, started)
     if run.placement.main:
         d = run.data
-        atomic_save({"model": run.checkpoints.signature, "state_dict": final_state,
+        # The one-process format whatever the scheme (the hybrid's shards are put together above).
+        signature = {**run.checkpoints.signature, "towers": 1} if run.state.hybrid else run.checkpoints.signature
+        atomic_save({"model": signature, "state_dict": final_state,
                      "provenance": summary["provenance"], "classes": list(d.train.classes),
                      "data": {"name": str(run.cfg.data.name), "image_size": d.image_size, "crop": d.crop,
                               "config": OmegaConf.to_container(run.cfg.data, resolve=True)},

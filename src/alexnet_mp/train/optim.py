@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups"]
+__all__ = ["PaperSGD", "PlateauSchedule", "build_optimizer", "optimizer_for", "param_groups", "scale_rates"]
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -75,6 +75,23 @@ def optimizer_for(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
                           bias_lr_mult=float(optim_cfg.get("bias_lr_mult", 1.0)))
     return build_optimizer(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]),
                            weight_decay=weight_decay, rule=str(optim_cfg["rule"]))
+
+
+def scale_rates(optimizer: torch.optim.Optimizer, mult: Callable[[nn.Parameter], float]) -> None:
+    """Multiply each parameter's rate by ``mult(p)`` (a scheme's rates for its larger batch): every
+    group is split by multiplier, each part keeping the group's options with its ``lr_mult`` (and
+    ``lr``) scaled. Before any step (no state to move)."""
+    groups = []
+    for group in optimizer.param_groups:
+        by_mult: dict[float, list] = {}
+        for p in group["params"]:
+            by_mult.setdefault(float(mult(p)), []).append(p)
+        for m, params in by_mult.items():
+            groups.append({**group, "params": params, "lr": group["lr"] * m,
+                           "lr_mult": group.get("lr_mult", 1.0) * m})
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
 
 
 class PlateauSchedule:

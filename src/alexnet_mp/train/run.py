@@ -12,7 +12,7 @@ from alexnet_mp.job.preempt import PreemptionFlag
 from alexnet_mp.job.rundir import RunLock
 from alexnet_mp.train.finish import finish_run
 from alexnet_mp.train.loop import train_epochs
-from alexnet_mp.train.start import agree_on_run_dir, place_run, start_run
+from alexnet_mp.train.start import agree_on_run_dir, place_run, scheme_of, start_run
 from alexnet_mp.train.step import StepHooks
 from alexnet_mp.train.stop import lost_processes_stop_the_run
 
@@ -29,8 +29,10 @@ def train(cfg: DictConfig, run_dir: Path, hooks: StepHooks = StepHooks()) -> dic
     hooks = hooks.with_config(cfg)  # after the process group is joined: it names this rank
     stop = PreemptionFlag.install()  # before the loader's workers fork: they inherit the flag
     run_dir = agree_on_run_dir(run_dir)
-    store = CheckpointStore(run_dir, placement.tower, writer=placement.writer, main=placement.main,
-                            keep=int(cfg.checkpoint.keep))
+    # scheme=hybrid: every process its own shard (its block of fc6 and fc7); else one per tower.
+    hybrid = scheme_of(cfg) == "hybrid" and placement.world_size > 1
+    store = CheckpointStore(run_dir, placement.rank if hybrid else placement.tower,
+                            writer=hybrid or placement.writer, main=placement.main, keep=int(cfg.checkpoint.keep))
     with lost_processes_stop_the_run(placement, store):
         lock = RunLock(run_dir, placement.main)  # and the run directory is writable
         try:

@@ -19,11 +19,11 @@ from alexnet_mp.io import atomic_write
 from alexnet_mp.job.metrics_log import MetricsLog
 from alexnet_mp.parallel.placement import Placement, place
 from alexnet_mp.job.rundir import make_run_dir
-from alexnet_mp.train.checkpoint_policy import Checkpoints, model_signature
+from alexnet_mp.train.checkpoint_policy import Checkpoints, model_signature, shards_of
 from alexnet_mp.train.inputs import Data, Inputs, build_data
 from alexnet_mp.train.state import RunState, Speed, build_run_state
 
-__all__ = ["Run", "place_run", "agree_on_run_dir", "check_run_dir", "start_run"]
+__all__ = ["Run", "place_run", "agree_on_run_dir", "check_run_dir", "scheme_of", "start_run"]
 
 log = logging.getLogger("alexnet_mp")
 
@@ -45,8 +45,9 @@ class Run:
 
 def place_run(cfg: DictConfig) -> Placement:
     """This process's place among the replicas of the tower pair, after checking the model
-    and the global batch fit this many processes."""
-    towers = 2 if cfg.model.name == "full" else 1
+    and the global batch fit this many processes. ``scheme=data`` and ``hybrid`` lay every
+    process out as a replica of the one-process net (:func:`scheme_of`)."""
+    towers = 2 if cfg.model.name == "full" and scheme_of(cfg) == "towers" else 1
     placement = place(towers, threads=int(cfg.threads), device=str(cfg.device), timeout_s=float(cfg.dist_timeout_s),
                       backend=str(cfg.get("dist_backend", "auto")))
     if placement.main:
@@ -55,6 +56,11 @@ def place_run(cfg: DictConfig) -> Placement:
         raise UserError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over the "
                         f"{placement.replicas} replicas of this launch (WORLD_SIZE={placement.world_size})")
     return placement
+
+
+def scheme_of(cfg: DictConfig) -> str:
+    """How the net is split over the processes: ``towers`` (the default), ``data`` or ``hybrid``."""
+    return str(cfg.scheme.name) if "scheme" in cfg else "towers"
 
 
 def check_run_dir(run_dir: Path, store: CheckpointStore, resume: bool | str) -> None:
@@ -94,8 +100,9 @@ def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: Check
     comm.set_profile(bool(cfg.profile))
     state = build_run_state(cfg.model, cfg.optim, cfg.schedule, num_classes=d.num_classes, input_size=d.crop,
                             seed=int(cfg.seed), device=device, world=placement.towers,
-                            speed=Speed.from_config(cfg), overlap=bool(cfg.comm.overlap), placement=placement)
-    checkpoints = Checkpoints(store, model_signature(cfg, d.num_classes, d.crop, placement.towers), cfg)
+                            speed=Speed.from_config(cfg), overlap=bool(cfg.comm.overlap), placement=placement,
+                            scheme=cfg.get("scheme"), batch_size=int(cfg.batch_size))
+    checkpoints = Checkpoints(store, model_signature(cfg, d.num_classes, d.crop, shards_of(cfg, placement)), cfg)
     latest = checkpoints.resume(state) if resume else None
     p = state.position
     if latest is not None and main:
@@ -140,7 +147,9 @@ def _record_start(run: Run) -> None:
     cfg, placement, d, device = run.cfg, run.placement, run.data, run.placement.device
     atomic_write(run.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     where = (f"1 process, {device}" if placement.world_size == 1 else
-             f"{placement.replicas} replica(s) x {placement.towers} tower(s), {device.type}")
+             f"{placement.replicas} replica(s) x {placement.towers} tower(s), {device.type}"
+             if scheme_of(cfg) == "towers" else f"scheme={scheme_of(cfg)} on {placement.world_size} processes, "
+                                                f"{device.type}")
     log.info("training %s net (%s): %d train / %d val images, %d classes, %dpx crops, augmentation on the %s, "
              "run dir %s", cfg.model.name, where, len(d.train), len(d.val), d.num_classes, d.crop,
              "loader workers" if run.inputs.in_workers else device.type, run.run_dir)

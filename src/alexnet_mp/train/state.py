@@ -5,17 +5,20 @@ position reached, everything a checkpoint holds through ``RunState.state_dict`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
+from alexnet_mp.errors import UserError
 from alexnet_mp.parallel import ranks
 from alexnet_mp.net.arch import arch_options
 from alexnet_mp.net.model import AlexNet, build_model
-from alexnet_mp.train.optim import PlateauSchedule, optimizer_for
+from alexnet_mp.train.optim import PlateauSchedule, optimizer_for, scale_rates
+from alexnet_mp.parallel.data_parallel import check_data, parallelize_data
+from alexnet_mp.parallel.hybrid import HybridNet, check_hybrid, parallelize_hybrid
 from alexnet_mp.parallel.towers import parallelize
 from alexnet_mp.parallel.placement import Placement
 
@@ -112,17 +115,20 @@ class RunState:
     step would make the host wait for the device.
     """
 
-    def __init__(self, model: AlexNet, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
-                 device: torch.device, speed: Speed = Speed(), placement: Placement | None = None):
+    def __init__(self, model: AlexNet | HybridNet, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
+                 device: torch.device, speed: Speed = Speed(), placement: Placement | None = None,
+                 fc_update: str = "step"):
         self.model, self.optimizer, self.schedule, self.device, self.speed = model, optimizer, schedule, device, speed
         self.replicas = placement.replicas if placement else 1
         self.replica_group = placement.replica_group if placement else None
+        # scheme=hybrid: the model is this process's part, trained by its own step (train.step).
+        self.hybrid = isinstance(model, HybridNet)
+        self.fc_update = fc_update
         forward: torch.nn.Module = model
-        if self.replicas > 1:
+        if self.replicas > 1 and not self.hybrid:
             # Gradients averaged over the replicas, bucketed and overlapped with the backward
             # pass. Every replica starts from the same weights (same seed, or the same shard).
-            forward = DistributedDataParallel(model, process_group=self.replica_group,
-                                              device_ids=[device] if device.type == "cuda" else None)
+            forward = parallelize_data(model, self.replica_group)
         # The compiled net shares its parameters with ``model``, which the checkpoints hold.
         self.forward = torch.compile(forward, mode=speed.compile_mode) if speed.compile else forward
         self.position = Position()
@@ -150,9 +156,14 @@ class RunState:
         if self.speed.cuda_graphs and self.device.type == "cuda":
             # A new step: the graphs may overwrite the outputs of the last replay, which are used up.
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with self.autocast():
             logits = self.forward(images)
         return logits.float()  # softmax and the loss in fp32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The speed options' autocast (bf16), or nothing."""
+        dtype = self.speed.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def state_dict(self) -> dict:
         self.flush_loss()
@@ -170,26 +181,43 @@ class RunState:
 
 def build_run_state(model_cfg: Any, optim_cfg: Any, schedule_cfg: Any, *, num_classes: int, input_size: int,
                     seed: int, device: torch.device, world: int, speed: Speed = Speed(),
-                    overlap: bool = True, placement: Placement | None = None) -> RunState:
+                    overlap: bool = True, placement: Placement | None = None, scheme: Any = None,
+                    batch_size: int | None = None) -> RunState:
     """The net from ``seed`` (the same weights on every rank; a tower keeps its share), on
     ``device``, with the optimizer and schedule of sec. 5. Configs are mappings with the keys
-    of ``conf/model``, ``conf/optim`` and ``conf/schedule``."""
+    of ``conf/model``, ``conf/optim``, ``conf/schedule`` and ``conf/scheme`` (None: the towers).
+    ``scheme=data`` wraps the net when the state is made (:class:`RunState`); ``hybrid`` splits it
+    here (:func:`alexnet_mp.parallel.hybrid.parallelize_hybrid`)."""
+    name = str(scheme["name"]) if scheme is not None else "towers"
+    k = placement.world_size if placement is not None and name != "towers" else 1
     torch.manual_seed(seed)
     model = build_model(str(model_cfg["name"]), num_classes=num_classes, input_size=input_size,
                         init=str(model_cfg["init"]), **arch_options(model_cfg))
-    if placement is not None and placement.towers == 2:
+    if k > 1 and batch_size is not None:
+        check_data(k, batch_size)
+    if name == "hybrid" and k > 1:
+        check_hybrid(model.spec, k, batch_size, fc8=str(scheme["fc8"]))
+        if speed.compile:
+            raise UserError("compile=true is not supported with scheme=hybrid (its passes run their own collectives)")
+        model = parallelize_hybrid(model, group=placement.replica_group, device=device, fc8=str(scheme["fc8"]))
+    elif placement is not None and placement.towers == 2:
         model = parallelize(model, group=placement.tower_group, device=device, overlap=overlap)
     else:
         model = parallelize(model, device=device, overlap=overlap) if world == 2 else model.to(device)
-    if placement is not None and placement.replicas > 1:
-        model.share_batch(placement.replica, placement.replicas)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     speed.apply_backends()
     optimizer = optimizer_for(model, optim_cfg)
+    if k > 1 and str(scheme["lr_scaling"]) == "convnet2":
+        # cuda-convnet2's parameter files for K GPUs: every rate x K for the K-times batch; the
+        # hybrid with per-pass updates keeps the fc rates (each pass carries 1/K of the batch).
+        per_pass = name == "hybrid" and str(scheme["fc_update"]) == "pass"
+        fc = {id(p) for p in model.fc_parameters()} if per_pass else set()
+        scale_rates(optimizer, lambda p: 1.0 if id(p) in fc else float(k))
     schedule = PlateauSchedule(optimizer, **{k: schedule_cfg[k] for k in
                                              ("factor", "patience", "threshold", "max_drops", "warmup_steps")})
     torch.manual_seed(seed + 1)  # dropout's stream, saved and restored with the checkpoint
-    return RunState(model, optimizer, schedule, device, speed, placement)
+    return RunState(model, optimizer, schedule, device, speed, placement,
+                    fc_update=str(scheme["fc_update"]) if scheme is not None else "step")
 

@@ -22,13 +22,21 @@ def train_step(state: RunState, images: torch.Tensor, labels: torch.Tensor) -> t
     """One SGD step on a batch already on the device; returns the (detached) loss on the device.
 
     Nothing here waits for the device: the loss is added to ``state.loss_sum``, and a
-    non-finite loss is found when it is read (:meth:`RunState.flush_loss`).
+    non-finite loss is found when it is read (:meth:`RunState.flush_loss`). Under ``scheme=hybrid``
+    the loss is the global batch's on every process (the sums over processes divide it back).
     """
-    loss = F.cross_entropy(state.logits(images), labels)
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    state.schedule.begin_step(state.position.step + 1)
-    state.optimizer.step()
+    if state.hybrid:  # scheme=hybrid: its passes, backward and update(s) (alexnet_mp.parallel.hybrid)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.schedule.begin_step(state.position.step + 1)
+        with state.autocast():
+            loss = state.model.train_step(images, labels, fc_update=state.fc_update, fc_step=state.optimizer.step,
+                                          step=state.optimizer.step)
+    else:
+        loss = F.cross_entropy(state.logits(images), labels)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.schedule.begin_step(state.position.step + 1)
+        state.optimizer.step()
     loss = loss.detach()
     state.loss_sum += loss.double() * len(labels)
     state.loss_images += len(labels)
