@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from alexnet_mp import build_model
 from alexnet_mp.net.model import AlexNet
@@ -53,9 +52,8 @@ def _step(name: str, rank: int, k: int):
         placement = place(2)  # the replica x tower mesh
         net, group, replica, replicas = (parallelize(full, placement.tower_group), placement.replica_group,
                                          placement.replica, placement.replicas)
-        if replicas > 1:
-            net.share_batch(replica, replicas)
-            net = DistributedDataParallel(net, process_group=group)
+        if replicas > 1:  # the tower's replicas: data parallelism over its replica group
+            net = parallelize_data(net, group)
             comm_trace.count_ddp(net, group)
     else:
         net, replica, replicas = parallelize_data(full), rank, k

@@ -49,14 +49,14 @@ def _scheme_step(scheme: str, rank: int, k: int, job: dict):
     """A function running one training step of ``scheme`` on this process's rows of ``(x, y)``."""
     full = _net(job)
     if scheme == "towers":
+        from alexnet_mp.parallel.data_parallel import parallelize_data
         from alexnet_mp.parallel.placement import place
         from alexnet_mp.parallel.towers import parallelize
 
         placement = place(full.spec.towers)  # the replica x tower mesh, as training lays it out
         net, replica, replicas = parallelize(full, placement.tower_group), placement.replica, placement.replicas
-        if replicas > 1:
-            net.share_batch(replica, replicas)
-            net = torch.nn.parallel.DistributedDataParallel(net, process_group=placement.replica_group)
+        if replicas > 1:  # the tower's replicas: data parallelism over its replica group
+            net = parallelize_data(net, placement.replica_group)
             comm_trace.count_ddp(net, placement.replica_group)
     elif scheme == "data":
         from alexnet_mp.parallel.data_parallel import parallelize_data
