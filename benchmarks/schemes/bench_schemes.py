@@ -137,7 +137,8 @@ def run(cfg: DictConfig) -> dict:
         "measured": measured,
         "bytes_table_224": bytes_model.table(spec_for("full", 1000), ks=tuple(cfg.table_ks)),
         "links": [vars(link) for link in link_model.LINKS],
-        "compute_for_links": {name: {"seconds_per_128": s, "source": src} for name, (s, src) in link_model.COMPUTE.items()},
+        "compute_for_links": {name: {"seconds_per_128": s, "source": src}
+                              for name, (s, src) in link_model.COMPUTE.items()},
         "regimes": link_model.REGIMES,
         "projection": link_model.project(spec_for("full", 1000), full_macs),
         "premise": {name: bytes_model.conv_fc_shares(net_spec, net_macs) for name, (net_spec, net_macs) in

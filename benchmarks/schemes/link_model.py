@@ -78,7 +78,8 @@ def parameter_fraction(spec: NetSpec, scheme: str, k: int, fc8: str = "one", inp
     if k == 1:
         return 1.0
     if scheme == "towers":
-        return sum(bytes_model.layer_parameters(spec, input_size, tower=(0, spec.towers)).values()) / sum(whole.values())
+        tower = bytes_model.layer_parameters(spec, input_size, tower=(0, spec.towers))
+        return sum(tower.values()) / sum(whole.values())
     if scheme == "data":
         return 1.0
     split = {l.name for l in spec.fcs[:-1]} | ({spec.fcs[-1].name} if fc8 == "split" else set())

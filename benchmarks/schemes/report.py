@@ -52,7 +52,8 @@ def _measured(r: dict) -> list[str]:
                                              r["measured"].items()) + ") in proportion to the parameters a process "
               "updates, both stretched by the sharing of the cores (each runnable thread an equal share, the "
               "machine's other work read from the load average before the run: "
-              + "; ".join(f"K={k}: x{m['cpu_stretch']:.2f}" for k, m in r["measured"].items()) + "), plus each collective's ring time on the gloo link as measured in the same "
+              + "; ".join(f"K={k}: x{m['cpu_stretch']:.2f}" for k, m in r["measured"].items())
+              + "), plus each collective's ring time on the gloo link as measured in the same "
               f"run by an all-reduce of {r['settings']['calibration_mb']:g} MiB and of 4 bytes ({'; '.join(cal)}); "
               "no overlap. Waited on comm: the tracer's waited seconds over the step, the range over processes; "
               "the model's compute is set against the step less the mean wait, its communication against the "

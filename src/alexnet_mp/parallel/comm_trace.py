@@ -23,8 +23,10 @@ keyed by layer, direction, the collective and the number of members ``K``):
 What a ring algorithm puts on the wire per process follows (:func:`wire_bytes`): an all-gather
 sends (K-1) shares, (K-1)/K of its output; a reduce-scatter (K-1)/K of its input; an all-reduce,
 a reduce-scatter followed by an all-gather, 2 (K-1)/K of its tensor; a broadcast or a reduce,
-pipelined along a chain (K-1 hops of the tensor shared by K processes), (K-1)/K of it on average. ``bytes`` holds those wire
-bytes per (layer, direction). docs/schemes.md sets both against the architecture's arithmetic
+pipelined along a chain (K-1 hops of the tensor shared by K processes), (K-1)/K of it on
+average. ``bytes`` holds those wire bytes per (layer, direction), counted at the launch (a
+collective never waited for is counted too); its seconds are counted at the wait.
+docs/schemes.md sets both against the architecture's arithmetic
 (:mod:`alexnet_mp.parallel.bytes_model`).
 """
 
@@ -37,8 +39,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ALL_GATHER", "ALL_REDUCE", "BROADCAST", "REDUCE", "REDUCE_SCATTER", "CommTrace", "TRACE", "Traced", "count_ddp", "start",
-           "stop", "wire_bytes"]
+__all__ = ["ALL_GATHER", "ALL_REDUCE", "BROADCAST", "REDUCE", "REDUCE_SCATTER", "CommTrace", "TRACE", "Traced",
+           "count_ddp", "start", "stop", "wire_bytes"]
 
 ALL_GATHER, REDUCE_SCATTER, ALL_REDUCE = "all_gather", "reduce_scatter", "all_reduce"
 BROADCAST, REDUCE = "broadcast", "reduce"
