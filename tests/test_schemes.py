@@ -174,7 +174,7 @@ def test_hybrid_evaluates_unequal_shares_as_one_process(spawned):
 def test_a_process_count_that_does_not_divide_a_split_layer_is_one_line_error():
     with pytest.raises(UserError, match="3 processes do not divide"):
         check_hybrid(full_spec(1000), 3)
-    with pytest.raises(UserError, match="fc8"):
+    with pytest.raises(UserError, match="fc8.s 1000 units"):
         check_hybrid(full_spec(1000), 16, fc8="split")
     with pytest.raises(UserError, match="batch_size=10"):
         check_hybrid(full_spec(1000), 4, batch_size=10)

@@ -58,8 +58,9 @@ def check_hybrid(spec, world: int, batch_size: int | None = None, fc8: str = "on
     split = [l for l in spec.fcs[:-1]] + ([spec.fcs[-1]] if fc8 == "split" else [])
     for layer in split:
         if layer.width % world:
+            hint = " (scheme.fc8=one keeps fc8 whole)" if layer is spec.fcs[-1] else ""
             raise UserError(f"scheme=hybrid splits {layer.name}'s {layer.width} units over the processes: "
-                            f"{world} processes do not divide them (fc8=split splits fc8 too)")
+                            f"{world} processes do not divide them{hint}")
     if batch_size is not None and batch_size % world:
         raise UserError(f"scheme=hybrid: batch_size={batch_size} is the global batch and must split evenly "
                         f"over the {world} processes")
