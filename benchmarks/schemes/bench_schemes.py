@@ -43,7 +43,7 @@ from alexnet_mp.parallel import bytes_model
 from alexnet_mp.parallel.placement import free_port
 from benchmarks.schemes import link_model, report
 from benchmarks.schemes.schema import register
-from benchmarks.schemes.workers import ONE, available, worker
+from benchmarks.schemes.workers import ONE, ONE_HALF, available, worker
 
 register()  # the schema conf/ names (``- base_bench_schemes``), which the product's config package does not hold
 
@@ -78,10 +78,14 @@ def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict, other: fl
     """Medians over the repetitions; bytes and waits per process; the model's CPU prediction."""
     one = statistics.median(r["step_s"] for r in ranks[0]["records"][ONE])
     optimizer = statistics.median(r["optimizer_s"] for r in ranks[0]["records"][ONE])
+    half = statistics.median(r["step_s"] for r in ranks[0]["records"][ONE_HALF])
+    # one process's step as a fixed cost plus a cost per image, from the batch and half of it
+    per_image = max(one - half, 0.0) / (job["batch"] - job["batch"] // 2)
+    fixed = max(one - per_image * job["batch"], 0.0)
     calibration = ranks[0]["calibration"]
     stretch = cpu_stretch(k, os.cpu_count() or 1, other)
-    out = {"one_process_step_s": one, "one_process_optimizer_s": optimizer, "calibration": calibration,
-           "cpu_stretch": stretch, "schemes": {}}
+    out = {"one_process_step_s": one, "one_process_half_batch_step_s": half, "one_process_fixed_s": fixed,
+           "one_process_optimizer_s": optimizer, "calibration": calibration, "cpu_stretch": stretch, "schemes": {}}
     for scheme in job["schemes"]:
         per_rank = [r["records"][scheme] for r in ranks]
         step = statistics.median(rec["step_s"] for rec in per_rank[0])
@@ -94,7 +98,7 @@ def _summarise(k: int, ranks: list[dict], job: dict, spec, macs: dict, other: fl
         model = link_model.predict(scheme, spec, macs, one_process_s=one, batch=job["batch"], k=k,
                                    input_size=job["input_size"], bandwidth=calibration["bandwidth"],
                                    latency=calibration["latency_s"], reduce_scatter=False, fc8=job["fc8"],
-                                   oversubscribed=stretch, optimizer_s=optimizer)
+                                   oversubscribed=stretch, fixed_s=fixed)
         waited_mean = sum(waited) / len(waited)
         out["schemes"][scheme] = {
             "step_s": step, "ratio_to_one_process": step / one, "steps_s": [rec["step_s"] for rec in per_rank[0]],
@@ -118,7 +122,10 @@ def run(cfg: DictConfig) -> dict:
     missing = [s for s in bytes_model.SCHEMES if s not in schemes]
     job = {"model": str(cfg.model), "num_classes": int(cfg.num_classes), "input_size": int(cfg.input_size),
            "batch": int(cfg.batch), "fc8": str(cfg.fc8), "warmup": int(cfg.warmup), "steps": int(cfg.steps),
-           "repeats": int(cfg.repeats), "calibration_bytes": int(float(cfg.calibration_mb) * 2**20), "schemes": schemes}
+           "repeats": int(cfg.repeats), "schemes": schemes,
+           # the link measured with the run's largest all-reduce: the data scheme's gradients
+           "calibration_bytes": int(float(cfg.calibration_mb) * 2**20) if cfg.calibration_mb else
+           sum(bytes_model.layer_parameters(spec, int(cfg.input_size)).values()) * bytes_model.FLOAT32}
     measured = {}
     for k in cfg.ks:
         print(f"{NAME}: K={k}: {', '.join(schemes)} and one process, {job['repeats']} interleaved repetitions",

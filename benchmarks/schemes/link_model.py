@@ -92,15 +92,16 @@ def comm_seconds(moves: list, bandwidth: float, latency: float) -> float:
 
 def predict(scheme: str, spec: NetSpec, macs: dict[str, int], *, one_process_s: float, batch: int, k: int,
             input_size: int, bandwidth: float, latency: float, reduce_scatter: bool, fc8: str = "one",
-            oversubscribed: float = 1.0, optimizer_s: float = 0.0) -> dict:
+            oversubscribed: float = 1.0, fixed_s: float = 0.0) -> dict:
     """The modelled step of ``scheme`` on ``k`` processes and the global ``batch`` (``one_process_s``:
-    one process's step on it, of which ``optimizer_s`` its optimizer step: that part follows the
-    parameters a process updates, the rest the FLOPs); ``oversubscribed``: how much longer a process
-    computes beside the others than alone (shared cores), if above 1."""
+    one process's step on it, of which ``fixed_s`` does not grow with the batch -- reading the weights,
+    the optimizer step -- and follows the parameters a process holds; the rest follows the FLOPs);
+    ``oversubscribed``: how much longer a process computes beside the others than alone (shared
+    cores), if above 1."""
     moves = bytes_model.moves(scheme, spec, batch=batch, k=k, input_size=input_size, reduce_scatter=reduce_scatter,
                               fc8=fc8)
-    compute = ((one_process_s - optimizer_s) * compute_fractions(spec, macs, scheme, k, fc8)
-               + optimizer_s * parameter_fraction(spec, scheme, k, fc8, input_size)) * max(oversubscribed, 1.0)
+    compute = ((one_process_s - fixed_s) * compute_fractions(spec, macs, scheme, k, fc8)
+               + fixed_s * parameter_fraction(spec, scheme, k, fc8, input_size)) * max(oversubscribed, 1.0)
     comm = comm_seconds(moves, bandwidth, latency)
     return {"compute_s": compute, "comm_s": comm, "step_s": compute + comm}
 

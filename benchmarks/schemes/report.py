@@ -46,15 +46,19 @@ def _measured(r: dict) -> list[str]:
         lines.append(f"| - | {scheme} | not measured: {why} | | | | | | | | | | |")
     cal = [f"K={k}: {m['calibration']['bandwidth'] / 1e9:.2f} GB/s, {m['calibration']['latency_s'] * 1e6:.0f} us a "
            "step" for k, m in r["measured"].items()]
-    lines += ["", "The model for these runs takes the one-process step less its optimizer step split over the "
-              "layers by their multiply-adds (FLOP-proportional, not measured per layer), the optimizer step "
-              "(measured apart: " + "; ".join(f"K={k}: {m['one_process_optimizer_s']:.3f} s" for k, m in
-                                             r["measured"].items()) + ") in proportion to the parameters a process "
-              "updates, both stretched by the sharing of the cores (each runnable thread an equal share, the "
+    lines += ["", "The model for these runs takes one process's step as a fixed cost plus a cost per image "
+              "(from its step on the batch and on half of it, measured beside: " + "; ".join(
+                  f"K={k}: {m['one_process_fixed_s']:.3f} s fixed of {m['one_process_step_s']:.3f} s" for k, m in
+                  r["measured"].items()) + "; its optimizer step alone took " + "; ".join(
+                  f"{m['one_process_optimizer_s']:.3f} s" for m in r["measured"].values()) + "). The part per "
+              "image is split over the layers by their multiply-adds (FLOP-proportional, not measured per layer); "
+              "the fixed part (reading the weights, the optimizer) follows the parameters a process holds. Both "
+              "are stretched by the sharing of the cores (each runnable thread an equal share, the "
               "machine's other work read from the load average before the run: "
               + "; ".join(f"K={k}: x{m['cpu_stretch']:.2f}" for k, m in r["measured"].items())
               + "), plus each collective's ring time on the gloo link as measured in the same "
-              f"run by an all-reduce of {r['settings']['calibration_mb']:g} MiB and of 4 bytes ({'; '.join(cal)}); "
+              f"run by an all-reduce of {_mb(next(iter(r['measured'].values()))['calibration']['all_reduce_bytes'])} "
+              f"MiB (the net's gradients, unless set) and of 4 bytes ({'; '.join(cal)}); "
               "no overlap. Waited on comm: the tracer's waited seconds over the step, the range over processes; "
               "the model's compute is set against the step less the mean wait, its communication against the "
               "mean wait. The machine's load average (1 min) before and after each K's run: "

@@ -24,9 +24,9 @@ from alexnet_mp import build_model
 from alexnet_mp.parallel import comm_trace
 from alexnet_mp.parallel.comm_trace import wire_bytes
 
-__all__ = ["available", "worker", "ONE"]
+__all__ = ["available", "worker", "ONE", "ONE_HALF"]
 
-ONE = "one process"
+ONE, ONE_HALF = "one process", "one process, half the batch"  # the second: its cost per image and fixed cost
 
 
 def available(scheme: str) -> bool:
@@ -129,13 +129,15 @@ def worker(rank: int, k: int, port: int, job: dict, out_dir: str) -> None:
         batch, size = job["batch"], job["input_size"]
         x = torch.randn(batch, 3, size, size, generator=g) * 50
         y = torch.randint(0, job["num_classes"], (batch,), generator=g)
-        steps = {ONE: _one_process_step(job) if rank == 0 else None}
+        steps = {ONE: _one_process_step(job) if rank == 0 else None,
+                 ONE_HALF: _one_process_step(job) if rank == 0 else None}
         steps.update({s: _scheme_step(s, rank, k, job) for s in job["schemes"]})
         order = list(steps)
         records: dict = {name: [] for name in order}
         for rep in range(job["repeats"]):
             for name in order[rep % len(order):] + order[:rep % len(order)]:  # interleaved, rotating
-                records[name].append(_timed(name, steps[name], x, y, rank, job))
+                rows = slice(0, batch // 2) if name == ONE_HALF else slice(None)
+                records[name].append(_timed(name, steps[name], x[rows], y[rows], rank, job))
         calibration = _calibrate(k, job["calibration_bytes"])
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"records": records, "calibration": calibration}))
     finally:
@@ -145,23 +147,24 @@ def worker(rank: int, k: int, port: int, job: dict, out_dir: str) -> None:
 def _timed(name: str, step, x, y, rank: int, job: dict) -> dict:
     """``job["warmup"]`` untimed and ``job["steps"]`` timed steps (the others wait while rank 0
     runs the one-process net); seconds per step, and per step the bytes and waited seconds traced."""
+    alone = name in (ONE, ONE_HALF)
     dist.barrier()
-    if name == ONE and rank != 0:
+    if alone and rank != 0:
         dist.barrier()
         return {}
     for _ in range(job["warmup"]):
         step(x, y)
-    if name != ONE:
+    if not alone:
         dist.barrier()
-    trace = comm_trace.start() if name != ONE else None
+    trace = comm_trace.start() if not alone else None
     start = time.perf_counter()
     for _ in range(job["steps"]):
         step(x, y)
-    if name != ONE:
+    if not alone:
         dist.barrier()  # the step of K processes ends when the last one ends
     seconds = (time.perf_counter() - start) / job["steps"]
     comm_trace.stop()
-    if name == ONE:
+    if alone:
         dist.barrier()
         optimizer = step.optimizer_s / (job["warmup"] + job["steps"])
         step.optimizer_s = 0.0
