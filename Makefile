@@ -10,7 +10,7 @@ ARGS ?=
 # two overlap well on 2 cores; a module's tests stay on one worker (its fixtures run once).
 TEST_WORKERS ?= 2
 
-.PHONY: help install test train data prepare reproduce reproduce-publish figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-1gpu-vs-2gpu-publish bench-data docs-scaling clean
+.PHONY: help install test train data prepare reproduce reproduce-publish figures figure1 figure2 predict export compare bench-1gpu-vs-2gpu bench-1gpu-vs-2gpu-publish bench-data bench-schemes bench-schemes-publish docs-scaling clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,6 +71,12 @@ bench-data:  $(STAMP)  ## images/s per core of each data path, and the data wait
 
 docs-scaling:  ## docs/scaling.md, the scaling model, from the committed benchmark results (a docs generator, not a benchmark)
 	$(PYTHON) docs/tools/scaling_model.py
+
+bench-schemes: $(STAMP)  ## towers, data and hybrid side by side on K gloo processes: time, bytes, a model on real links (outputs/benchmarks/)
+	$(PY) benchmarks/schemes/bench_schemes.py $(ARGS)
+
+bench-schemes-publish: $(STAMP)  ## bench-schemes, written to benchmarks/results/schemes.{json,md,png}
+	$(PY) benchmarks/schemes/bench_schemes.py output_dir=benchmarks/results $(ARGS)
 
 clean:  ## remove the virtualenv and run outputs
 	rm -rf $(VENV) outputs .pytest_cache

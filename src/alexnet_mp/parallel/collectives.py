@@ -48,10 +48,11 @@ class Pending:
         return result
 
 
-def launch(start: Callable, device: torch.device, layer: str, direction: str, nbytes: int):
-    """``start()`` (an ``async_op=True`` collective), traced when the tracer is on."""
+def launch(start: Callable, device: torch.device, layer: str, direction: str, op: str, handed: int, members: int):
+    """``start()`` (an ``async_op=True`` collective ``op`` over ``members`` processes, handed a tensor of
+    ``handed`` bytes), traced when the tracer is on (its byte convention: :mod:`alexnet_mp.parallel.comm_trace`)."""
     trace = comm_trace.TRACE
-    return start() if trace is None else trace.launch(start, device, layer, direction, nbytes)
+    return start() if trace is None else trace.launch(start, device, layer, direction, op, handed, members)
 
 
 def offset(sizes: list[int], rank: int) -> int:
@@ -94,8 +95,8 @@ def start_all_gather(x: Tensor, dim: int, sizes: list[int], group, layer: str, d
         start = lambda: dist.all_gather(list(stack.unbind(0)), share, group=group, async_op=True)  # noqa: E731
     else:
         start = lambda: _all_gather_tensor(stack.flatten(0, 1), share, group=group, async_op=True)  # noqa: E731
-    nbytes = share.numel() * share.element_size() * (len(sizes) - 1)
-    return Pending(launch(start, x.device, layer, direction, nbytes),
+    handed = share.numel() * share.element_size()
+    return Pending(launch(start, x.device, layer, direction, comm_trace.ALL_GATHER, handed, len(sizes)),
                    lambda: [back(stack[r]).narrow(dim, 0, n) for r, n in enumerate(sizes)])
 
 
@@ -123,11 +124,10 @@ def start_reduce_scatter(stack: Tensor, nhwc: bool, dim: int, sizes: list[int], 
     if str(dist.get_backend(group)) in REDUCE_SCATTER_BACKENDS:
         out = torch.empty_like(stack[rank])
         start = lambda: _reduce_scatter_tensor(out, stack.flatten(0, 1), group=group, async_op=True)  # noqa: E731
-        return Pending(launch(start, stack.device, layer, "backward", nbytes * (n - 1) // n),
+        return Pending(launch(start, stack.device, layer, "backward", comm_trace.REDUCE_SCATTER, nbytes, n),
                        lambda: back(out).narrow(dim, 0, sizes[rank]))
-    # A ring all-reduce sends about 2 (n-1)/n of the tensor per rank.
     start = lambda: dist.all_reduce(stack, group=group, async_op=True)  # noqa: E731
-    return Pending(launch(start, stack.device, layer, "backward", 2 * nbytes * (n - 1) // n),
+    return Pending(launch(start, stack.device, layer, "backward", comm_trace.ALL_REDUCE, nbytes, n),
                    lambda: back(stack[rank]).narrow(dim, 0, sizes[rank]))
 
 

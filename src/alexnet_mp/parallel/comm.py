@@ -220,9 +220,9 @@ def start_pass_input(x: Tensor, src: int, group=None, layer: str = "pool5") -> P
     it travels while the passes before it compute."""
     rank = dist.get_rank(group)
     buffer = x.detach().contiguous() if rank == src else torch.empty_like(x, memory_format=torch.contiguous_format)
-    sent = buffer.numel() * buffer.element_size() * (dist.get_world_size(group) - 1) if rank == src else 0
     start = lambda: dist.broadcast(buffer, _global(group, src), group=group, async_op=True)  # noqa: E731
-    return Pending(launch(start, x.device, layer, "forward", sent), lambda: buffer)
+    return Pending(launch(start, x.device, layer, "forward", comm_trace.BROADCAST,
+                          buffer.numel() * buffer.element_size(), dist.get_world_size(group)), lambda: buffer)
 
 
 class _PassInput(torch.autograd.Function):
@@ -241,9 +241,9 @@ class _PassInput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad, mine = grad.contiguous(), dist.get_rank(ctx.group) == ctx.src
-        sent = 0 if mine else grad.numel() * grad.element_size()
         start = lambda: dist.reduce(grad, _global(ctx.group, ctx.src), group=ctx.group, async_op=True)  # noqa: E731
-        launch(start, grad.device, ctx.layer, "backward", sent).wait()
+        launch(start, grad.device, ctx.layer, "backward", comm_trace.REDUCE, grad.numel() * grad.element_size(),
+               dist.get_world_size(ctx.group)).wait()
         return (grad if mine else None), None, None, None, None
 
 
@@ -275,10 +275,9 @@ def sum_gradients(params: list[nn.Parameter], group=None, scale: float = 1.0, la
     if not grads or dist.get_world_size(group) == 1:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    n = dist.get_world_size(group)
-    nbytes = 2 * flat.numel() * flat.element_size() * (n - 1) // n  # a ring all-reduce's share
     start = lambda: dist.all_reduce(flat, group=group, async_op=True)  # noqa: E731
-    launch(start, flat.device, layer, "backward", nbytes).wait()
+    launch(start, flat.device, layer, "backward", comm_trace.ALL_REDUCE, flat.numel() * flat.element_size(),
+           dist.get_world_size(group)).wait()
     if scale != 1.0:
         flat.mul_(scale)
     for g, part in zip(grads, flat.split([g.numel() for g in grads])):
