@@ -1,6 +1,6 @@
 """The paper's Figure 1: ReLU against tanh on CIFAR-10; writes OUTPUT_DIR/figure1.{json,md,png}.
 
-    python launch/figure1.py data.root=../shared/data/cifar10-full [data.train_size=10000] [epochs=12] ['seeds=[0,1,2]']
+    python launch/figure1.py data.root=data/cifar10-full [data.train_size=10000] [epochs=12] ['seeds=[0,1,2]']
     python launch/figure1.py figure1=gpu data.root=PATH       # the GPU run: every training image, 35 epochs, 5 seeds
 Stopped? Run the same command again: the runs already in OUTPUT_DIR/figure1.json are kept.
 """

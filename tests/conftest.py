@@ -1,152 +1,19 @@
-"""What several test modules share: where the repository is, launching the entry points as
-a user does (``launch``, ``ok``, ``error_line``), reading what they leave (``final_state``),
-composing a command's configuration (``compose_config``, ``config_error``), one-line errors
-(``one_line``) and the relative difference every exactness comparison uses (``rel_diff``).
-
-Test modules import these by name (``from conftest import launch, ok``); helpers that spawned
-processes must import live in ``distributed.py``.
-"""
+"""The fixtures several test modules share, and the session's set-up (pytest reads this file
+itself; plain helpers are in helpers.py, which test modules import)."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-# Triton's interpreter runs the fused LRN's kernels on a machine without a GPU (tests/test_lrn_triton.py).
-# It must be chosen before anything imports Triton: Triton reads it once, and under pytest-xdist another
-# test module (torch.compile's) may import Triton before that test module is collected.
-if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
 
 
-# The helpers in this folder (distributed.py) must import in spawned processes too.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import alexnet_mp.config  # noqa: E402,F401 - registers the schema that conf/*.yaml names (base_train, ...)
-from alexnet_mp.use.compare import rel_diff  # noqa: E402,F401 - the exactness measure the test modules import from here
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-SHARED_DATA = ROOT.parent / "shared" / "data"
-TINY = ["experiment=smoke", "progress=false"]  # 128 train / 64 val synthetic images, batch 16, 2 epochs
-
-
-# -- the entry points, launched as a user launches them ------------------------------------------
-
-def job_env(**extra: str) -> dict[str, str]:
-    """The environment of a launched job: unbuffered output, one thread per process."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
-
-
-def command(args: list[str], nproc: int = 2, script: str = "train", torchrun: tuple[str, ...] = ()) -> list[str]:
-    """``launch/<script>.py args`` under torchrun with ``nproc`` processes, or plain python (``nproc=0``)."""
-    path = f"launch/{script}.py"
-    if nproc == 0:
-        return [sys.executable, path, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *torchrun,
-            path, *args]
-
-
-def launch(args: list[str], nproc: int = 2, script: str = "train", timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run :func:`command` from the repository root to its end; its output captured."""
-    return subprocess.run(command(args, nproc, script), cwd=ROOT, env=job_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def start(args: list[str], nproc: int = 2, script: str = "train") -> subprocess.Popen:
-    """:func:`command` started in its own process group (as a scheduler's job is), output merged."""
-    return subprocess.Popen(command(args, nproc, script), cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def ok(proc: subprocess.CompletedProcess) -> str:
-    """Fails with the output's tail unless ``proc`` exited 0; returns its output."""
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    """The first ``alexnet_mp: error:`` line of a failed run."""
-    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("alexnet_mp: error: ")]
-    assert proc.returncode != 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return lines[0]
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """A run that exited 1 with exactly one line on stderr, ``alexnet_mp: error: ...``, and no traceback."""
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet_mp: error: "), proc.stderr
-    return lines[0]
-
-
-def one_line(err: pytest.ExceptionInfo) -> str:
-    """A raised error's message, which must be one non-empty line."""
-    msg = str(err.value)
-    assert msg and "\n" not in msg, msg
-    return msg
-
-
-def final_state(run_dir: Path) -> dict:
-    """The weights a finished training run saved."""
-    return torch.load(run_dir / "model_final.pt", weights_only=True)["state_dict"]
-
-
-# -- configurations -------------------------------------------------------------------------------
-
-def compose_config(name: str, overrides: list[str]):
-    """``conf/<name>.yaml`` composed with ``overrides`` as a launcher composes it, and checked
-    against its schema (raises the UserError the launcher would print)."""
-    from hydra import compose, initialize_config_dir
-
-    from alexnet_mp import config
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
-    config.check(cfg)
-    return cfg
-
-
-def config_error(name: str, *overrides: str) -> str:
-    """The one line a launcher prints for ``overrides`` of ``conf/<name>.yaml`` (an error in
-    Hydra's composition or in the schema's check); fails when there is none."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from alexnet_mp import config
-    from alexnet_mp.errors import UserError
-
-    try:
-        compose_config(name, list(overrides))
-    except UserError as err:
-        return str(err)
-    except (HydraException, OmegaConfBaseException) as err:
-        return config.explain(err)
-    raise AssertionError(f"{name} {' '.join(overrides)} composed and passed its checks")
-
-
-def published_checkpoint(run: Path) -> str:
-    """The checkpoint a run's ``latest`` names ("" before its first)."""
-    try:
-        return (run / "checkpoints" / "latest").read_text()
-    except OSError:
-        return ""
-
-
-def image_folder(root: Path, classes_by_split: dict[str, list[str]], per_class: int = 3) -> Path:
-    """An ImageFolder tree of random 40x50 JPEGs: ``{split: [class, ...]}``, ``per_class`` each."""
-    g = torch.Generator().manual_seed(0)
-    for split, classes in classes_by_split.items():
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = torch.randint(0, 256, (40, 50, 3), generator=g, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / c / f"{i}.jpg")
-    return root
+def pytest_configure(config) -> None:
+    """Triton's interpreter runs the fused LRN's kernels on a machine without a GPU
+    (tests/test_lrn_triton.py). It must be chosen before anything imports Triton: Triton reads it
+    once, and under pytest-xdist another test module (torch.compile's) may import Triton before
+    that test module is collected. This hook runs in each worker before any collection."""
+    if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +21,19 @@ def straight_run(tmp_path_factory) -> Path:
     """One uninterrupted two-tower run, the reference of every stopped-and-resumed one in test_train
     and test_faults_user (they checkpoint at other intervals: how often a run checkpoints never
     changes what it trains)."""
+    from helpers import TINY, launch, ok  # here, not at the top: nothing imports torch before pytest_configure
+
     run = tmp_path_factory.mktemp("straight")
     ok(launch([*TINY, "checkpoint.every_steps=5", f"hydra.run.dir={run}"]))
+    return run
+
+
+@pytest.fixture(scope="session")
+def straight_one_process(tmp_path_factory) -> Path:
+    """One uninterrupted run of the whole net in one plain python process, one epoch: the
+    reference of stopped-and-resumed one-process runs (and a finished run, in test_train)."""
+    from helpers import TINY, launch, ok
+
+    run = tmp_path_factory.mktemp("straight_one") / "run"
+    ok(launch([*TINY, "epochs=1", f"hydra.run.dir={run}"], nproc=0))
     return run

@@ -13,7 +13,7 @@ from alexnet_mp import build_model, count_parameters
 from alexnet_mp.net.arch import feature_map_sizes
 from alexnet_mp.train.optim import PlateauSchedule, build_optimizer, param_groups
 from alexnet_mp.parallel.towers import parallelize, shard_state_dict
-from conftest import ROOT, config_error, rel_diff
+from helpers import ROOT, config_error, rel_diff
 from distributed import run_ranks
 
 FULL = 60_965_224

@@ -8,7 +8,7 @@ import torch
 from alexnet_mp import data
 from alexnet_mp.data import BatchAugment
 from alexnet_mp.errors import UserError
-from alexnet_mp.data.reference import PaperTransform
+from benchmarks.data.per_image import PaperTransform
 
 S, CROP, N = 40, 34, 48
 

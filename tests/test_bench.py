@@ -19,14 +19,12 @@ from alexnet_mp.errors import UserError
 from alexnet_mp.net.flops import forward_flops, forward_macs, layer_macs, train_flops
 from alexnet_mp.net.model import AlexNet
 from alexnet_mp.paper.student_t import spread
-from conftest import CONF, ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))  # as when a benchmark runs; spawned timing processes inherit it
-import bench_1gpu_vs_2gpu as bench  # noqa: E402
-from bench_comm_wait import judge  # noqa: E402
-from bench_configs import CONFIGS, DEVICES_OF, NAME, SUMMARY_KEYS  # noqa: E402
-from bench_report import spread_text  # noqa: E402
-from bench_timing_summary import exposed_waits, merge_rounds, summarise_time  # noqa: E402
+from benchmarks.comm_wait.bench_comm_wait import judge
+from benchmarks.one_vs_two import bench_1gpu_vs_2gpu as bench
+from benchmarks.one_vs_two.configs import CONFIGS, DEVICES_OF, NAME, SUMMARY_KEYS
+from benchmarks.one_vs_two.report import spread_text
+from benchmarks.one_vs_two.timing_summary import exposed_waits, merge_rounds, summarise_time
+from helpers import CONF, ROOT
 
 
 def _tower(index: int, **kw) -> AlexNet:
@@ -255,7 +253,7 @@ def test_devices_n_times_the_half_net_replicas_against_the_tower_pair_replicas(t
 
 
 def _rank(rank: int, steps: list[float], macs: int = 1000) -> dict:
-    """A timing process's report, as bench_timing writes it, with made-up figures."""
+    """A timing process's report, as benchmarks/one_vs_two/timing.py writes it, with made-up figures."""
     return {"rank": rank, "device": f"cpu core {rank}", "core": rank, "threads": 1, "parameters": 10,
             "forward_macs_per_image": macs, "peak_flops_per_s": 1e9, "peak_flops_alone_per_s": 1e9,
             "transfer_bytes_per_s": None, "peak_memory_bytes": 100 + rank, "baseline_memory_bytes": 1,
@@ -371,3 +369,20 @@ def test_comm_wait_is_met_when_every_towers_blocking_median_is_near_one():
     assert judged["median_waited_over_total"]["overlapped"] == [0.5, 0.4] and judged["value"] == 0.99
     far = [near[0], {"blocking": [0.8, 0.9, 1.0], "overlapped": [0.4]}]  # one tower's median 0.9: missed
     assert judge(far, tolerance=0.05)["met"] is False and judge(far, tolerance=0.05)["value"] == 0.9
+
+
+def test_the_device_check_says_which_parts_it_skips(tmp_path):
+    # With its defaults it has no images (nothing outside the repository): the data part is skipped,
+    # and the check names it (one line in its output, "skipped" in gpu-check.json and .md).
+    from omegaconf import OmegaConf
+
+    from benchmarks.gpu_check.gpu_check import skipped_parts
+    from helpers import compose_config
+
+    def skipped(*overrides: str) -> dict:
+        return skipped_parts(OmegaConf.to_object(compose_config("gpu_check", list(overrides))))
+
+    assert list(skipped()) == ["data"] and "no images= given" in skipped()["data"]
+    assert skipped(f"images={tmp_path / 'none'}") == {"data": f"images={tmp_path / 'none'} is not a folder"}
+    assert skipped(f"images={tmp_path}", "skip_two=true", "lrn_batch=0") == {"LRN": "lrn_batch=0",
+                                                                               "two processes": "skip_two=true"}

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_config
-
 from alexnet_mp.errors import UserError
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_1gpu_vs_2gpu as bench  # noqa: E402
+from benchmarks.one_vs_two import bench_1gpu_vs_2gpu as bench
+from helpers import ROOT, compose_config
 
 TIMED = ROOT / "benchmarks" / "results" / "bench-1gpu-vs-2gpu.json"  # a real, committed time part
 # (config, seed) -> (centre top-1, centre top-5, ten-crop top-1, ten-crop top-5)

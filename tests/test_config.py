@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from alexnet_mp import config
 from alexnet_mp.config.train import RESUME_MAY_CHANGE, TrainConfig
 from alexnet_mp.errors import UserError
-from conftest import ROOT, compose_config, config_error, job_env
+from helpers import ROOT, compose_config, config_error, job_env
 
 
 # -- every preset composes over its schema ----------------------------------------------------------
@@ -45,6 +45,12 @@ def test_every_preset_composes_over_its_schema(name, overrides, schema):
     if data is not None:  # the data group is typed by its own schema too
         assert OmegaConf.get_type(data).__name__ == {"synthetic": "SyntheticData", "imagefolder": "ImageFolderData",
                                                      "prepared": "PreparedData"}[data.name]
+
+
+@pytest.mark.parametrize("name", ["bench", "bench_data", "bench_comm_wait", "bench_launcher_death", "gpu_check"])
+def test_a_benchmark_writes_under_outputs_unless_told_to_publish(name):
+    """A benchmark run with its defaults leaves the committed results (benchmarks/results) alone."""
+    assert compose_config(name, []).output_dir == "outputs/benchmarks"
 
 
 def test_the_keys_other_commands_read_are_there_with_their_defaults():
@@ -122,9 +128,15 @@ def test_cfg_job_and_help_show_the_typed_config():
 # -- the schema's own rules ---------------------------------------------------------------------------
 
 def test_every_setting_says_what_it_must_be():
-    for schema in (TrainConfig, *[c for m in (config.data, config.evaluate, config.prepare, config.bench,
-                                                config.reproduce) for c in vars(m).values()
-                                  if dataclasses.is_dataclass(c)]):
+    from benchmarks.comm_wait import schema as comm_wait
+    from benchmarks.data import schema as bench_data
+    from benchmarks.gpu_check import schema as gpu_check
+    from benchmarks.launcher_death import schema as launcher_death
+    from benchmarks.one_vs_two import schema as one_vs_two
+
+    modules = (config.data, config.evaluate, config.prepare, config.reproduce,
+               one_vs_two, bench_data, comm_wait, launcher_death, gpu_check)
+    for schema in (TrainConfig, *[c for m in modules for c in vars(m).values() if dataclasses.is_dataclass(c)]):
         for f in dataclasses.fields(schema):
             words = config.describe(f)
             assert words and words not in ("a value", "a string") or "List" in str(f.type) \
@@ -161,7 +173,7 @@ def _scripts_of_make() -> dict[str, str]:
     for line in (ROOT / "Makefile").read_text().splitlines():
         if re.match(r"^[a-z][\w-]*:", line):
             current = line.split(":", 1)[0]
-        elif current and (m := re.search(r"((?:launch|benchmarks)/\w+\.py)", line)):
+        elif current and (m := re.search(r"((?:launch|benchmarks)/[\w/]+\.py)", line)):
             targets.setdefault(current, m.group(1))
     return targets
 

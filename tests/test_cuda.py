@@ -1,6 +1,6 @@
 """The training step on a GPU: no host synchronisation inside it, bf16 and compile against fp32 eager.
 
-Skipped without a CUDA device; ``benchmarks/gpu_check.sh`` runs them on a lent GPU.
+Skipped without a CUDA device; ``benchmarks/gpu_check/gpu_check.sh`` runs them on a lent GPU.
 """
 
 from __future__ import annotations

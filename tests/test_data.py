@@ -27,8 +27,8 @@ from alexnet_mp.data import (
     ten_crop,
 )
 from alexnet_mp.errors import UserError
-from alexnet_mp.data.reference import PaperTransform
-from conftest import SHARED_DATA, one_line
+from benchmarks.data.per_image import PaperTransform
+from helpers import SHARED_DATA, one_line
 
 
 # ----------------------------------------------------------------------------- crop sizes

@@ -15,7 +15,7 @@ from PIL import Image
 from alexnet_mp import data
 from alexnet_mp.data import BatchAugment
 from alexnet_mp.data import PreparedImages
-from conftest import ROOT, error_line, final_state, launch, ok, rel_diff
+from helpers import ROOT, error_line, final_state, launch, ok, rel_diff
 
 pytestmark = pytest.mark.slow
 SIZE = 77  # 67 px crops, the smallest the net takes

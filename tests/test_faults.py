@@ -1,4 +1,5 @@
-"""Faults a cluster run meets (docs/reliability.md): a stop signal on one process, a full disk,
+"""Faults a cluster run meets (docs/reliability.md): a stop signal to a one-process run and its
+loader workers, a full disk,
 damaged checkpoints, a second launch into a live run directory, an unwritable one, and an
 error on every rank printed once. Real launches at the smoke size; the damaged checkpoints
 share one two-tower run."""
@@ -16,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import ROOT, TINY, command, error_line, job_env, launch, ok, start
+from helpers import ROOT, TINY, command, error_line, final_state, job_env, launch, ok, start
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +39,15 @@ def _temporaries(run: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> tuple[Path, int, str]:
-    """A one-process run sent SIGUSR1 (Slurm's --signal) after its checkpoint at step 2."""
+    """A one-process run with two loader workers, its whole process group sent SIGTERM (what
+    Slurm sends at a time limit or preemption) after its checkpoint at step 2: the workers get
+    it too. (SIGUSR1 and SIGINT take the same path: preempt.STOP_SIGNALS.)"""
     run = tmp_path_factory.mktemp("stopped") / "run"
-    proc = start([*ONE_PROCESS, "checkpoint.every_steps=2", f"hydra.run.dir={run}"], nproc=0)
+    proc = start([*ONE_PROCESS, "checkpoint.every_steps=2", "data.workers=2", f"hydra.run.dir={run}"], nproc=0)
     deadline = time.monotonic() + 120
     while not _latest(run).startswith("step-00000002") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGUSR1)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     return run, proc.returncode, out
 
@@ -54,9 +58,19 @@ def test_a_stop_signal_saves_and_exits_with_the_preemption_status(stopped):
     run, status, out = stopped
     lines = [l for l in out.splitlines() if l.startswith("alexnet_mp: ")]
     assert status == EXIT_PREEMPTED == 75, out[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("alexnet_mp: stopped by SIGUSR1 at step "), out[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("alexnet_mp: stopped by SIGTERM at step "), out[-2000:]
     step = int(lines[0].split("at step ")[1].split(";")[0])
     assert _latest(run).startswith(f"step-{step:08d}") and "Traceback" not in out
+    assert (run / "checkpoints" / _latest(run) / "meta.json").is_file()
+
+
+def test_a_run_stopped_with_its_loader_workers_resumes_bit_for_bit(stopped, straight_one_process, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped[0], run)
+    ok(launch([*ONE_PROCESS, "checkpoint.every_steps=2", f"hydra.run.dir={run}", "resume=true"], nproc=0))
+    straight, resumed = final_state(straight_one_process), final_state(run)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
 
 
 # -- a full disk --------------------------------------------------------------------------------------
@@ -225,9 +239,9 @@ def test_an_unwritable_run_directory_is_one_line_before_training(tmp_path):
         line = error_line(proc)
         assert "cannot create the run directory" in line and str(parent / "run") in line
         assert "training full net" not in proc.stdout + proc.stderr
-        line = error_line(launch([f"checkpoint={tmp_path}", f"output={parent / 'x' / 'eval.json'}"], nproc=0,
+        line = error_line(launch([f"checkpoint={tmp_path}", f"output={parent / 'eval.json'}"], nproc=0,
                                  script="evaluate"))
-        assert "cannot create the output folder" in line
+        assert f"cannot write {parent / 'eval.json'}: the folder {parent} is not writable" in line, line
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(parent)], check=False)

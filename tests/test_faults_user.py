@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from alexnet_mp.job.launcher import alive
-from conftest import (ROOT, TINY, command, error_line, final_state, image_folder, job_env, launch, ok,
+from helpers import (ROOT, TINY, command, error_line, final_state, image_folder, job_env, launch, ok,
                       published_checkpoint)
 
 pytestmark = pytest.mark.slow
@@ -174,7 +174,8 @@ def test_an_output_path_that_is_a_folder_is_one_line_before_the_work(trained, tm
 @pytest.mark.parametrize("bad", ["batch_size=abc", "log_every_steps=0"])
 def test_a_rejected_configuration_leaves_no_empty_run_directory(tmp_path, bad):
     run = tmp_path / "run"
-    error_line(launch([*TINY, bad, f"hydra.run.dir={run}"], nproc=0))
+    line = error_line(launch([*TINY, bad, f"hydra.run.dir={run}"], nproc=0))
+    assert f"{bad.split('=')[0]} must be a positive integer" in line
     assert not run.exists()
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from alexnet_mp.errors import UserError
 from alexnet_mp.paper.figure1 import Figure1Net, Images, Recipe, epoch_at_target, fastest_rate, figure1, figure1_spec, \
     map_sizes, ratio_summary, train_curve
-from conftest import ROOT, SHARED_DATA, command, compose_config, job_env
+from helpers import ROOT, SHARED_DATA, command, compose_config, job_env
 
 
 # -- the net ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from alexnet_mp import build_model
 from alexnet_mp.paper.figure2 import crossings, figure_spec, make_figure2
-from conftest import ROOT
+from helpers import ROOT
 
 SIZE, BATCH, CLASSES = 67, 2, 7  # 7 classes: the logits split 4 + 3 and travel padded to 4
 PAPER_CROSSINGS = ("conv3", "fc6", "fc7", "fc8")  # sec. 3.2: the layers that read both towers

@@ -1,4 +1,4 @@
-"""The GPU sweep preset (conf/preset/gpu_sweep.yaml) and its script (benchmarks/gpu_sweep.sh), dry-run tiny on the CPU."""
+"""The GPU sweep preset (conf/preset/gpu_sweep.yaml) and its script (benchmarks/gpu_sweep/gpu_sweep.sh), dry-run tiny on the CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, compose_config
+from helpers import ROOT, compose_config
 
 from alexnet_mp.paper.reproduce import CONFIGS, plan_runs
 
@@ -46,7 +46,7 @@ def _script(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, "DATA_ARCHIVE": str(tmp / "tiny.tar.gz"),
            "DATA_DIR": str(tmp / "data"), "DEVICE": "cpu", "SWEEP_DIR": str(tmp / "sweep"),
            "RESULTS_DIR": str(tmp / "results"), "OUT": str(tmp / "out"), "SWEEP_LIMIT_S": "300"}
-    return subprocess.run(["bash", "benchmarks/gpu_sweep.sh", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run(["bash", "benchmarks/gpu_sweep/gpu_sweep.sh", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

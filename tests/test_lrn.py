@@ -69,19 +69,24 @@ def test_channels_must_split_into_groups():
 
 
 def test_device_check_times_both_lrns_and_reports_their_difference(tmp_path):
-    # benchmarks/gpu_check.py's LRN part, run on the CPU at batch 2 (its other parts skipped).
+    # benchmarks/gpu_check/gpu_check.py's LRN part, run on the CPU at batch 2 (its other parts skipped).
     import json
     import os
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "device=cpu", "lrn_batch=2",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check" / "gpu_check.py"), "device=cpu", "lrn_batch=2",
                     "lrn_compile=false", "warmup=1", "steps=2", "skip_steps=true", "skip_data=true",
                     "skip_two=true", f"output_dir={tmp_path}"], check=True, cwd=ROOT, capture_output=True,
                    env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})  # fused: GPU only
-    rows = json.loads((tmp_path / "gpu-check.json").read_text())["lrn"]
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    # the parts it left out say so, in the result and its report
+    assert result["skipped"] == {"two processes": "skip_two=true", "data": "skip_data=true", "steps": "skip_steps=true"}
+    assert "Skipped: two processes (skip_two=true); data (skip_data=true); steps (skip_steps=true)." in (
+        tmp_path / "gpu-check.md").read_text()
+    rows = result["lrn"]
     assert {(r["implementation"], r["precision"]) for r in rows} == {
         (i, p) for i in ("torch", "alexnet_mp") for p in ("fp32", "bf16")}
     for r in rows:

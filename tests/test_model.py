@@ -8,7 +8,7 @@ import torch
 from alexnet_mp import build_model, count_parameters
 from alexnet_mp.net.arch import LRN_OPTIONS, feature_map_sizes
 from alexnet_mp.errors import UserError
-from conftest import config_error
+from helpers import config_error
 
 # Per-layer counts with biases, from the specification (sec. 1).
 PAPER_COUNTS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,

@@ -21,7 +21,7 @@ from alexnet_mp.net.arch import feature_map_sizes, split_sizes
 from alexnet_mp.parallel.comm import TowerExchange
 from alexnet_mp.parallel.comm_trace import CommTrace
 from alexnet_mp.parallel.towers import parallelize, shard_state_dict
-from conftest import rel_diff
+from helpers import rel_diff
 from distributed import run_ranks_together
 
 TOL = 1e-5
@@ -211,7 +211,7 @@ def test_waited_and_total_seconds_recorded_for_every_crossing_layer_and_directio
             assert entry["seconds"] == r["seconds"][key] and entry["waited_seconds"] == r["waited"][key]
         assert 0 < r["total waited"] <= r["total"]
     # That blocking collectives are counted as waited whole is a wall-clock figure, which a busy
-    # machine moves: benchmarks/bench_comm_wait.py measures it and says whether it is met.
+    # machine moves: benchmarks/comm_wait/bench_comm_wait.py measures it and says whether it is met.
 
 
 def test_bytes_are_counted_per_layer_as_before(steps):

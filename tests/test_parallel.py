@@ -12,7 +12,7 @@ from alexnet_mp import build_model
 from alexnet_mp.parallel import comm_trace
 from alexnet_mp.errors import UserError
 from alexnet_mp.parallel.towers import full_state_dict, parallelize, shard_state_dict
-from conftest import rel_diff
+from helpers import rel_diff
 from distributed import init_towers, run_ranks_together
 
 TOL = 1e-5  # the other two-process comparisons in this file

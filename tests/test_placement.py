@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from alexnet_mp.parallel import placement
 from alexnet_mp.errors import UserError
 from alexnet_mp.parallel.placement import DeviceView, choose_backend, gpu_index, local_view, wants_cuda
-from conftest import one_line
+from helpers import one_line
 from distributed import free_port
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import pickle
+import shutil
 import subprocess
 import sys
 import warnings
@@ -30,7 +31,7 @@ from alexnet_mp.data.prepare import bytes_on_disk, prepare_dataset
 from alexnet_mp.data.shards import RawWriter
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import disk_full_error
-from conftest import ROOT, SHARED_DATA, one_line
+from helpers import ROOT, SHARED_DATA, one_line
 SIZE = 32
 CLASSES = ("cat", "dog", "eel")
 
@@ -283,6 +284,20 @@ def test_the_reader_refuses_what_is_not_a_complete_prepared_dataset_of_this_size
     with pytest.raises(UserError) as err:
         PreparedImages(broken, "val", SIZE)
     assert "missing val/images-00001.npy" in one_line(err)
+
+
+@pytest.mark.parametrize("damaged", ["train/images-00001.npy", "val/labels.npy"])
+def test_a_truncated_shard_or_labels_file_is_refused_at_open_naming_it(raw, tmp_path, damaged):
+    """Caught when the dataset is opened (the manifest records each shard's bytes), not by a
+    loader worker part-way through an epoch: one line naming the file."""
+    copy = tmp_path / "copy"
+    shutil.copytree(raw, copy)
+    path = copy / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2 if "images" in damaged else 40])
+    with pytest.raises(UserError) as err:
+        PreparedImages(copy, damaged.split("/")[0], SIZE)
+    msg = one_line(err)
+    assert str(path) in msg and "prepare it again" in msg, msg
 
 
 def test_classes_that_differ_between_train_and_val_are_refused_before_writing(tmp_path):

@@ -16,7 +16,7 @@ from alexnet_mp.use.evaluate import load_trained_model
 from alexnet_mp.paper.figures34 import chromatic_share, kernel_grid, nearest_neighbours, tower_chromatic_shares
 from alexnet_mp.paper.reproduce import CONFIGS, plan_runs, preset_keys, summarise
 from alexnet_mp.paper.student_t import paired_difference, spread, t975
-from conftest import ROOT
+from helpers import ROOT, one_error_line
 
 
 # -- statistics against hand computations -----------------------------------------------------
@@ -162,6 +162,8 @@ def test_sweep_resumes_stopped_runs_and_never_reruns_finished_ones(swept):
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
     out = json.loads((tmp / "out" / "reproduce.json").read_text())
     assert [r["config"] for r in out["runs"]] == ["full", "no_pca"]
+    prov = out["settings"]["provenance"]  # where the report came from: commit, versions, devices
+    assert len(prov["git"]["commit"]) == 40 and prov["versions"]["torch"] and prov["devices"]
     assert (tmp / "out" / "reproduce.png").stat().st_size > 0
     md = (tmp / "out" / "reproduce.md").read_text()
     assert "| no_pca | 1 |" in md and "n/a (fewer than 2 paired seeds)" in md
@@ -343,3 +345,12 @@ def test_slurm_jobs_through_a_stand_in_sbatch(tmp_path):
     lines = no_sbatch.stderr.strip().splitlines()
     assert no_sbatch.returncode == 1 and lines[-1].startswith("alexnet_mp: error: launcher=slurm but sbatch"), \
         no_sbatch.stderr[-2000:]
+
+
+def test_a_bad_data_root_stops_the_sweep_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "launch/reproduce.py", "data=imagefolder", f"data.root={tmp_path / 'nowhere'}",
+                           f"sweep_dir={tmp_path / 'sweep'}", f"output_dir={tmp_path / 'out'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = one_error_line(proc)
+    assert "nowhere" in line and "does not exist" in line, line
+    assert not (tmp_path / "out").exists()

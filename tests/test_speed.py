@@ -28,6 +28,12 @@ def inputs():
             for b in data.BatchLoader(ds, 16, shuffle=True, seed=0, workers=0, drop_last=True).epoch(0)]
 
 
+@pytest.fixture(scope="module")
+def fp32_eager(inputs):
+    """The reference every option is compared with, computed once for the module."""
+    return _losses(Speed(), inputs)
+
+
 def _losses(speed: Speed, inputs) -> tuple[list[float], dict]:
     torch.set_num_threads(1)
     state = build_run_state(MODEL, OPTIM, SCHEDULE, num_classes=10, input_size=67, seed=0,
@@ -56,15 +62,15 @@ def _assert_close(reference, other, tolerance):
     # bf16 keeps 8 bits of mantissa: losses within 0.04%, gradients within 18% (relative norm).
     (Speed(precision="bf16"), 0.25),
 ])
-def test_speed_option_gives_the_fp32_losses_and_gradients(inputs, speed, tolerance):
-    _assert_close(_losses(Speed(), inputs), _losses(speed, inputs), tolerance)
+def test_speed_option_gives_the_fp32_losses_and_gradients(inputs, fp32_eager, speed, tolerance):
+    _assert_close(fp32_eager, _losses(speed, inputs), tolerance)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "default",
                     reason="under ATEN_CPU_CAPABILITY=default inductor's generated C++ does not compile "
                            "('at::vec' has not been declared): torch's limitation, not this project's")
-def test_compiled_net_gives_the_eager_losses(inputs):
+def test_compiled_net_gives_the_eager_losses(inputs, fp32_eager):
     # Inductor's fused kernels round differently, and its max-pool backward breaks ties (windows
     # of ReLU zeros) differently too: losses within 1e-4, gradients 3e-3 (relative norm) apart.
-    _assert_close(_losses(Speed(), inputs), _losses(Speed(compile=True), inputs), 1e-2)
+    _assert_close(fp32_eager, _losses(Speed(compile=True), inputs), 1e-2)

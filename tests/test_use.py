@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from alexnet_mp.errors import UserError
 from alexnet_mp.use.evaluate import load_trained_model, open_data
-from conftest import launch, ok, one_error_line, rel_diff
+from helpers import launch, ok, one_error_line, rel_diff
 
 CLASSES = 3
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from alexnet_mp.errors import UserError
 
-__all__ = ["DiskFull", "atomic_write", "check_not_a_folder", "atomic_save", "torch_bytes", "fsync_dir", "temporary_name",
-           "is_temporary", "remove", "remove_temporaries", "disk_full_error", "human_bytes", "publish"]
+__all__ = ["DiskFull", "atomic_write", "check_not_a_folder", "check_output_path", "atomic_save", "torch_bytes",
+           "fsync_dir", "temporary_name", "is_temporary", "remove", "remove_temporaries", "disk_full_error",
+           "human_bytes", "publish"]
 
 _DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
               errno.EFBIG: "file too large for this filesystem or limit"}
@@ -70,6 +71,21 @@ def check_not_a_folder(path: Path) -> Path:
     if Path(path).is_dir():
         raise UserError(f"cannot write {path}: it is a folder; name a file (e.g. {Path(path) / 'NAME'})")
     return Path(path)
+
+
+def check_output_path(path: Path) -> Path:
+    """``path`` if its folder exists and can be written and it is no folder itself, else a
+    one-line error (before any work)."""
+    path = check_not_a_folder(Path(path))
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        above = next((p for p in folder.parents if p.exists()), None) if not folder.exists() else folder
+        if above is not None and not above.is_dir():
+            raise UserError(f"cannot write {path}: {above} is a file, not a folder")
+        raise UserError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: the folder {folder} is not writable")
+    return path
 
 
 def temporary_name(path: Path, tag: str = "") -> Path:

@@ -48,7 +48,7 @@ class Figure1Config:
     channels_last: bool = True
     threads: int = setting(1, ge=1)           # torch CPU threads
     device: str = setting("auto", choices=DEVICES)
-    output_dir: str = "results"               # figure1.{json,md,png}; a rerun skips the runs it holds
+    output_dir: str = "outputs/figure1"       # figure1.{json,md,png}; a rerun skips the runs it holds (results: the committed one)
     progress: bool = True                     # a line per epoch
 
 

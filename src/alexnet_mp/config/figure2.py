@@ -17,7 +17,7 @@ __all__ = ["Figure2Config", "store"]
 @dataclass
 class Figure2Config:
     model: ModelConfig = setting(MISSING)
-    output_dir: str = "results"                # figure2.png, step-timeline.json and step-timeline.png
+    output_dir: str = "outputs/figure2"        # figure2.png, step-timeline.{json,png}; results: the committed ones
     image_size: Optional[int] = setting(None, ge=67)  # null: the geometry's crop (224 or 227)
     timeline: bool = True                      # false: Figure 2 only, no processes started
     batch_size: int = setting(8, ge=1)         # the traced step's batch (both towers see all of it)

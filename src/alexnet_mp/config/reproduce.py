@@ -66,7 +66,7 @@ class ReproduceConfig:
     # run (docs/slurm-sweep.md); the state in sweep_dir/sweep-state.json
     launcher: str = setting("local", choices=LAUNCHERS)
     slurm: SlurmConfig = setting(factory=SlurmConfig)
-    output_dir: str = "results"               # reproduce.{json,md,png}
+    output_dir: str = "outputs/reproduce"     # reproduce.{json,md,png}; results: the committed report
     output_name: str = "reproduce"
     report_only: bool = False                 # write the report of the finished runs; train nothing
 

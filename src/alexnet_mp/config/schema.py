@@ -191,6 +191,17 @@ def _field_of(schema: Any, key: Any) -> dataclasses.Field | None:
     return next((f for f in dataclasses.fields(schema) if f.name == key), None)
 
 
+def _group_override(group: str) -> str:
+    """How a group is chosen on the command line: ``group`` where a command's defaults list names
+    it (``model=half``), ``+group`` where it is added to the list (``+ablation=no_lrn``)."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    listed = any(re.search(rf"^\s*- (override /)?{re.escape(group)}:", p.read_text(), re.M)
+                 for p in conf.glob("**/*.yaml") if p.is_file())
+    return group if listed else f"+{group}"
+
+
 def explain(err: BaseException) -> str:
     """One line for an error Hydra or OmegaConf raised while composing the config: a value of
     the wrong type is described by its field's rule, an unknown key or group option is named,
@@ -200,7 +211,7 @@ def explain(err: BaseException) -> str:
     if missing and options is not None:  # hydra.errors.MissingConfigException: model=quarter
         group, _, name = str(missing).rpartition("/")
         shown = [o for o in options if not o.startswith("base_")]  # the schema nodes are not presets
-        return f"no {group} called {name!r}: choose one of {', '.join(shown)} ({group}=NAME)"
+        return f"no {group} called {name!r}: choose one of {', '.join(shown)} ({_group_override(group)}=NAME)"
     cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__
     if isinstance(cause, OmegaConfBaseException):
         full_key = getattr(cause, "full_key", None) or getattr(cause, "key", None)

@@ -95,9 +95,6 @@ class CheckpointConfig:
 @dataclass
 class DebugConfig:
     check_batches: bool = False  # assert every step that both towers got bit-identical batches (a tiny all-gather)
-    # SIGKILL every process after this optimizer step, not after a torchrun restart (tests)
-    kill_at_step: int = setting(0, ge=0)
-    kill_rank: int = -1          # with kill_at_step: only this rank (-1: every rank)
     # stop after this many optimizer steps in total, saving a checkpoint to resume from (0: no limit)
     max_steps: int = setting(0, ge=0)
 

@@ -6,7 +6,7 @@ into the net's float input where the net runs: random crop windows, horizontal
 reflections, mean-image subtraction and fancy-PCA colour noise for training (sec. 4.1),
 the centre crop or the ten patches for testing (sec. 5). The random choices come from
 :func:`draw_augmentations`, a counter-based generator keyed by (seed, epoch, index), so
-the result equals the per-image reference (:mod:`alexnet_mp.data.reference`, bit for bit, tested)
+the result equals the per-image reference (``benchmarks/data/per_image.py``, bit for bit, tested)
 on every device, batch size and worker count.
 
     augment = BatchAugment(stats, crop_size_for(256, "224"), seed=0, device=torch.device("cuda", 0))

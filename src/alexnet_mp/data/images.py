@@ -97,6 +97,15 @@ class SyntheticImages(Dataset):
         return img.clamp_(0, 255).round_().to(torch.uint8), label
 
 
+def _layout_hint(root: Path) -> str:
+    """What to do with a data root that is not ``root/{train,val}/<class>/``."""
+    if (root / "cifar-10-batches-py").is_dir() or (root / "data_batch_1").is_file():
+        return (f": {root} holds torchvision's CIFAR-10 download (pickled batches), not image folders; "
+                f"write them with `make data` (python launch/get_data.py out=DIR) and train with data.root=DIR")
+    return (f" (data=imagefolder reads {root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg; "
+            f"`make data` writes CIFAR-10 so, docs/data.md)")
+
+
 class ImageFolderImages(Dataset):
     """``root/split/<class>/*.jpg|png|...``: classes are the sorted folder names.
 
@@ -114,11 +123,14 @@ class ImageFolderImages(Dataset):
             raise UserError(f"data root {self.root} does not exist or is not a directory")
         split_dir = self.root / split
         if not split_dir.is_dir():
-            raise UserError(f"split folder {split_dir} does not exist")
+            raise UserError(f"split folder {split_dir} does not exist" + _layout_hint(self.root))
         self.classes = sorted(d.name for d in split_dir.iterdir()
                               if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
-            raise UserError(f"no class folders in {split_dir}")
+            flat = any(f.suffix.lower() in IMAGE_EXTENSIONS for f in split_dir.iterdir() if f.is_file())
+            raise UserError(f"no class folders in {split_dir}" + (
+                ": its images lie directly in it, as in the official ILSVRC-2012 val archive; sort them into "
+                "class folders first (docs/data.md, 'ImageNet from the official archives')" if flat else ""))
         self.num_classes = len(self.classes)
         self.samples: list[tuple[Path, int]] = []
         empty = []

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from alexnet_mp.data.seeds import TAG_LOADER, TAG_ORDER, generator
 from alexnet_mp.errors import UserError
 
 __all__ = ["Batch", "BatchLoader", "BatchReader", "EpochBatches", "cores", "default_workers", "epoch_order",
-           "read_images", "worker_context"]
+           "read_images", "worker_context", "worker_death", "fetch_failure"]
 
 
 @dataclass
@@ -142,6 +144,51 @@ def worker_context() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+# The stop signals of alexnet_mp.job.preempt (a scheduler's SIGTERM, Ctrl-C's SIGINT, Slurm's SIGUSR1).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _worker_start(worker_id: int) -> None:  # noqa: ARG001
+    """Each loader worker ignores the stop signals: the process that owns it acts on them.
+
+    A scheduler signals every process of the job (Slurm's SIGTERM goes to the process group,
+    Ctrl-C to the terminal's), workers included. torch's worker handler lets a SIGTERM kill
+    the worker, and the DataLoader then raises "worker ... killed by signal" in the main
+    process at whatever line it is on, a checkpoint write included. Ignored here, the main
+    process stops at its next step boundary and saves; its workers end with it (the loader's
+    shutdown, or torch's watchdog, which sees their parent gone within 5 s)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def worker_death(err: BaseException) -> str | None:
+    """torch's words when ``err`` says a loader worker died (a signal, the OOM killer), else None."""
+    text = str(err).strip()
+    if isinstance(err, RuntimeError) and text.startswith("DataLoader worker"):
+        return text.splitlines()[0].rstrip(". ")
+    return None
+
+
+def fetch_failure(err: BaseException) -> BaseException:
+    """What to report for ``err``, raised while fetching a batch. A worker killed while it hands
+    a batch over closes the connection its shared memory comes through (EOFError,
+    ConnectionError): that is said as torch says a worker's death (:func:`worker_death`)."""
+    if not isinstance(err, (EOFError, ConnectionError)):
+        return err
+    try:  # torch's own check of its workers (private, but there since torch 1.0): it names the pid
+        from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
+    except ImportError:
+        _error_if_any_worker_fails = None
+    # The dying worker's sockets close a moment before it can be waited for: ask for up to 1 s.
+    for _ in range(20 if _error_if_any_worker_fails is not None else 0):
+        try:
+            _error_if_any_worker_fails()
+        except RuntimeError as died:
+            return died
+        time.sleep(0.05)
+    return RuntimeError(f"DataLoader worker died while handing over a batch ({type(err).__name__})")
+
+
 class BatchLoader:
     """Batches of ``base`` for any epoch, through one DataLoader whose workers live as long
     as the loader (forked once, not every epoch and every evaluation), with prefetching and
@@ -161,7 +208,7 @@ class BatchLoader:
             self.reader, sampler=self.sampler, batch_size=None, num_workers=workers,
             multiprocessing_context=worker_context() if workers > 0 else None,
             persistent_workers=workers > 0, pin_memory=pin_memory,
-            prefetch_factor=prefetch if workers > 0 else None,
+            prefetch_factor=prefetch if workers > 0 else None, worker_init_fn=_worker_start if workers > 0 else None,
             # A private generator: starting the workers must not consume the global RNG (dropout).
             generator=generator(TAG_LOADER, seed))
 

@@ -149,12 +149,31 @@ class PreparedImages(Dataset):
                 if not (folder / name).is_file():
                     raise UserError(f"prepared dataset {self.root} is missing {split}/{name}; "
                                     f"prepare it again (launch/prepare.py) into a new out=")
-        self._labels = np.load(folder / info["labels"], allow_pickle=False)
+        self._check_sizes(folder, info["shards"])
+        labels = folder / info["labels"]
+        try:
+            self._labels = np.load(labels, allow_pickle=False)
+        except (OSError, ValueError) as err:  # truncated ("EOF: reading array header") or not a .npy
+            raise UserError(f"cannot read {labels} of prepared dataset {self.root} ({str(err).splitlines()[0]}); "
+                            f"prepare it again into a new out=") from None
         if self._labels.shape != (int(self._starts[-1]),):
             raise UserError(f"{folder / info['labels']} holds {self._labels.shape[0]} labels, the manifest "
                             f"{int(self._starts[-1])} images; prepare it again into a new out=")
         self._maps: dict[int, Any] = {}
         self._pid = os.getpid()
+
+    def _check_sizes(self, folder: Path, shards: list[dict]) -> None:
+        """Each shard's files hold the bytes the manifest records (a truncated or replaced one
+        is refused here, at open, not by a loader worker part-way through an epoch)."""
+        for shard in shards:
+            if "bytes" not in shard:
+                continue
+            sizes = {name: (folder / name).stat().st_size for name in shard["files"]}
+            if sum(sizes.values()) != int(shard["bytes"]):
+                name = max(sizes, key=sizes.get)  # the data file; beside it a jpeg shard has its small offsets
+                raise UserError(f"{folder / name} of prepared dataset {self.root} is damaged: the shard's files hold "
+                                f"{sum(sizes.values())} bytes, the manifest says {int(shard['bytes'])} (truncated or "
+                                f"replaced); prepare it again into a new out=")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

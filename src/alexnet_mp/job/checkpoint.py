@@ -64,12 +64,21 @@ class CheckpointStore:
         self.root = Path(run_dir) / "checkpoints"
         self.tower, self.writer, self.main, self.keep = tower, writer, main, max(1, keep)
 
+    def _pointed(self) -> str | None:
+        """The folder name ``latest`` holds; None when there is none or it holds no plain name
+        (empty, NUL-filled or not UTF-8: a disk that lost the write)."""
+        try:
+            name = (self.root / "latest").read_bytes().decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return name if name and "\0" not in name and "/" not in name and name not in (".", "..") else None
+
     def latest(self) -> Path | None:
         """The folder ``latest`` names, when it has a ``meta.json`` (no contents checked)."""
-        pointer = self.root / "latest"
-        if not pointer.is_file():
+        name = self._pointed()
+        if name is None:
             return None
-        folder = self.root / pointer.read_text().strip()
+        folder = self.root / name
         return folder if (folder / "meta.json").is_file() else None
 
     def has_any(self) -> bool:
@@ -115,18 +124,27 @@ class CheckpointStore:
         return folder
 
     def _prune(self, keep_also: Path) -> None:
+        """Keep the newest ``keep`` complete checkpoints (with ``meta.json``); an unfinished
+        one (a save cut short) is never counted as kept. Unfinished folders older than the one
+        just published are removed: the run is past them and they cannot be resumed."""
         folders = sorted(p for p in self.root.glob("step-*") if p.is_dir())
-        for old in folders[: -self.keep]:
+        complete = [p for p in folders if (p / "meta.json").is_file()]
+        for old in complete[: -self.keep]:
             if old != keep_also:
+                shutil.rmtree(old, ignore_errors=True)
+        for old in folders:
+            if old.name < keep_also.name and old not in complete:
                 shutil.rmtree(old, ignore_errors=True)
 
     def candidates(self) -> list[Path]:
         """Every checkpoint folder, newest first (main process's view, given to every rank)."""
         found = None
         if self.main:
-            pointer = self.root / "latest"
-            if pointer.is_file() and not (self.root / pointer.read_text().strip()).is_dir():
-                log.warning("checkpoints/latest names %s, which is not there: skipped", pointer.read_text().strip())
+            pointer, name = self.root / "latest", self._pointed()
+            if pointer.is_file() and name is None:
+                log.warning("checkpoints/latest holds no folder name (empty or garbled): skipped")
+            elif name is not None and not (self.root / name).is_dir():
+                log.warning("checkpoints/latest names %s, which is not there: skipped", name)
             found = [str(p) for p in sorted(self.root.glob("step-*"), reverse=True) if p.is_dir()]
         return [Path(p) for p in broadcast_object(found)]
 

@@ -21,7 +21,7 @@ from alexnet_mp.job.launcher import Launcher
 from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.job.preempt import EXIT_PREEMPTED, Preempted, say_preempted
 
-__all__ = ["Job", "run_hydra", "hydra_run_dir", "override_value", "data_overrides", "train_command"]
+__all__ = ["Job", "run_hydra", "hydra_run_dir", "override_value", "data_overrides", "train_command", "checkout"]
 
 
 def hydra_run_dir() -> Path:
@@ -86,6 +86,8 @@ class Job:
             self.launcher.leave()
             say_preempted(str(stop), main=rank == 0)
             self._exit(EXIT_PREEMPTED)
+        except KeyboardInterrupt:
+            self.interrupted()
         except QuietStop:
             self.fail(None)  # another rank has printed the job's one line
         except UserError as err:
@@ -104,6 +106,17 @@ class Job:
         leaving the job's notes and the run directory made for nothing."""
         if message is not None and first_error_of_job(self.launcher):
             print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
+        self._leave_failed()
+        self._exit(1)
+
+    def interrupted(self) -> NoReturn:
+        """Ctrl-C outside training (which saves and exits 75): one line, and 130 as a shell's Ctrl-C
+        status. What was written so far is whole (io.atomic_write) and stays."""
+        print("alexnet_mp: stopped by SIGINT (Ctrl-C); files already written are kept", file=sys.stderr, flush=True)
+        self._leave_failed()
+        self._exit(130)
+
+    def _leave_failed(self) -> None:
         sys.stdout.flush()
         self.launcher.leave()
         if self.fresh_run_dir is not None:
@@ -111,7 +124,6 @@ class Job:
 
             # Hydra's default (outputs/DATE/TIME) also made its parents in the working directory.
             remove_if_unused(self.fresh_run_dir, within=None if self.run_dir_given else Path.cwd())
-        self._exit(1)
 
     @staticmethod
     def _exit(status: int) -> NoReturn:
@@ -154,6 +166,8 @@ def run_hydra(entry: Callable[[DictConfig, Job], object], config_name: str, *, c
         if this_job.task_started:
             raise
         this_job.fail(config.explain(err))
+    except KeyboardInterrupt:  # Ctrl-C before the task (composing the config)
+        this_job.interrupted()
 
 
 _HYDRA_WORDS = {"null", "true", "false", "nan", "inf"}
@@ -184,10 +198,25 @@ def data_overrides(data_cfg: DictConfig) -> list[str]:
                                         if k != "name" and not isinstance(v, (dict, list))]
 
 
-def train_command(overrides: list[str], processes: int = 1, torchrun: bool = True) -> list[str]:
-    """``launch/train.py`` with ``overrides``: under torchrun with ``processes`` processes on this
-    machine, or (``torchrun=False``) in one plain python process; the sweep and the benchmark launch it so."""
-    script = str(Path(__file__).resolve().parents[3] / "launch" / "train.py")
+def checkout() -> Path:
+    """The repository this command was started from: the nearest folder holding
+    ``launch/train.py`` above the running script (``launch/reproduce.py``, a benchmark), else
+    the one this package's source lies in. The sweep and the benchmarks run that checkout's
+    ``launch/`` scripts, not those of wherever the package is installed from (an editable
+    install of another checkout)."""
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] not in ("", "-c", "-m") else None
+    for folder in script.parents if script is not None else ():
+        if (folder / "launch" / "train.py").is_file():
+            return folder
+    return Path(__file__).resolve().parents[3]  # src/alexnet_mp/job/cli.py
+
+
+def train_command(overrides: list[str], processes: int = 1, torchrun: bool = True,
+                  repo: Path | None = None) -> list[str]:
+    """``launch/train.py`` of ``repo`` (default :func:`checkout`) with ``overrides``: under
+    torchrun with ``processes`` processes on this machine, or (``torchrun=False``) in one plain
+    python process; the sweep and the benchmark launch it so."""
+    script = str((repo or checkout()) / "launch" / "train.py")
     if not torchrun:
         return [sys.executable, script, *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", script,

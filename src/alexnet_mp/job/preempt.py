@@ -12,6 +12,14 @@ The same flag stops a run whose launcher died (:meth:`alexnet_mp.job.launcher.La
 before each agreement: no collective of its own). The agreement carries the cause, so every
 rank saves the same step and rank 0 names the launcher even when another rank noticed first.
 
+Loader workers ignore the stop signals (:mod:`alexnet_mp.data.loader`), but a worker can
+still die (kill -9, the OOM killer, a signal in the instant before it set that up), and
+torch's SIGCHLD handler then raises in the main process wherever it is. So that never cuts
+a checkpoint write, :func:`worker_deaths_held` holds it back during a save; once a stop is
+pending it is held for good (a worker dying of the same signal is part of the stop), and a
+batch that cannot be fetched then is the stop itself in a one-process run
+(:meth:`PreemptionFlag.stop_instead`).
+
     flag = PreemptionFlag.install(job.launcher)
     ...
     flag.check()              # collective; raises StopRequested on every rank together
@@ -30,7 +38,7 @@ import torch.distributed as dist
 from alexnet_mp.job.launcher import Launcher
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
-           "say_preempted"]
+           "say_preempted", "worker_deaths_held"]
 
 # sysexits' EX_TEMPFAIL ("try again later"): distinct from 1 (an error) and from 128+N (killed
 # by a signal), so a job script can requeue on it.
@@ -79,6 +87,8 @@ class PreemptionFlag:
     def _note(self, signum: int, frame) -> None:  # noqa: ARG002
         if self.received is None:  # the first signal names the stop; a forwarded copy changes nothing
             self.received = signum
+            # The job's loader workers may die of the same signal (see the module's docstring).
+            self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
@@ -94,6 +104,19 @@ class PreemptionFlag:
         flag = cls.install(launcher)
         yield flag
         flag.restore()
+
+    def stop_instead(self, err: BaseException) -> None:
+        """Raise :class:`StopRequested` when ``err`` (fetching a batch, between steps) says a
+        loader worker died while a stop is pending, in a run of one process. With several
+        ranks the others are already inside the next step: ``err`` stands (one line)."""
+        from alexnet_mp.data.loader import worker_death
+
+        if self.received is None or worker_death(err) is None:
+            return
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            return
+        self.agreed = _SIGNAL
+        raise StopRequested() from None
 
     @property
     def cause(self) -> str:
@@ -130,6 +153,24 @@ def save_on_stop(flag: PreemptionFlag, save: Callable[[], Path | None], step: Ca
     except StopRequested:
         saved = save()
         raise Preempted(flag.cause, step(), saved) from None
+
+
+@contextmanager
+def worker_deaths_held() -> Iterator[None]:
+    """Hold back SIGCHLD's handler (torch's, which raises when a loader worker died) inside;
+    run it after, when a child ended meanwhile. For a checkpoint write: it finishes first."""
+    held: list = []
+    try:
+        previous = signal.signal(signal.SIGCHLD, lambda signum, frame: held.append((signum, frame)))
+    except ValueError:  # not the main thread: no Python signal handler runs here anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+        if held and callable(previous):
+            previous(*held[0])
 
 
 def say_preempted(message: str, main: bool) -> None:

@@ -30,7 +30,7 @@ from alexnet_mp.errors import UserError
 
 __all__ = ["NCCL_MULTI_RANK", "DeviceView", "Placement", "choose_backend", "describe_placement", "free_port", "gpu_index",
            "join_process_group", "local_view", "nccl_shares_gpus", "nccl_version", "place",
-           "shared_gpu_backend", "valid_process_counts", "wants_cuda"]
+           "valid_process_counts", "wants_cuda"]
 
 # NCCL lets two ranks of one job share a GPU from this version on, when NCCL_MULTI_RANK_GPU_ENABLE=1
 # (experimental in NCCL; for checking on one-GPU machines, never for speed).
@@ -38,8 +38,8 @@ NCCL_MULTI_RANK = (2, 30)
 
 
 def free_port() -> int:
-    """A free TCP port on this machine, for a rendezvous of processes spawned here (tests,
-    benchmarks, the traced step)."""
+    """A free TCP port on this machine, for the rendezvous of processes spawned here (the traced
+    step of launch/figure2.py, :mod:`alexnet_mp.paper.timeline`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -186,14 +186,6 @@ def nccl_version() -> tuple[int, ...] | None:
 def nccl_shares_gpus(version: tuple[int, ...] | None) -> bool:
     """Whether this NCCL lets two ranks of a job share a GPU (with NCCL_MULTI_RANK_GPU_ENABLE=1)."""
     return version is not None and version >= NCCL_MULTI_RANK
-
-
-def shared_gpu_backend(device: str) -> tuple[str, dict]:
-    """The backend for two ranks on one GPU, and the environment it needs: NCCL where its
-    version allows sharing, else gloo (which stages CUDA tensors through host memory)."""
-    if device == "cuda" and nccl_shares_gpus(nccl_version()):
-        return "nccl", {"NCCL_MULTI_RANK_GPU_ENABLE": "1"}
-    return "gloo", {}
 
 
 def choose_backend(views: list[DeviceView], backend: str, use_cuda: bool) -> str:

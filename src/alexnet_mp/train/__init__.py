@@ -27,8 +27,8 @@ from alexnet_mp.train.inputs import Data, Inputs, build_augment, build_data
 from alexnet_mp.train.loop import train_epoch, train_epochs, validate
 from alexnet_mp.train.run import train
 from alexnet_mp.train.state import Position, RunState, Speed, build_run_state
-from alexnet_mp.train.step import KillAtStep, StepHooks, train_step
+from alexnet_mp.train.step import StepHooks, train_step
 
-__all__ = ["train", "train_step", "StepHooks", "KillAtStep", "train_epoch", "train_epochs", "build_run_state",
+__all__ = ["train", "train_step", "StepHooks", "train_epoch", "train_epochs", "build_run_state",
            "RunState", "Position", "Speed", "Checkpoints", "check_resumable", "model_signature", "Data", "Inputs",
            "build_data", "build_augment", "validate"]

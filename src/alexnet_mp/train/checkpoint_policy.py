@@ -20,7 +20,7 @@ from alexnet_mp.config.schema import flatten
 from alexnet_mp.config.train import RESUME_MAY_CHANGE
 from alexnet_mp.errors import UserError
 from alexnet_mp.net.arch import arch_options
-from alexnet_mp.job.preempt import PreemptionFlag, save_on_stop
+from alexnet_mp.job.preempt import PreemptionFlag, save_on_stop, worker_deaths_held
 from alexnet_mp.train.state import RunState
 
 __all__ = ["Checkpoints", "model_signature", "check_resumable"]
@@ -74,9 +74,10 @@ class Checkpoints:
         latest = self.store.latest()
         if latest is not None and latest.name == name:
             return latest  # this position is saved already (every_steps fell on the same step)
-        return self.store.save(name, state.state_dict(),
-                        {"model": self.signature, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
-                         "step": p.step, "reason": reason, "config": self.config})
+        with worker_deaths_held():  # a loader worker's death cannot cut the write short (preempt.py)
+            return self.store.save(name, state.state_dict(),
+                                   {"model": self.signature, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch,
+                                    "step": p.step, "reason": reason, "config": self.config})
 
     def resume(self, state: RunState) -> Path | None:
         """Collective: load the newest checkpoint that passes its checks on every rank."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from omegaconf import DictConfig
 
+from alexnet_mp.data.loader import fetch_failure
 from alexnet_mp.parallel import ranks
 from alexnet_mp.job.metrics_log import MetricsLog
 from alexnet_mp.job.preempt import PreemptionFlag, StopRequested
@@ -22,7 +23,7 @@ from alexnet_mp.net.topk import topk_wrong
 from alexnet_mp.train.checkpoint_policy import Checkpoints
 from alexnet_mp.train.inputs import Inputs
 from alexnet_mp.train.state import Position, RunState
-from alexnet_mp.train.step import StepHooks
+from alexnet_mp.train.step import StepHooks, train_step
 
 __all__ = ["train_epoch", "train_epochs", "validate"]
 
@@ -41,7 +42,7 @@ def validate(state: RunState, inputs: Inputs, *, progress: bool = False, stop: P
     loader = inputs.val.epoch(0)
     with Progress(len(loader), "validation", unit="batch", enabled=progress, scale=inputs.val.batch_size,
                   scale_unit="images") as bar:
-        for batch in loader:
+        for batch in _fetched(loader, stop):
             skipped += batch.skipped
             bar.update(1)
             if stop is not None:
@@ -84,10 +85,30 @@ class _EpochClock:
         self.tick = time.perf_counter()
 
 
-def _batches(loader, inputs: Inputs, p: Position, clock: _EpochClock, check: bool) -> Iterator[tuple]:
+def _fetched(loader, stop: PreemptionFlag | None) -> Iterator:
+    """``loader``'s batches; a loader worker that died is said as one (``fetch_failure``), and
+    one that died of a pending stop's signal is that stop."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (RuntimeError, EOFError, ConnectionError) as err:
+            failure = fetch_failure(err)
+            if stop is not None:
+                stop.stop_instead(failure)
+            if failure is err:
+                raise
+            raise failure from None
+        yield batch
+
+
+def _batches(loader, inputs: Inputs, p: Position, clock: _EpochClock, check: bool,
+             stop: PreemptionFlag | None) -> Iterator[tuple]:
     """The epoch's batches as the net's input; an empty batch (every image unreadable) is
     counted and passed over. ``check`` (``debug.check_batches``): the towers' batches are compared."""
-    batches = iter(loader)
+    batches = _fetched(loader, stop)
     while (batch := clock.next_batch(batches)) is not None:
         p.skipped += batch.skipped
         if not len(batch):
@@ -134,8 +155,9 @@ def train_epoch(state: RunState, inputs: Inputs, checkpoints: Checkpoints, metri
                   enabled=main and bool(cfg.progress), scale=inputs.train.batch_size, scale_unit="images",
                   every_steps=log_every * 10) as bar:
         clock = _EpochClock(p)
-        for images, labels in _batches(loader, inputs, p, clock, bool(cfg.debug.check_batches)):
-            hooks.step(state, images, labels)
+        for images, labels in _batches(loader, inputs, p, clock, bool(cfg.debug.check_batches), stop):
+            with hooks.around_step():
+                train_step(state, images, labels)
             bar.update(1)
             if p.step % log_every == 0 or p.step == 1:
                 _log_loss(state, checkpoints, metrics, bar, clock)

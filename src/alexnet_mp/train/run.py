@@ -25,12 +25,11 @@ def train(cfg: DictConfig, run_dir: Path, hooks: StepHooks = StepHooks(), launch
 
     ``cfg`` is composed over :class:`alexnet_mp.config.train.TrainConfig` and checked with
     :func:`alexnet_mp.config.check` (``launch/train.py`` does both). ``hooks``: what a caller
-    adds to each step (:class:`StepHooks`), with ``debug.kill_at_step``'s crash added here.
-    ``launcher``: this process's launcher and the job's notes (the command's
-    :attr:`alexnet_mp.job.cli.Job.launcher`); None: read here, for a caller without a job."""
+    adds to each step (:class:`StepHooks`; none from launch/train.py). ``launcher``: this
+    process's launcher and the job's notes (the command's :attr:`alexnet_mp.job.cli.Job.launcher`);
+    None: read here, for a caller without a job."""
     launcher = launcher if launcher is not None else Launcher.of_this_process()
     placement = place_run(cfg)
-    hooks = hooks.with_config(cfg)  # after the process group is joined: it names this rank
     # Before the loader's workers fork: they inherit the flag. Restored when the run ends well only.
     with PreemptionFlag.installed(launcher) as stop:
         run_dir = agree_on_run_dir(run_dir)

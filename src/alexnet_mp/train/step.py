@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
 from alexnet_mp.train.state import RunState
 
-__all__ = ["KillAtStep", "StepHooks", "train_step"]
+__all__ = ["StepHooks", "train_step"]
 
 
 def train_step(state: RunState, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -38,41 +35,15 @@ def train_step(state: RunState, images: torch.Tensor, labels: torch.Tensor) -> t
     return loss
 
 
-class KillAtStep:
-    """``debug.kill_at_step``: SIGKILL this process right after that step (and its checkpoint),
-    a crash without warning for the tests of resumption."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def __call__(self, state: RunState) -> None:
-        if state.position.step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> "KillAtStep | None":
-        """The crash ``cfg.debug`` asks of this rank (``kill_rank``: -1 every rank); none after
-        a torchrun restart, so the restarted job can finish. Call after the process group is joined."""
-        step, rank = int(cfg.debug.kill_at_step), int(cfg.debug.kill_rank)
-        me = dist.get_rank() if dist.is_initialized() else 0
-        if not step or rank not in (-1, me) or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-            return None
-        return cls(step)
-
-
 @dataclass(frozen=True)
 class StepHooks:
-    """What the training loop runs at each step besides its own work.
+    """What a caller adds to each step of the training loop; the defaults add nothing.
 
-    ``step`` takes the place of :func:`train_step` (the device check wraps it to watch for
-    host syncs); each of ``after_step`` is called with the run state after the step and its
-    checkpoint (:class:`KillAtStep`). The defaults add nothing.
+    ``around_step``: a context each :func:`train_step` runs in (the device check watches it for
+    host synchronisation, ``benchmarks/gpu_check/train_watched.py``); ``after_step``: each called
+    with the run state after the step and its checkpoint (the tests' crash at a chosen step,
+    ``tests/train_killed.py``). ``launch/train.py`` passes none.
     """
 
-    step: Callable[[RunState, torch.Tensor, torch.Tensor], torch.Tensor] = train_step
+    around_step: Callable[[], AbstractContextManager] = nullcontext
     after_step: tuple[Callable[[RunState], None], ...] = ()
-
-    def with_config(self, cfg: DictConfig) -> "StepHooks":
-        """These hooks, and the crash ``debug.kill_at_step`` asks of this rank, if any."""
-        kill = KillAtStep.from_config(cfg)
-        return self if kill is None else replace(self, after_step=(*self.after_step, kill))

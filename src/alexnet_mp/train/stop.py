@@ -1,6 +1,7 @@
-"""Lost processes: a run whose peer process died or hung stops with one line naming the
-lost rank and the last good checkpoint, never a hang or a page of tracebacks from every
-rank. (A stop signal is the checkpointing policy's: :meth:`Checkpoints.saved_on_stop`.)"""
+"""Lost processes: a run whose peer process or loader worker died, or whose peer hung, stops
+with one line naming what was lost and the last good checkpoint, never a hang or a page of
+tracebacks from every rank. (A stop signal is the checkpointing policy's:
+:meth:`Checkpoints.saved_on_stop`.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
+from alexnet_mp.data.loader import worker_death
 from alexnet_mp.parallel import ranks
 from alexnet_mp.job.checkpoint import CheckpointStore
 from alexnet_mp.errors import QuietStop, UserError, another_rank_reported
@@ -25,14 +27,18 @@ def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore, la
     checksums). When the peer stopped on an error it has printed (a note in ``launcher``'s
     folder), this rank stays quiet.
     torchrun's SIGTERM to the survivors only sets the stop flag (preempt.py): the next
-    collective finds the lost peer."""
-    if placement.world_size == 1:
-        yield
-        return
+    collective finds the lost peer. A loader worker that died (kill -9, the OOM killer) is the
+    same kind of loss: one line from its rank, the others then lose that rank quietly."""
     try:
         yield
     except RuntimeError as err:
-        if not ranks.is_lost_peer(err):
+        died = worker_death(err)
+        if died is not None:
+            good = store.last_good(list(range(placement.towers))) or "none"
+            raise UserError(f"a data loader worker of rank {placement.rank} died ({died}); rank {placement.rank} "
+                            f"stopped. Last good checkpoint: {good} (relaunch with resume=true; if it ran out of "
+                            f"memory, lower data.workers)") from None
+        if placement.world_size == 1 or not ranks.is_lost_peer(err):
             raise
         if another_rank_reported(launcher):
             raise QuietStop() from None

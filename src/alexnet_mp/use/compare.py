@@ -1,6 +1,4 @@
-"""Two runs side by side: the configuration keys and the final metrics that differ; and
-how far one tensor is from a reference (:func:`rel_diff`, the exactness measure the tests and
-the device check report, docs/parallelism.md).
+"""Two runs side by side: the configuration keys and the final metrics that differ.
 
     python launch/compare.py RUN_A RUN_B
 
@@ -20,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp.config.schema import flatten
 from alexnet_mp.errors import UserError
 
-__all__ = ["read_run", "differences", "compare_runs", "rel_diff"]
+__all__ = ["read_run", "differences", "compare_runs"]
 
 # Figures that differ between any two runs, even of the same code on the same machine.
 TIMING = ("seconds", "images_per_s", "final_model")
@@ -68,9 +66,3 @@ def compare_runs(cfg: DictConfig) -> str:
     print(text, flush=True)
     return text
 
-
-def rel_diff(a, b) -> float:
-    """Largest absolute difference of tensor ``a`` from the reference ``b``, relative to ``b``'s
-    largest magnitude (in float64)."""
-    scale = b.abs().max().item() or 1.0
-    return (a.double() - b.double()).abs().max().item() / scale

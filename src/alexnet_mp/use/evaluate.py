@@ -22,10 +22,10 @@ from alexnet_mp.job.checkpoint import load_file
 from alexnet_mp.job.launcher import Launcher
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
-from alexnet_mp.io import atomic_write, check_not_a_folder
+from alexnet_mp.io import atomic_write, check_not_a_folder, check_output_path
 from alexnet_mp.net.model import build_model
 from alexnet_mp.progress import Progress
-from alexnet_mp.job.rundir import check_writable, make_run_dir
+from alexnet_mp.job.rundir import check_writable
 from alexnet_mp.net.topk import topk_wrong
 
 __all__ = ["evaluate_checkpoint", "load_trained_model", "open_data", "eval_augment"]
@@ -95,9 +95,9 @@ def _output_path(cfg: DictConfig) -> Path:
     """Where the result goes, checked writable before any evaluation (one line otherwise)."""
     ckpt = Path(str(cfg.checkpoint))
     data_name = cfg.data.name if cfg.get("data") is not None else ""
-    out = Path(str(cfg.output)) if cfg.output else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{data_name}.json"
-    if cfg.output:
-        make_run_dir(out.parent, "the output folder", "choose another output=")
+    if cfg.output:  # like predict's and export's: a missing folder is refused, not made (a mistyped path)
+        return check_output_path(Path(str(cfg.output)))
+    out = (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval-{data_name}.json"
     if out.parent.is_dir():  # else the checkpoint is not there, which loading reports
         check_writable(out.parent, "the output folder")
     return check_not_a_folder(out)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from alexnet_mp import data
 from alexnet_mp.parallel import placement
 from alexnet_mp.errors import UserError
 from alexnet_mp.use.evaluate import eval_augment, load_trained_model
-from alexnet_mp.io import atomic_write, check_not_a_folder
+from alexnet_mp.io import atomic_write, check_output_path
 from alexnet_mp.progress import Progress
 
 __all__ = ["find_images", "class_names", "check_output_path", "predict_images", "predict"]
@@ -56,18 +55,6 @@ def class_names(blob: dict) -> list[str]:
     if blob["data"]["name"] == "synthetic":
         return data.SyntheticImages("val", n, 0, 1, 0).classes
     return [f"class_{i}" for i in range(n)]
-
-
-def check_output_path(path: Path) -> Path:
-    """``path`` if its folder exists and can be written and it is no folder itself, else a
-    one-line error (before any work)."""
-    path = check_not_a_folder(Path(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"cannot write {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {path}: the folder {folder} is not writable")
-    return path
 
 
 def _read(paths: list[Path], size: int) -> tuple[list[Path], list[torch.Tensor], list[str]]:

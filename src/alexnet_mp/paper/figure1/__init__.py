@@ -7,7 +7,7 @@ ReLUs reaches 25% training error six times faster than the same net with tanh un
 - :mod:`~alexnet_mp.paper.figure1.outputs`: ``figure1.{json,md,png}``;
 - :mod:`~alexnet_mp.paper.figure1.run`: the command (``launch/figure1.py``), resumable.
 
-    python launch/figure1.py data.root=../shared/data/cifar10-full data.train_size=10000 epochs=12 'seeds=[0,1,2]'
+    python launch/figure1.py data.root=data/cifar10 data.train_size=10000 epochs=12 'seeds=[0,1,2]'
 """
 
 from alexnet_mp.paper.figure1.curves import epoch_at_target, fastest_rate, ratio_summary

@@ -43,7 +43,7 @@ def _check(cfg: DictConfig) -> None:
         raise UserError(f"search.rates must be positive learning rates, at least one, not {list(cfg.search.rates)}")
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise UserError("data.root=PATH is needed: a folder with train/<class>/ images "
-                        "(e.g. ../shared/data/cifar10-full)")
+                        "(e.g. data/cifar10 from make data)")
 
 
 def _device(name: str) -> torch.device:

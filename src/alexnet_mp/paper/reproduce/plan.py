@@ -4,15 +4,15 @@ each, and which (configuration, seed) runs a sweep makes, in what order."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
 from alexnet_mp.errors import UserError
+from alexnet_mp.job.cli import checkout
 
 __all__ = ["REPO", "CONFIGS", "PAPER_DELTAS", "preset_keys", "plan_runs"]
 
-REPO = Path(__file__).resolve().parents[4]
+# The checkout the sweep was started from: its conf/ablation presets and launch/ scripts are the ones run.
+REPO = checkout()
 
 # name -> (overrides for launch/train.py, what the paper says of it). "full" is the reference.
 CONFIGS = {

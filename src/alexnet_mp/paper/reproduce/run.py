@@ -62,6 +62,15 @@ def _run_jobs(cfg: DictConfig, sweep: Sweep, todo: list[tuple[str, int]], data_a
     return True
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the report shows it: relative to the working directory when inside it, so a
+    committed report names no folder of the machine it ran on."""
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def reproduce(cfg: DictConfig) -> dict:
     """Run (or continue) the sweep, then write the report. Returns the summary."""
     configs = [str(c) for c in cfg.configs]
@@ -81,7 +90,7 @@ def reproduce(cfg: DictConfig) -> dict:
                 "ablation_seeds": int(cfg.ablation_seeds), "configs": configs,
                 "data_overrides": data_overrides(cfg.data), "train_overrides": list(map(str, cfg.train_overrides)),
                 "full_processes": sweep.full_processes, "threads": sweep.threads, "parallel": parallel,
-                "sweep_dir": str(sweep.dir), "launcher": sweep.launcher, "provenance": provenance.record(cfg)}
+                "sweep_dir": _shown(sweep.dir), "launcher": sweep.launcher, "provenance": provenance.record(cfg)}
     out_dir, name = Path(str(cfg.output_dir)), str(cfg.output_name)
 
     def report() -> tuple[dict, dict]:

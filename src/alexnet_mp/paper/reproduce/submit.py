@@ -27,11 +27,14 @@ Slurm machinery (sbatch script, signal, requeue) with the sweep in charge.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,18 +64,44 @@ except ImportError:  # launcher=local needs no submitit
     _Checkpointable = object
 
 
+# prctl(2), resolved here, in the parent: the child between fork and exec only calls it.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with(parent: int):
+    """A ``preexec_fn``: the child gets SIGTERM when the thread that started it ends, as when
+    the sweep's process is killed (kill -9, the OOM killer): no run trains on as an orphan
+    holding its run directory's lock. SIGTERM, not SIGKILL: train.py saves the step reached
+    (torchrun passes the signal on to its ranks), so the next sweep resumes it.
+
+    Why this and not a watchdog in the child: the child is torchrun or launch/train.py,
+    which know nothing of a sweep, and torchrun is not ours to change. The death signal
+    follows the starting *thread*; every run is started and waited for by the same thread of
+    the sweep, which therefore outlives it. The flag survives the exec. Only a prepared
+    foreign-function call runs between fork and exec (no import, no lock), which is what
+    makes ``preexec_fn`` safe here beside the sweep's other threads."""
+    def set_death_signal() -> None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the sweep died before the flag was set: do not start
+            os._exit(128 + int(signal.SIGTERM))
+    return set_death_signal if _PRCTL is not None else None
+
+
 def run_logged(cmd: list[str], log_path: Path, *, cwd: Path, env: Mapping[str, str] | None = None,
                echo: str | None = None, append: bool = False) -> int:
     """Run ``cmd`` to its end with its output and errors in ``log_path``, after a ``$ cmd``
     line; ``echo``: also print each line after this prefix. While it runs it is in
-    :data:`RUNNING` (a submitit job's checkpoint() signals it to save). Returns its exit status."""
+    :data:`RUNNING` (a submitit job's checkpoint() signals it to save); it does not outlive
+    this process (:func:`_dies_with`). Returns its exit status."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a" if append else "w") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
         piped = echo is not None
         with subprocess.Popen(cmd, cwd=cwd, env=None if env is None else dict(env), stderr=subprocess.STDOUT,
-                              stdout=subprocess.PIPE if piped else out, text=True, bufsize=1 if piped else -1) as proc:
+                              stdout=subprocess.PIPE if piped else out, text=True, bufsize=1 if piped else -1,
+                              preexec_fn=_dies_with(os.getpid())) as proc:
             RUNNING.add(proc)
             try:
                 for line in proc.stdout if piped else ():
@@ -93,13 +122,17 @@ def _submitit():
 class RunJob(_Checkpointable):
     """One run of the sweep (train, evaluate, measure) as a submitit job; returns its result."""
 
-    def __init__(self, cfg: dict, config: str, seed: int, data_args: list[str]):
+    def __init__(self, cfg: dict, config: str, seed: int, data_args: list[str], repo: str | None = None):
+        """``repo``: the checkout the sweep was started from (the job runs its launch/ scripts)."""
+        from alexnet_mp.paper.reproduce.plan import REPO
+
         self.cfg, self.config, self.seed, self.data_args = cfg, config, seed, data_args
+        self.repo = repo or str(REPO)
 
     def __call__(self) -> dict:
         from alexnet_mp.paper.reproduce import Sweep
 
-        return Sweep(OmegaConf.create(self.cfg)).run(self.config, self.seed, self.data_args)
+        return Sweep(OmegaConf.create(self.cfg), self.repo).run(self.config, self.seed, self.data_args)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Slurm's warning or preemption: let the trainer save where it is, then requeue this job."""
@@ -113,7 +146,8 @@ class RunJob(_Checkpointable):
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass  # its last checkpoint is kept; the requeued job resumes from that
-        return _submitit().helpers.DelayedSubmission(RunJob(self.cfg, self.config, self.seed, self.data_args))
+        return _submitit().helpers.DelayedSubmission(RunJob(self.cfg, self.config, self.seed, self.data_args,
+                                                            self.repo))
 
 
 def _extra_lines(lines: list[str]) -> dict[str, Any]:
@@ -191,7 +225,7 @@ def submit_runs(cfg: DictConfig, sweep, todo: list[tuple[str, int]], data_args: 
         if job is None:
             if cfg.launcher == "slurm":
                 executor.update_parameters(**job_parameters(cfg, sweep.processes(config)))
-            job = executor.submit(RunJob(plain, config, seed, data_args))
+            job = executor.submit(RunJob(plain, config, seed, data_args, str(sweep.repo)))
             state.set(name, launcher=str(cfg.launcher), job_id=str(job.job_id), state="submitted")
             log.info("%s: submitted as job %s (%s)", name, job.job_id, cfg.launcher)
         else:

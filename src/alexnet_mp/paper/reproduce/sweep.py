@@ -6,16 +6,20 @@ once (sec. 2) when asked."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_mp.data.images import ImageFolderImages
+from alexnet_mp.errors import UserError
 from alexnet_mp.net.arch import spec_for
 from alexnet_mp.job.checkpoint import load_file
 from alexnet_mp.job.cli import data_overrides, override_value, train_command
@@ -32,8 +36,10 @@ log = logging.getLogger("alexnet_mp")
 class Sweep:
     """Runs, resumes and reads the sweep's training runs."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, repo: str | Path | None = None):
+        """``repo``: the checkout whose ``launch/`` scripts run (default: the one the sweep started from)."""
         self.cfg = cfg
+        self.repo = Path(repo) if repo is not None else REPO
         self.dir = Path(str(cfg.sweep_dir)).resolve()
         self.threads = int(cfg.threads)
         self.full_processes = int(cfg.full_processes)  # 1 or 2, epochs and threads >= 1: the schema's
@@ -50,10 +56,14 @@ class Sweep:
             return args + [f"data.workers={override_value(self.cfg.workers)}"]
         out = self.dir / f"prepared-{int(d.image_size)}"
         if not (out / "done.json").is_file() and not (out / "meta.json").is_file():
+            ImageFolderImages(d.root, "train", int(d.image_size))  # a bad data root: one line, before any work
             log.info("preparing %s once into %s", d.root, out)
-        cmd = [sys.executable, str(REPO / "launch" / "prepare.py"), f"out={override_value(str(out))}",
+        cmd = [sys.executable, str(self.repo / "launch" / "prepare.py"), f"out={override_value(str(out))}",
                *args, "progress=false"]
-        self._run(cmd, self.dir / "prepare.log")
+        try:
+            self._run(cmd, self.dir / "prepare.log")
+        except RuntimeError as err:  # every run needs the data: the sweep stops, in one line
+            raise UserError(f"preparing the data failed: {err}") from None
         kept = ("seed", "image_size", "mean_subtraction", "flip", "pca_sigma", "pca_scale", "augment")
         plain = OmegaConf.to_container(d, resolve=True)
         return (["data=prepared", f"data.root={override_value(str(out))}"]
@@ -81,19 +91,42 @@ class Sweep:
         return train_command([*CONFIGS[config], f"seed={seed}", f"epochs={int(self.cfg.epochs)}",
                               f"threads={self.threads}", f"device={self.cfg.device}",
                               f"hydra.run.dir={override_value(str(run_dir))}", *data_args,
-                              *map(str, self.cfg.train_overrides), *resume], self.processes(config), torchrun)
+                              *map(str, self.cfg.train_overrides), *resume], self.processes(config), torchrun,
+                             repo=self.repo)
 
     @staticmethod
     def _has_checkpoint(run_dir: Path) -> bool:
         return any((run_dir / "checkpoints").glob("step-*")) if (run_dir / "checkpoints").is_dir() else False
 
     def _run(self, cmd: list[str], log_path: Path) -> None:
-        status = run_logged(cmd, log_path, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
+        status = run_logged(cmd, log_path, cwd=self.repo, env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
                             append=True)
         if status:
             tail = [l for l in log_path.read_text().splitlines() if "error" in l.lower()][-1:] or ["(no error line)"]
             raise RuntimeError(f"{' '.join(cmd[1:3])}... exited with status {status}: {tail[0]} "
                                f"(log: {log_path})")
+
+    @staticmethod
+    def _wait_until_free(run_dir: Path, seconds: float = 120.0) -> None:
+        """Wait for the job that holds ``run_dir``'s lock to end: the run of a sweep killed just
+        now, saving its position on the signal it got as the sweep died (submit.run_logged).
+        After ``seconds`` the launch goes ahead, and train.py names the holder."""
+        path, deadline, said = run_dir / ".lock", time.monotonic() + seconds, False
+        while path.is_file() and time.monotonic() < deadline:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return  # free (a shared lock taken and dropped with the descriptor)
+            except OSError:
+                if not said:
+                    log.info("%s is still held by the job of an earlier sweep; waiting for it to save and end", run_dir)
+                    said = True
+            finally:
+                os.close(fd)
+            time.sleep(0.25)
 
     def result(self, config: str, seed: int) -> dict | None:
         path = self.run_dir(config, seed) / "result.json"
@@ -112,6 +145,7 @@ class Sweep:
         run_dir = self.run_dir(config, seed)
         logs = self.dir / "logs"
         if not (run_dir / "summary.json").is_file():
+            self._wait_until_free(run_dir)
             if run_dir.is_dir() and not self._has_checkpoint(run_dir):
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
             self._run(self.train_command(config, seed, data_args), logs / f"{config}-seed{seed}.train.log")
@@ -119,7 +153,7 @@ class Sweep:
             raise RuntimeError(f"training stopped before its last epoch (no summary.json in {run_dir}); "
                                "run the sweep again to resume it")
         summary = json.loads((run_dir / "summary.json").read_text())
-        self._run([sys.executable, str(REPO / "launch" / "evaluate.py"), f"checkpoint={override_value(str(run_dir))}",
+        self._run([sys.executable, str(self.repo / "launch" / "evaluate.py"), f"checkpoint={override_value(str(run_dir))}",
                    f"output={override_value(str(run_dir / 'eval.json'))}", f"device={self.cfg.device}",
                    f"threads={self.threads}", "workers=0", "progress=false"], logs / f"{config}-seed{seed}.eval.log")
         ev = json.loads((run_dir / "eval.json").read_text())

@@ -1,0 +1,1 @@
+"""The device check on one GPU (gpu_check.sh; docs/gpu.md) and its profile companion."""

@@ -1,0 +1,1 @@
+"""bench-launcher-death: how long workers outlive their killed launcher (docs/reliability.md)."""
