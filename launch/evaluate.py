@@ -11,7 +11,7 @@ from alexnet_mp.use.evaluate import evaluate_checkpoint
 
 
 def main(cfg: DictConfig, job: Job) -> None:
-    job.run(lambda: evaluate_checkpoint(cfg), cfg)
+    job.run(lambda: evaluate_checkpoint(cfg, job.launcher), cfg)
 
 
 if __name__ == "__main__":

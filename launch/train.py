@@ -12,7 +12,7 @@ from alexnet_mp.train import train
 
 
 def main(cfg: DictConfig, job: Job) -> None:
-    job.run(lambda: train(cfg, hydra_run_dir()), cfg, run_dir=hydra_run_dir())
+    job.run(lambda: train(cfg, hydra_run_dir(), launcher=job.launcher), cfg, run_dir=hydra_run_dir())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def _hooks() -> StepHooks:
 
 
 def main(cfg: DictConfig, job: Job) -> None:
-    job.run(lambda: train(cfg, hydra_run_dir(), hooks=_hooks()), cfg, run_dir=hydra_run_dir())
+    job.run(lambda: train(cfg, hydra_run_dir(), hooks=_hooks(), launcher=job.launcher), cfg, run_dir=hydra_run_dir())
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def _write_counts() -> None:
 
 def main(cfg: DictConfig, job: Job) -> None:
     """launch/train.py's main, each step the watched one."""
-    job.run(lambda: train(cfg, hydra_run_dir(), hooks=_hooks()), cfg)
+    job.run(lambda: train(cfg, hydra_run_dir(), hooks=_hooks(), launcher=job.launcher), cfg)
 
 
 if __name__ == "__main__":

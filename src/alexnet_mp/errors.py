@@ -13,8 +13,10 @@ stops quietly (:class:`QuietStop`).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from alexnet_mp.job import launcher as job
+if TYPE_CHECKING:
+    from alexnet_mp.job.launcher import Launcher
 
 __all__ = ["UserError", "QuietStop", "first_error_of_job", "another_rank_reported"]
 
@@ -32,12 +34,12 @@ def _shared_notes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def first_error_of_job() -> bool:
+def first_error_of_job(launcher: Launcher) -> bool:
     """True in the first process of the job to report an error, False in any later one: the
-    first leaves a note (:func:`alexnet_mp.job.launcher.first_note`) before it exits, so a rank whose
-    peer failed finds it and stays quiet instead of printing a second line onto the terminal."""
-    return not _shared_notes() or job.first_note("error")
+    first leaves a note (:meth:`alexnet_mp.job.launcher.Launcher.first_note`) before it exits, so a
+    rank whose peer failed finds it and stays quiet instead of printing a second line onto the terminal."""
+    return not _shared_notes() or launcher.first_note("error")
 
 
-def another_rank_reported() -> bool:
-    return _shared_notes() and job.has_note("error")
+def another_rank_reported(launcher: Launcher) -> bool:
+    return _shared_notes() and launcher.has_note("error")

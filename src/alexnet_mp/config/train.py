@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from alexnet_mp.net.arch import GEOMETRIES, INITS, LRN_CHOICES, POOLINGS, REMOVABLE
+from alexnet_mp.net.arch import ARCH_DEFAULTS, GEOMETRIES, INITS, LRN_CHOICES, POOLINGS, REMOVABLE
 from alexnet_mp.config.data import DataConfig, ImageFolderData, PreparedData, SyntheticData
 from alexnet_mp.config.scheme import SchemeConfig
 from alexnet_mp.config.schema import MAY_CHANGE, resume_may_change, setting
@@ -33,20 +33,25 @@ BACKENDS = ("auto", "nccl", "gloo")
 
 @dataclass
 class ModelConfig:
-    """The full two-tower net or the one-GPU half net (sec. 3.2), and the paper's ablations."""
+    """The full two-tower net or the one-GPU half net (sec. 3.2), and the paper's ablations. The
+    architecture's defaults (the paper's values) are :data:`alexnet_mp.net.arch.ARCH_DEFAULTS`,
+    which also fills in checkpoints written before a switch existed."""
 
     name: str = setting("full", choices=("full", "half", "one_tower"))
     num_classes: Any = setting("${data.num_classes}", auto=True, ge=2)
     # 224: cuda-convnet's implicit bottom/right zero padding; 227: Caffe's crop
-    geometry: str = setting("224", choices=GEOMETRIES)
+    geometry: str = setting(ARCH_DEFAULTS["geometry"], choices=GEOMETRIES)
     # paper: the printed formula (alpha 5e-4 in PyTorch's convention); cuda-convnet: alpha 1e-4; none: no LRN
-    lrn: str = setting("paper", choices=LRN_CHOICES)
+    lrn: str = setting(ARCH_DEFAULTS["lrn"], choices=LRN_CHOICES)
     # paper: N(0, 0.01), biases 1 in conv2/4/5, fc6/7 (sec. 5); he: see docs/training.md, Deviations
     init: str = setting("paper", choices=INITS)
     # The paper's ablations (conf/ablation/ has them as presets, e.g. +ablation=no_lrn):
-    pool: str = setting("overlap", choices=tuple(POOLINGS))  # overlap: 3x3, stride 2 (sec. 3.4); 2x2: stride 2
-    dropout: float = setting(0.5, ge=0, lt=1, means="a drop probability in [0, 1)")  # after fc6, fc7; 0: none
-    remove: Optional[str] = setting(None, choices=(None, *REMOVABLE))  # a middle conv layer left out (sec. 7)
+    # overlap: 3x3, stride 2 (sec. 3.4); 2x2: stride 2
+    pool: str = setting(ARCH_DEFAULTS["pool"], choices=tuple(POOLINGS))
+    # after fc6, fc7; 0: none
+    dropout: float = setting(ARCH_DEFAULTS["dropout"], ge=0, lt=1, means="a drop probability in [0, 1)")
+    # a middle conv layer left out (sec. 7)
+    remove: Optional[str] = setting(ARCH_DEFAULTS["remove"], choices=(None, *REMOVABLE))
 
 
 @dataclass

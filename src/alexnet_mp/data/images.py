@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from alexnet_mp.data.seeds import TAG_CLASS, TAG_IMAGE, generator
 from alexnet_mp.errors import UserError
+from alexnet_mp.job.launcher import Launcher
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderImages", "SyntheticImages", "check_same_classes", "decode",
            "read_image", "shorter_side_centre_crop"]
@@ -110,10 +111,13 @@ class ImageFolderImages(Dataset):
 
     Each image is converted to RGB, its shorter side resized to ``image_size``
     (bilinear, antialiased) and the central square kept (sec. 5). An unreadable file
-    gives ``None`` and a warning naming it; :func:`read_images` drops it.
+    gives ``None`` and a warning naming it, once per job (``launcher``: the job's notes,
+    :class:`alexnet_mp.job.launcher.Launcher`; None: this process's, read here); the loader's
+    workers get it with the dataset. :func:`read_images` drops the image.
     """
 
-    def __init__(self, root: str | Path, split: str, image_size: int):
+    def __init__(self, root: str | Path, split: str, image_size: int, launcher: Launcher | None = None):
+        self.launcher = launcher if launcher is not None else Launcher.of_this_process()
         self.root, self.split, self.image_size = Path(root), split, int(image_size)
         if not self.root.is_dir():
             raise UserError(f"data root {self.root} does not exist or is not a directory")
@@ -154,21 +158,19 @@ class ImageFolderImages(Dataset):
         path, label = self.samples[index]
         img, reason = read_image(path, self.image_size)
         if img is None:
-            _say_once(f"skipping unreadable image {path}: {reason}")
+            _say_once(f"skipping unreadable image {path}: {reason}", self.launcher)
         return None if img is None else (img, label)
 
 
 _said: set[str] = set()
 
 
-def _say_once(line: str) -> None:
+def _say_once(line: str, launcher: Launcher) -> None:
     """One warning line per job, however many processes (ranks, loader workers) and epochs
     meet the file: the first to note it in the job's shared folder says it."""
-    from alexnet_mp.job import launcher as job
-
     if line not in _said:
         _said.add(line)
-        if job.first_note(line):
+        if launcher.first_note(line):
             _log.warning("%s", line)
 
 

@@ -7,7 +7,7 @@ opened for training and evaluation alike from ``conf/data/*.yaml``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,11 +16,17 @@ from alexnet_mp.data.prepared import open_prepared
 from alexnet_mp.data.dataset_stats import DatasetStats
 from alexnet_mp.errors import UserError
 
+if TYPE_CHECKING:
+    from alexnet_mp.job.launcher import Launcher
+
 __all__ = ["base_datasets"]
 
 
-def base_datasets(dcfg: DictConfig) -> tuple[Any, Any, Path | None, DatasetStats | None]:
-    """(train, val, folder for a statistics cache or None, statistics when the data has them)."""
+def base_datasets(dcfg: DictConfig, launcher: Launcher | None = None) -> tuple[Any, Any, Path | None,
+                                                                                DatasetStats | None]:
+    """(train, val, folder for a statistics cache or None, statistics when the data has them).
+    ``launcher``: the job's (:class:`alexnet_mp.job.launcher.Launcher`), for an image folder's
+    once-per-job warnings; None: this process's."""
     if dcfg.name == "synthetic":
         make = lambda split, n: SyntheticImages(  # noqa: E731
             split, int(dcfg.num_classes), int(n), int(dcfg.image_size), int(dcfg.seed))
@@ -34,8 +40,8 @@ def base_datasets(dcfg: DictConfig) -> tuple[Any, Any, Path | None, DatasetStats
         if dcfg.name == "prepared":
             train, val = open_prepared(root, int(dcfg.image_size))
             return train, val, None, train.stats()  # over the whole training set, computed by prepare
-        train = ImageFolderImages(root, "train", int(dcfg.image_size))
-        val = ImageFolderImages(root, "val", int(dcfg.image_size))
+        train = ImageFolderImages(root, "train", int(dcfg.image_size), launcher)
+        val = ImageFolderImages(root, "val", int(dcfg.image_size), launcher)
         check_same_classes(train, val)
         return train, val, root, None
     raise UserError(f"unknown data {dcfg.name!r}: choose synthetic, imagefolder or prepared")

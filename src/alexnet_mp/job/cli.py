@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from alexnet_mp.job import launcher as job
+from alexnet_mp.job.launcher import Launcher
 from alexnet_mp.errors import QuietStop, UserError, first_error_of_job
 from alexnet_mp.job.preempt import EXIT_PREEMPTED, Preempted, say_preempted
 
@@ -35,9 +35,12 @@ class Job:
     entry point: the run directory made for it (removed again when the job fails before
     writing into it), whether composing the config is over (an OmegaConf error after that is a
     bug, not input), and the ways out: one line and status 1 on a user error, status 75 on a
-    preemption, the job's notes left (:func:`alexnet_mp.job.launcher.leave`) either way."""
+    preemption, the job's notes left (:meth:`Launcher.leave`) either way. ``launcher``: this
+    process's launcher and the job's notes (:class:`Launcher`), read when the job is made, at the
+    worker's start (before torchrun can have died), and passed from here to what needs it."""
 
     def __init__(self) -> None:
+        self.launcher = Launcher.of_this_process()
         self.fresh_run_dir: Path | None = None  # made for this job (by the check below, or Hydra's default)
         self.run_dir_given = False
         self.task_started = False
@@ -70,7 +73,7 @@ class Job:
         if run_dir is not None and not self.run_dir_given:
             self.fresh_run_dir = run_dir  # Hydra's default folder, made for this job
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            job.remove_stale_notes()
+            self.launcher.remove_stale_notes()
         rank = int(os.environ.get("RANK", "0"))
         logging.getLogger("alexnet_mp").setLevel(logging.INFO if rank == 0 else logging.WARNING)
         try:
@@ -80,7 +83,7 @@ class Job:
                 config.check(cfg)
             fn()
         except Preempted as stop:
-            job.leave()
+            self.launcher.leave()
             say_preempted(str(stop), main=rank == 0)
             self._exit(EXIT_PREEMPTED)
         except KeyboardInterrupt:
@@ -96,12 +99,12 @@ class Job:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-        job.leave()
+        self.launcher.leave()
 
     def fail(self, message: str | None) -> NoReturn:
         """Say ``message`` (once per job; None: another process has said it) and exit with status 1,
         leaving the job's notes and the run directory made for nothing."""
-        if message is not None and first_error_of_job():
+        if message is not None and first_error_of_job(self.launcher):
             print(f"alexnet_mp: error: {message}", file=sys.stderr, flush=True)
         self._leave_failed()
         self._exit(1)
@@ -115,7 +118,7 @@ class Job:
 
     def _leave_failed(self) -> None:
         sys.stdout.flush()
-        job.leave()
+        self.launcher.leave()
         if self.fresh_run_dir is not None:
             from alexnet_mp.job.rundir import remove_if_unused
 

@@ -8,7 +8,7 @@ stop at the same step; the run then saves a checkpoint of exactly that position 
 process exits with :data:`EXIT_PREEMPTED`. A second signal (the scheduler signals every
 process *and* torchrun forwards it) finds the flag already set.
 
-The same flag stops a run whose launcher died (:func:`alexnet_mp.job.launcher.launcher_gone`, asked
+The same flag stops a run whose launcher died (:meth:`alexnet_mp.job.launcher.Launcher.gone`, asked
 before each agreement: no collective of its own). The agreement carries the cause, so every
 rank saves the same step and rank 0 names the launcher even when another rank noticed first.
 
@@ -20,7 +20,7 @@ pending it is held for good (a worker dying of the same signal is part of the st
 batch that cannot be fetched then is the stop itself in a one-process run
 (:meth:`PreemptionFlag.stop_instead`).
 
-    flag = PreemptionFlag.install()
+    flag = PreemptionFlag.install(job.launcher)
     ...
     flag.check()              # collective; raises StopRequested on every rank together
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from alexnet_mp.job import launcher as job
+from alexnet_mp.job.launcher import Launcher
 
 __all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "PreemptionFlag", "Preempted", "StopRequested", "save_on_stop",
            "say_preempted", "worker_deaths_held"]
@@ -63,18 +63,20 @@ class Preempted(Exception):
 
 
 class PreemptionFlag:
-    """The stop signals' flag in this process, and the collective that agrees on it."""
+    """The stop signals' flag in this process, and the collective that agrees on it.
+    ``launcher``: this process's (:class:`Launcher`), asked whether it is gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
         self.received: int | None = None
         self.agreed = _NONE  # the cause every rank agreed on
         self._previous: dict[int, object] = {}
         self._group = None
 
     @classmethod
-    def install(cls) -> "PreemptionFlag":
+    def install(cls, launcher: Launcher) -> "PreemptionFlag":
         """Catch the stop signals (collective under NCCL: it makes a small gloo group for the flag)."""
-        flag = cls()
+        flag = cls(launcher)
         if dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() != "gloo":
             # On the CPU: asking every step must not make the host wait for the GPU.
             flag._group = dist.new_group(backend="gloo")
@@ -95,11 +97,11 @@ class PreemptionFlag:
 
     @classmethod
     @contextmanager
-    def installed(cls) -> Iterator["PreemptionFlag"]:
+    def installed(cls, launcher: Launcher) -> Iterator["PreemptionFlag"]:
         """The flag for the ``with`` block (:meth:`install`); the signals' previous handlers come
         back when the block ends normally. On an error they do not: the flag stays, so that a
         SIGTERM from torchrun (stopping the other ranks) cannot cut the error's one line short."""
-        flag = cls.install()
+        flag = cls.install(launcher)
         yield flag
         flag.restore()
 
@@ -120,7 +122,7 @@ class PreemptionFlag:
     def cause(self) -> str:
         """What stopped the run, as the stop line begins."""
         if self.agreed == _LAUNCHER_GONE:
-            return (f"{job.launcher_name()} is gone; stopped" if job.launcher_gone()
+            return (f"{self.launcher.name()} is gone; stopped" if self.launcher.gone()
                     else "the launcher (torchrun) of another rank is gone; stopped")
         if self.received is not None:
             return f"stopped by {signal.Signals(self.received).name}"
@@ -128,7 +130,7 @@ class PreemptionFlag:
 
     def requested(self) -> bool:
         """Collective: True on every rank when any rank has received a stop signal or lost its launcher."""
-        mine = _LAUNCHER_GONE if job.launcher_gone() else _SIGNAL if self.received is not None else _NONE
+        mine = _LAUNCHER_GONE if self.launcher.gone() else _SIGNAL if self.received is not None else _NONE
         if dist.is_initialized() and dist.get_world_size(self._group) > 1:
             # The flag's group is gloo (install): a CPU tensor, no wait for a GPU.
             t = torch.tensor([mine], dtype=torch.int32)

@@ -233,8 +233,9 @@ def split_sizes(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-# The keys of conf/model that shape the net (and so a checkpoint), with the paper's values:
-# the defaults of checkpoints written before the ablation switches existed.
+# The keys of conf/model that shape the net (and so a checkpoint), with the paper's values: the
+# defaults of conf/model (config.train.ModelConfig reads them from here) and of checkpoints
+# written before the ablation switches existed.
 ARCH_DEFAULTS = {"geometry": "224", "lrn": "paper", "pool": "overlap", "dropout": 0.5, "remove": None}
 
 

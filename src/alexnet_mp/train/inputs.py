@@ -17,6 +17,7 @@ from alexnet_mp import data
 from alexnet_mp.parallel import ranks
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
+from alexnet_mp.job.launcher import Launcher
 
 __all__ = ["Data", "Inputs", "build_data", "build_augment"]
 
@@ -33,10 +34,11 @@ class Data:
     crop: int
 
 
-def build_data(cfg: DictConfig, run_dir: Path, main: bool) -> Data:
-    """Both splits; the statistics come from the prepared dataset or from the main process's cache."""
+def build_data(cfg: DictConfig, run_dir: Path, main: bool, launcher: Launcher | None = None) -> Data:
+    """Both splits; the statistics come from the prepared dataset or from the main process's cache.
+    ``launcher``: the job's notes (:func:`alexnet_mp.data.base_datasets`)."""
     dcfg = cfg.data
-    train_base, val_base, root, stats = base_datasets(dcfg)
+    train_base, val_base, root, stats = base_datasets(dcfg, launcher)
     crop = data.crop_size_for(int(dcfg.image_size), str(cfg.model.geometry))
     if stats is None:
         outcome = None

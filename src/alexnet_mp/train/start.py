@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet_mp.parallel import comm
 from alexnet_mp.parallel import ranks
 from alexnet_mp.job.checkpoint import CheckpointStore
+from alexnet_mp.job.launcher import Launcher
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import atomic_write
 from alexnet_mp.job.metrics_log import MetricsLog
@@ -88,14 +89,16 @@ def agree_on_run_dir(mine: Path) -> Path:
     return agreed
 
 
-def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore) -> Run:
-    """Check the run directory and the data, build the run state and resume it if asked."""
+def start_run(cfg: DictConfig, run_dir: Path, placement: Placement, store: CheckpointStore,
+              launcher: Launcher | None = None) -> Run:
+    """Check the run directory and the data, build the run state and resume it if asked.
+    ``launcher``: the job's notes (:func:`alexnet_mp.data.base_datasets`)."""
     device, main = placement.device, placement.main
     resume = _resume_asked(cfg, run_dir, main)
     check_run_dir(run_dir, store, resume)
     ranks.barrier()
 
-    d = build_data(cfg, run_dir, main)
+    d = build_data(cfg, run_dir, main, launcher)
     _check_data(cfg, d)
     comm.set_profile(bool(cfg.profile))
     # The recipe as the schema's objects (ModelConfig, OptimConfig, ScheduleConfig, SchemeConfig), typed end to end.

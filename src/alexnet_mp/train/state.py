@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from alexnet_mp.config.train import TrainConfig
 from alexnet_mp.errors import UserError
 from alexnet_mp.parallel import ranks
 from alexnet_mp.net.arch import arch_options
@@ -76,17 +77,20 @@ class Speed:
     CUDA graphs, which take the kernel launches off the host. ``deterministic``: the same
     numbers on every run (``torch.use_deterministic_algorithms``, deterministic cuDNN): kernels
     built on atomics otherwise round differently from run to run.
+
+    The defaults are the training config's (:class:`alexnet_mp.config.train.TrainConfig`), whose
+    keys of the same names :meth:`from_config` reads.
     """
 
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    cudnn_benchmark: bool = False
-    tf32: bool = False
-    compile_mode: str = "default"
-    deterministic: bool = False
+    precision: str = TrainConfig.precision
+    channels_last: bool = TrainConfig.channels_last
+    compile: bool = TrainConfig.compile
+    cudnn_benchmark: bool = TrainConfig.cudnn_benchmark
+    tf32: bool = TrainConfig.tf32
+    compile_mode: str = TrainConfig.compile_mode
+    deterministic: bool = TrainConfig.deterministic
 
-    KEYS = ("precision", "channels_last", "compile", "cudnn_benchmark", "tf32", "compile_mode", "deterministic")
+    KEYS: ClassVar[tuple[str, ...]]  # the fields' names (set below the class)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Speed":
@@ -109,6 +113,9 @@ class Speed:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.precision == "bf16" else None
+
+
+Speed.KEYS = tuple(f.name for f in fields(Speed))
 
 
 class RunState:

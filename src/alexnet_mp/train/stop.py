@@ -13,17 +13,19 @@ from alexnet_mp.data.loader import worker_death
 from alexnet_mp.parallel import ranks
 from alexnet_mp.job.checkpoint import CheckpointStore
 from alexnet_mp.errors import QuietStop, UserError, another_rank_reported
+from alexnet_mp.job.launcher import Launcher
 from alexnet_mp.parallel.placement import Placement
 
 __all__ = ["lost_processes_stop_the_run"]
 
 
 @contextlib.contextmanager
-def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore) -> Iterator[None]:
+def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore, launcher: Launcher) -> Iterator[None]:
     """A lost process never hangs the run: a collective that loses its peer fails (at once
     when the peer's connection closes, after ``dist_timeout_s`` when it hangs) and becomes one
     line naming the lost rank and the last good checkpoint (one whose shards pass their
-    checksums). When the peer stopped on an error it has printed, this rank stays quiet.
+    checksums). When the peer stopped on an error it has printed (a note in ``launcher``'s
+    folder), this rank stays quiet.
     torchrun's SIGTERM to the survivors only sets the stop flag (preempt.py): the next
     collective finds the lost peer. A loader worker that died (kill -9, the OOM killer) is the
     same kind of loss: one line from its rank, the others then lose that rank quietly."""
@@ -38,7 +40,7 @@ def lost_processes_stop_the_run(placement: Placement, store: CheckpointStore) ->
                             f"memory, lower data.workers)") from None
         if placement.world_size == 1 or not ranks.is_lost_peer(err):
             raise
-        if another_rank_reported():
+        if another_rank_reported(launcher):
             raise QuietStop() from None
         who = (f"rank {1 - placement.rank}" if placement.world_size == 2
                else "another rank (torchrun's report names it)")

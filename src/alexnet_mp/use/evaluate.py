@@ -19,6 +19,7 @@ from alexnet_mp import data
 from alexnet_mp.parallel import placement
 from alexnet_mp.net.arch import arch_options
 from alexnet_mp.job.checkpoint import load_file
+from alexnet_mp.job.launcher import Launcher
 from alexnet_mp.data import BatchAugment, base_datasets
 from alexnet_mp.errors import UserError
 from alexnet_mp.io import atomic_write, check_not_a_folder, check_output_path
@@ -52,15 +53,16 @@ def load_trained_model(path: Path):
 
 
 def open_data(blob: dict, data_cfg: DictConfig | None, split: str, device: torch.device, *,
-              allow_class_mismatch: bool = False):
+              allow_class_mismatch: bool = False, launcher: Launcher | None = None):
     """(dataset of ``split``, the training run's augmentation, the data config) for a trained
     net: its own data unless ``data_cfg`` names other data (same classes and image size;
-    other class names only with ``allow_class_mismatch``, and a warning)."""
+    other class names only with ``allow_class_mismatch``, and a warning). ``launcher``: the job's
+    notes (:func:`alexnet_mp.data.base_datasets`)."""
     dcfg = data_cfg if data_cfg is not None else OmegaConf.create(blob["data"]["config"])
     if int(dcfg.image_size) != blob["data"]["image_size"]:
         raise UserError(f"data.image_size={dcfg.image_size} but the model was trained on "
                         f"{blob['data']['image_size']}px images")
-    train_base, val_base, _, _ = base_datasets(dcfg)
+    train_base, val_base, _, _ = base_datasets(dcfg, launcher)
     base = val_base if split == "val" else train_base
     if len(base.classes) != blob["model"]["num_classes"]:
         raise UserError(f"the data has {len(base.classes)} classes but the model was trained on "
@@ -102,7 +104,8 @@ def _output_path(cfg: DictConfig) -> Path:
 
 
 @torch.no_grad()
-def evaluate_checkpoint(cfg: DictConfig) -> dict:
+def evaluate_checkpoint(cfg: DictConfig, launcher: Launcher | None = None) -> dict:
+    """``launcher``: the job's notes (:func:`open_data`)."""
     torch.set_num_threads(int(cfg.threads))
     # split, device and the numbers are checked by the schema (alexnet_mp.config.evaluate).
     device = placement.single_device(str(cfg.device))
@@ -110,7 +113,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     model, blob = load_trained_model(Path(str(cfg.checkpoint)))
     model.to(device)
     base, augment, dcfg = open_data(blob, cfg.get("data"), str(cfg.split), device,
-                                    allow_class_mismatch=bool(cfg.allow_class_mismatch))
+                                    allow_class_mismatch=bool(cfg.allow_class_mismatch), launcher=launcher)
     wrong = torch.zeros(2, 2, dtype=torch.int64, device=device)  # (centre, ten-crop) x (top-1, top-5)
     seen = skipped = 0
     loader = data.BatchLoader(base, int(cfg.batch_size), shuffle=False, seed=0, drop_last=False,
