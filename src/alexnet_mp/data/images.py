@@ -110,7 +110,7 @@ class ImageFolderImages(Dataset):
 
     Each image is converted to RGB, its shorter side resized to ``image_size``
     (bilinear, antialiased) and the central square kept (sec. 5). An unreadable file
-    gives ``None`` and a warning naming it; :func:`read_images` drops it.
+    gives ``None`` and a warning naming it; :func:`alexnet_mp.data.loader.read_images` drops it.
     """
 
     def __init__(self, root: str | Path, split: str, image_size: int):
