@@ -1,4 +1,5 @@
-"""Re-run the paper's comparisons with seeds and write results/reproduce.{json,md,png}.
+"""Re-run the paper's comparisons with seeds and write reproduce.{json,md,png} to outputs/reproduce
+(output_dir=results: over the committed report, as make reproduce-publish does).
 
     python launch/reproduce.py [data=imagefolder data.root=PATH data.image_size=77] [seeds=[0,1,2]] [epochs=4]
 """

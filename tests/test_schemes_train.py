@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY, final_state, launch, ok, published_checkpoint
+from helpers import KILLED, TINY, final_state, launch, ok, published_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ HYBRID = [*TINY, "model=one_tower", "scheme=hybrid", "scheme.fc8=split", "scheme
 def test_hybrid_killed_resumes_to_the_same_weights_bit_for_bit_and_evaluates_as_one_process(tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crash"
     ok(launch([*HYBRID, f"hydra.run.dir={straight}"]))
-    assert launch([*HYBRID, f"hydra.run.dir={crashed}", "debug.kill_at_step=11"]).returncode != 0
+    assert launch([*HYBRID, f"hydra.run.dir={crashed}"], script=KILLED, env={"KILL_AT_STEP": "11"}).returncode != 0
     assert published_checkpoint(crashed) == "step-00000009-epoch-0001-batch-0000001"
     assert sorted(p.name for p in (crashed / "checkpoints" / published_checkpoint(crashed)).glob("*.pt")) == \
         ["tower0.pt", "tower1.pt"]  # one shard per process: each its blocks of fc6, fc7 and fc8

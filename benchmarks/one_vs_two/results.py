@@ -36,8 +36,9 @@ def build_results(time_part: dict[str, dict], error_part: dict[str, dict], env: 
                   scale: dict | None = None) -> dict:
     """Every figure of the benchmark, per configuration, plus the ratios, error differences and targets.
 
-    ``time_part`` maps a configuration to :func:`summarise_time`'s result or ``{"skipped": reason}``;
-    ``error_part`` maps a trained configuration to :func:`summarise_errors`'s result or ``{"skipped": reason}``.
+    ``time_part`` maps a configuration to :func:`~benchmarks.one_vs_two.timing_summary.summarise_time`'s
+    result or ``{"skipped": reason}``; ``error_part`` maps a trained configuration to
+    :func:`~benchmarks.one_vs_two.bench_1gpu_vs_2gpu.summarise_errors`'s result or ``{"skipped": reason}``.
     """
     configs = {}
     for name in CONFIGS:

@@ -113,7 +113,7 @@ class ImageFolderImages(Dataset):
     (bilinear, antialiased) and the central square kept (sec. 5). An unreadable file
     gives ``None`` and a warning naming it, once per job (``launcher``: the job's notes,
     :class:`alexnet_mp.job.launcher.Launcher`; None: this process's, read here); the loader's
-    workers get it with the dataset. :func:`read_images` drops the image.
+    workers get it with the dataset. :func:`alexnet_mp.data.loader.read_images` drops the image.
     """
 
     def __init__(self, root: str | Path, split: str, image_size: int, launcher: Launcher | None = None):

@@ -115,7 +115,8 @@ def _same_command(root: Path) -> str:
 
 
 class PreparedImages(Dataset):
-    """One split of a dataset made by :func:`prepare_dataset`: ``(uint8 [3, S, S], label)`` items.
+    """One split of a prepared dataset: ``(uint8 [3, S, S], label)`` items (written by
+    :func:`alexnet_mp.data.prepare.prepare_dataset`).
 
     ``read_batch`` reads a whole batch at once (one fancy index per shard for raw shards;
     a JPEG decode per image for jpeg ones). Shards are memory-mapped lazily, in each

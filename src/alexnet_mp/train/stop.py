@@ -1,7 +1,7 @@
 """Lost processes: a run whose peer process or loader worker died, or whose peer hung, stops
 with one line naming what was lost and the last good checkpoint, never a hang or a page of
 tracebacks from every rank. (A stop signal is the checkpointing policy's:
-:meth:`Checkpoints.saved_on_stop`.)"""
+:meth:`alexnet_mp.train.checkpoint_policy.Checkpoints.saved_on_stop`.)"""
 
 from __future__ import annotations
 
