@@ -47,7 +47,8 @@ def test_every_preset_composes_over_its_schema(name, overrides, schema):
                                                      "prepared": "PreparedData"}[data.name]
 
 
-@pytest.mark.parametrize("name", ["bench", "bench_data", "bench_comm_wait", "bench_launcher_death", "gpu_check"])
+@pytest.mark.parametrize("name", ["bench", "bench_data", "bench_comm_wait", "bench_launcher_death", "gpu_check",
+                                  "bench_schemes"])
 def test_a_benchmark_writes_under_outputs_unless_told_to_publish(name):
     """A benchmark run with its defaults leaves the committed results (benchmarks/results) alone."""
     assert compose_config(name, []).output_dir == "outputs/benchmarks"

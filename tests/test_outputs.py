@@ -21,7 +21,7 @@ def test_default_output_is_under_outputs(name, key):
 
 
 def test_gpu_sweep_script_writes_under_outputs_by_default():
-    text = (ROOT / "benchmarks" / "gpu_sweep.sh").read_text()
+    text = (ROOT / "benchmarks" / "gpu_sweep" / "gpu_sweep.sh").read_text()
     assert "RESULTS=${RESULTS_DIR:-outputs/" in text
 
 
