@@ -129,7 +129,9 @@ def _summary_line(key: str, row: dict) -> str:
 
     def cell(name: str) -> str:
         n = row["neurons"].get(name)
-        return "-" if n is None else f"{n['lr']}: {_mean_sd(n['epochs_to_target'])} ({n['reached']})"
+        if n is None or n["lr"] is None:  # not run, or its rate search still going
+            return "-"
+        return f"{n['lr']}: {_mean_sd(n['epochs_to_target'])} ({n['reached']})"
 
     s = (row["ratio"] or {}).get("spread")
     ratio = "-" if not s else (">= " if row["ratio"]["at_least"] else "") + _mean_sd(s)
@@ -154,7 +156,7 @@ def _row_markdown(row: dict) -> list[str]:
     for name, n in row["neurons"].items():
         per = ", ".join(_epochs(s["interpolated"]) for s in n["seeds"].values()) or "-"
         whole = ", ".join(str(s["first_epoch"] or "never") for s in n["seeds"].values()) or "-"
-        lines.append(f"| {name} | {n['lr']} | {per} | {whole} | {_mean_sd(n['epochs_to_target'])} ({n['reached']} "
+        lines.append(f"| {name} | {'-' if n['lr'] is None else n['lr']} | {per} | {whole} | {_mean_sd(n['epochs_to_target'])} ({n['reached']} "
                      f"seeds reached it) | about {PAPER.get(name, '-')} |")
     lines += ["", _ratio_line(row["ratio"]), "", "Rate search (running training error after the search epochs):", "",
               "| neuron | " + " | ".join(f"lr {r}" for r in b["search"]["rates"]) + " |",
