@@ -4,6 +4,10 @@ Order: each neuron's rate search first, then the reported runs seed by seed, ReL
 of one seed together, so a run stopped part-way leaves whole pairs. After every run the
 results so far are written (:mod:`alexnet_mp.paper.figure1.outputs`); run the same command again
 with the same ``output_dir`` and the runs already there are kept, not trained again.
+
+One invocation makes one row of the results: one net reading (``net``) on one number of training
+images. The rows already in ``output_dir/figure1.json`` stay; a run of another net or another
+number of images adds its row beside them, so one folder shows the trend with the net and the budget.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from alexnet_mp.data.images import ImageFolderImages, SyntheticImages
 from alexnet_mp.data.memory import decode_into_memory, subset_indices
 from alexnet_mp.errors import UserError
 from alexnet_mp.paper.figure1.curves import fastest_rate
-from alexnet_mp.paper.figure1.net import NEURONS
-from alexnet_mp.paper.figure1.outputs import write_outputs
+from alexnet_mp.paper.figure1.net import NEURONS, READINGS
+from alexnet_mp.paper.figure1.outputs import row_key, write_outputs
 from alexnet_mp.paper.figure1.training import Images, Recipe, train_curve
 from alexnet_mp.job.provenance import record
 
@@ -39,8 +43,9 @@ def _check(cfg: DictConfig) -> None:
         raise UserError(f"neurons must be a non-empty list of {' and '.join(sorted(NEURONS))}, not {list(cfg.neurons)}")
     if not cfg.seeds or any(int(s) < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"seeds must be distinct non-negative integers, at least one, not {list(cfg.seeds)}")
-    if not cfg.search.rates or any(float(r) <= 0 for r in cfg.search.rates):
-        raise UserError(f"search.rates must be positive learning rates, at least one, not {list(cfg.search.rates)}")
+    if cfg.search.rates is not None and (not cfg.search.rates or any(float(r) <= 0 for r in cfg.search.rates)):
+        raise UserError(f"search.rates must be positive learning rates, at least one, or null (the net's own "
+                        f"grid), not {list(cfg.search.rates)}")
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise UserError("data.root=PATH is needed: a folder with train/<class>/ images "
                         "(e.g. data/cifar10 from make data)")
@@ -53,8 +58,9 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load_images(dcfg: DictConfig, device: torch.device) -> tuple[Images, dict]:
-    """The training images in memory and what describes them (for the results' ``data``)."""
+def _load_images(dcfg: DictConfig, device: torch.device, divisor: float) -> tuple[Images, dict]:
+    """The training images in memory (a batch: pixels / ``divisor`` less the mean image so divided) and
+    what describes them (for the results' ``data``)."""
     if dcfg.name == "synthetic":
         size = int(dcfg.train_size) or 2000
         base = SyntheticImages("train", int(dcfg.num_classes), size, int(dcfg.image_size), int(dcfg.seed))
@@ -68,28 +74,34 @@ def _load_images(dcfg: DictConfig, device: torch.device) -> tuple[Images, dict]:
              "decode_seconds": round(time.perf_counter() - tic, 2)}
     print(f"figure1: {len(labels)} training images of {len(base)} decoded into memory in "
           f"{about['decode_seconds']:.1f} s", flush=True)
-    return Images(pixels.to(device), labels.to(device)), about
+    return Images(pixels.to(device), labels.to(device), divisor), about
 
 
 def _fingerprint(cfg: DictConfig, about: dict) -> dict:
-    """What every stored run depends on besides its own key: a rerun may reuse runs only under these."""
+    """What every stored run of a row depends on besides its own key: a rerun may reuse runs only under
+    these. The data folder counts as its resolved path, so the same folder named from elsewhere matches."""
     keep = ("name", "root", "train_size", "images", "seed", "image_size", "classes")
-    return {"data": {k: about[k] for k in keep}, "batch_size": int(cfg.batch_size), "momentum": float(cfg.momentum),
-            "net": "layers-80sec"}
+    data = {k: about[k] for k in keep}
+    if data["root"] is not None:
+        data["root"] = str(Path(data["root"]).expanduser().resolve())
+    return {"data": data, "batch_size": int(cfg.batch_size), "momentum": float(cfg.momentum), "net": str(cfg.net)}
 
 
-def _stored_runs(path: Path, fingerprint: dict) -> dict:
+def _stored_rows(path: Path, key: str, fingerprint: dict) -> dict:
+    """The rows of ``path`` (none if it is not there); this invocation's row must hold runs of the same
+    settings, or none."""
     if not path.is_file():
         return {}
     try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{path} exists but cannot be read as JSON: move it away or choose another "
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path} exists but is not a figure1.json with rows: move it away or choose another "
                         "output_dir") from None
-    if old.get("fingerprint") != fingerprint:
-        raise UserError(f"{path} holds runs of other settings (data, batch size or momentum): choose another "
-                        f"output_dir, or move it away to start afresh")
-    return dict(old.get("runs", {}))
+    if key in rows and rows[key].get("fingerprint") != fingerprint:
+        raise UserError(f"{path} holds runs of net {key.split('/')[0]} on {key.split('/')[1]} images under other "
+                        f"settings (data, batch size or momentum): choose another output_dir, or move it away to "
+                        f"start afresh")
+    return dict(rows)
 
 
 def _train(state: dict, images: Images, recipe: Recipe, neuron: str, lr: float, seed: int, epochs: int,
@@ -98,6 +110,7 @@ def _train(state: dict, images: Images, recipe: Recipe, neuron: str, lr: float, 
     key = run_key(neuron, lr, seed, epochs)
     if key in state["runs"]:
         return state["runs"][key]
+    state["provenance"] = state["started"]  # the row now holds a run of this invocation's code
 
     def line(epoch: int, error: float, seconds: float) -> None:
         if progress:
@@ -112,22 +125,32 @@ def _train(state: dict, images: Images, recipe: Recipe, neuron: str, lr: float, 
 
 
 def figure1(cfg: DictConfig) -> dict:
-    """Search each neuron's rate, train every seed at it, write ``output_dir/figure1.{json,md,png}``."""
+    """Search each neuron's rate, train every seed at it, write this row (``net`` on its training images)
+    into ``output_dir/figure1.{json,md,png}`` beside the rows already there; returns the row."""
     _check(cfg)
     torch.set_num_threads(int(cfg.threads))
     device = _device(str(cfg.device))
     out = Path(str(cfg.output_dir))
     out.mkdir(parents=True, exist_ok=True)
-    images, about = _load_images(cfg.data, device)
-    fingerprint = _fingerprint(cfg, about)
-    recipe = Recipe(int(cfg.batch_size), float(cfg.momentum), bool(cfg.channels_last), about["classes"])
+    reading = READINGS[str(cfg.net)]
+    images, about = _load_images(cfg.data, device, reading.pixel_divisor)
+    fingerprint, key = _fingerprint(cfg, about), row_key(str(cfg.net), about["images"])
+    recipe = Recipe(int(cfg.batch_size), float(cfg.momentum), bool(cfg.channels_last), about["classes"],
+                    reading.name)
+    rows = _stored_rows(out / "figure1.json", key, fingerprint)
+    stored = rows.get(key, {})
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    rates = [float(r) for r in (cfg.search.rates if cfg.search.rates is not None else reading.rates)]
+    settings["search"]["rates"] = rates
     # Provenance now, before any run: the code that started them (a later edit of the checkout is not theirs).
-    state = {"cfg": OmegaConf.to_container(cfg, resolve=True), "data": about, "fingerprint": fingerprint,
-             "device": str(device), "out": out, "provenance": record(cfg),
-             "runs": _stored_runs(out / "figure1.json", fingerprint), "rates": {}}
+    # A row this invocation adds nothing to keeps the provenance it has.
+    started = record(cfg)
+    state = {"cfg": settings, "data": about, "fingerprint": fingerprint, "device": str(device), "out": out,
+             "started": started, "provenance": stored.get("provenance", started), "rows": rows,
+             "runs": dict(stored.get("runs", {})), "rates": {}}
     if state["runs"]:
-        print(f"figure1: {len(state['runs'])} finished runs kept from {out / 'figure1.json'}", flush=True)
-    rates, search = [float(r) for r in cfg.search.rates], cfg.search
+        print(f"figure1: {len(state['runs'])} finished runs of {key} kept from {out / 'figure1.json'}", flush=True)
+    search = cfg.search
     for neuron in cfg.neurons:
         tried = {lr: _train(state, images, recipe, neuron, lr, int(search.seed), int(search.epochs), "search",
                             bool(cfg.progress)) for lr in rates} if len(rates) > 1 else {}

@@ -1,10 +1,12 @@
 """One Figure 1 training run: plain SGD on images held in memory, and its running training error.
 
 Sec. 3.1: "No regularization of any kind was employed": no dropout, no weight decay, no
-augmentation. Each image is its stored pixels scaled to [0, 1] less the mean image of the
-training images (cuda-convnet's CIFAR-10 provider subtracts the mean image too). The
+augmentation. Each image is its stored pixels divided by the reading's divisor (255: [0, 1];
+1: cuda-convnet's 0-255) less the mean image of the training images so divided. The
 measure is the training error counted on each batch as it is trained (before the batch's
 update), summed over the epoch: the error "on the training images as they are trained".
+The input's scale and the start are the reading's (:data:`alexnet_mp.paper.figure1.net.READINGS`):
+``layers80sec`` reads the pixels at 0-255 less the mean image, as cuda-convnet's provider does.
 
 A run is a function of its seed: the seed draws the initial weights and each epoch's order
 (:func:`alexnet_mp.data.epoch_order`), so the ReLU and the tanh net of one seed start from
@@ -23,23 +25,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alexnet_mp.data.loader import epoch_order
-from alexnet_mp.paper.figure1.net import Figure1Net, figure1_spec
+from alexnet_mp.paper.figure1.net import DEFAULT_READING, READINGS, Figure1Net, build_net
 
-__all__ = ["Images", "Recipe", "train_curve"]
+__all__ = ["Images", "Recipe", "optimizer", "train_curve"]
 
 
 @dataclass
 class Images:
-    """The training images in memory: uint8 [n, 3, S, S] and int64 labels, on the run's device."""
+    """The training images in memory: uint8 [n, 3, S, S] and int64 labels, on the run's device;
+    a batch is its pixels / ``divisor`` less the mean image / ``divisor``."""
 
     pixels: Tensor
     labels: Tensor
+    divisor: float = 255.0
 
     def __post_init__(self) -> None:
-        self.mean = self.pixels.float().mean(0, keepdim=True) / 255.0  # the mean image
+        self.mean = self.pixels.float().mean(0, keepdim=True) / self.divisor  # the mean image
 
     def batch(self, rows: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
-        x = self.pixels[rows].float().div_(255.0).sub_(self.mean)
+        x = self.pixels[rows].float().div_(self.divisor).sub_(self.mean)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[rows]
@@ -50,20 +54,30 @@ class Images:
 
 @dataclass
 class Recipe:
-    """What every run shares: SGD with momentum on the mean cross-entropy, a constant rate."""
+    """What every run shares: the net's reading, SGD with momentum on the mean cross-entropy, a
+    constant rate (the biases' the reading's multiple of it)."""
 
     batch_size: int = 128
     momentum: float = 0.9
     channels_last: bool = True
     num_classes: int = 10
+    reading: str = DEFAULT_READING
 
 
 def _seeded_net(neuron: str, seed: int, recipe: Recipe, input_size: int, device: torch.device) -> Figure1Net:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the same initial weights for both neurons of one seed
-        net = Figure1Net(figure1_spec(recipe.num_classes), neuron, input_size=input_size)
+        net = build_net(recipe.reading, neuron, num_classes=recipe.num_classes, input_size=input_size)
     net = net.to(device)
     return net.to(memory_format=torch.channels_last) if recipe.channels_last else net
+
+
+def optimizer(net: Figure1Net, lr: float, recipe: Recipe) -> torch.optim.SGD:
+    """SGD with momentum, no weight decay: the weights at ``lr``, the biases at the reading's multiple of it."""
+    weights = [m.weight for m in net.children()]
+    biases = [m.bias for m in net.children()]
+    return torch.optim.SGD([{"params": weights}, {"params": biases, "lr": lr * READINGS[recipe.reading].bias_lr_scale}],
+                           lr=lr, momentum=recipe.momentum, weight_decay=0.0)
 
 
 def train_curve(images: Images, neuron: str, lr: float, seed: int, epochs: int, recipe: Recipe,
@@ -74,7 +88,7 @@ def train_curve(images: Images, neuron: str, lr: float, seed: int, epochs: int, 
     each epoch (1-based)."""
     device = images.pixels.device
     net = _seeded_net(neuron, seed, recipe, images.pixels.shape[-1], device)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=recipe.momentum, weight_decay=0.0)
+    opt = optimizer(net, lr, recipe)
     errors: list[float] = []
     diverged, start = False, time.perf_counter()
     for epoch in range(epochs):
