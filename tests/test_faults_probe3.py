@@ -193,7 +193,7 @@ def test_ctrl_c_in_the_other_entry_points_is_one_line(tmp_path, script, module, 
     Ctrl-C raises) at a moment the test chooses rather than one a timer guesses."""
     argv = [str(ROOT / "launch" / f"{script}.py"), *(a.replace("RUN", str(tmp_path)) for a in args)]
     code = (f"import importlib, runpy, sys; m = importlib.import_module({module!r}); "
-            f"m.{function} = lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt()); "
+            f"m.{function} = lambda cfg, *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()); "
             f"sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=job_env(), capture_output=True, text=True,
                           timeout=120)
