@@ -42,21 +42,12 @@ from alexnet_mp.parallel import bytes_model
 from alexnet_mp.parallel.placement import free_port
 from benchmarks.schemes import link_model, report
 from benchmarks.schemes.schema import register
+from benchmarks.shared.machine import cpu_name
 from benchmarks.schemes.workers import ONE, ONE_HALF, available, worker
 
 register()  # the schema conf/ names (``- base_bench_schemes``), which the product's config package does not hold
 
 NAME = "schemes"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return provenance.device_names()[0]
 
 
 def _run_k(k: int, job: dict) -> list[dict]:
@@ -136,7 +127,7 @@ def run(cfg: DictConfig) -> dict:
     full_macs = layer_macs(build_model("full"))
     result = {
         "benchmark": NAME, "created": _dt.datetime.now().isoformat(timespec="seconds"), "settings": settings,
-        "environment": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "environment": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                         "backend": "gloo", "threads_per_process": 1},
         "provenance": provenance.record(cfg),
         "not_measured": {s: "this checkout has no module for it" for s in missing},
